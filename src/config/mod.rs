@@ -1,0 +1,271 @@
+//! Validated configuration: `lb.toml` parsed into [`raw`] serde structs, then
+//! converted with [`TryFrom`] into the typed [`Config`] the rest of lb uses.
+//!
+//! Every failure is a [`ConfigError`] that names the key, the value and the rule,
+//! e.g. `backends[2].weight: 5000 is out of range 0..=1000`. Nothing here panics.
+
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::HeaderName;
+
+pub use validate::ConfigError;
+
+/// Maximum number of backends: eligibility is tracked in a `u64` bit set.
+pub const MAX_BACKENDS: usize = 64;
+/// Upper bound of an operator weight (SPEC: integers 0..=1000).
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// The balancing algorithm (SPEC "Balancing").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Smooth weighted round robin (nginx's order).
+    RoundRobin,
+    /// Fewest in-flight requests divided by weight.
+    LeastConn,
+    /// Weighted consistent (rendezvous) hashing of the client IP.
+    IpHash,
+    /// Peak-EWMA response time × (in-flight + 1) / weight.
+    LeastTime,
+    /// Smooth WRR over weights adjusted by measured latency and errors.
+    Dynamic,
+}
+
+impl Algorithm {
+    /// Every algorithm, in the order the docs list them.
+    pub const ALL: [Algorithm; 5] = [
+        Algorithm::RoundRobin,
+        Algorithm::LeastConn,
+        Algorithm::IpHash,
+        Algorithm::LeastTime,
+        Algorithm::Dynamic,
+    ];
+
+    /// The name used in config and the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::LeastConn => "least_conn",
+            Algorithm::IpHash => "ip_hash",
+            Algorithm::LeastTime => "least_time",
+            Algorithm::Dynamic => "dynamic",
+        }
+    }
+
+    /// Parses a config/admin name.
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        Algorithm::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stickiness layered over any algorithm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// No stickiness.
+    None,
+    /// Pin by a cookie naming the backend (opaque id).
+    Cookie(String),
+    /// Consistent hash of a request header's value.
+    Header(HeaderName),
+}
+
+/// Access/diagnostic log encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Front-door address (default `0.0.0.0:80`).
+    pub listen: SocketAddr,
+    /// Proxy worker threads (default 2).
+    pub threads: usize,
+    /// How long in-flight requests may finish after SIGTERM (default 5 s).
+    pub grace_period: Duration,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Admin API, `/metrics` and status (default `127.0.0.1:9901`).
+    pub listen: SocketAddr,
+    /// Where operator weights/modes are persisted (default: none).
+    pub state_file: Option<PathBuf>,
+    /// File holding the admin token when `LB_ADMIN_TOKEN` is unset.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[balancer]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalancerConfig {
+    /// Default `round_robin`.
+    pub algorithm: Algorithm,
+    /// Default none.
+    pub sticky: Sticky,
+    /// Response header naming the chosen backend; `None` when configured as "".
+    pub backend_header: Option<HeaderName>,
+}
+
+/// `[health]`: active checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Path probed with GET (default `/health`).
+    pub path: String,
+    /// Time between probes (default 1 s).
+    pub interval: Duration,
+    /// Probe timeout (default 500 ms).
+    pub timeout: Duration,
+    /// Consecutive successes to mark up (default 2).
+    pub rise: u32,
+    /// Consecutive failures to mark down (default 2).
+    pub fall: u32,
+}
+
+/// `[circuit_breaker]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CircuitConfig {
+    /// Consecutive failures that open the circuit (default 5).
+    pub failures: u32,
+    /// First open period (default 5 s), doubled on each re-open.
+    pub open_for: Duration,
+    /// Cap of the open period (default 60 s).
+    pub max_open_for: Duration,
+    /// Probes admitted while half-open (default 1).
+    pub half_open_requests: u32,
+}
+
+/// `[retry]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryConfig {
+    /// Total tries per request (default 3).
+    pub attempts: u32,
+    /// Upstream statuses retried for idempotent requests (default 502, 503, 504).
+    pub statuses: Vec<u16>,
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeoutConfig {
+    /// TCP connect to a backend (default 1 s).
+    pub connect: Duration,
+    /// Waiting for the upstream response header (default 30 s).
+    pub response: Duration,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Default text.
+    pub format: LogFormat,
+    /// One event per proxied request (default true).
+    pub access: bool,
+}
+
+/// One backend as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Unique name, `[A-Za-z0-9_.-]{1,64}`.
+    pub name: String,
+    /// `host:port`; the host may be a name, re-resolved periodically.
+    pub addr: String,
+    /// Operator weight 0..=1000 (default 1).
+    pub weight: u32,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[admin]`
+    pub admin: AdminConfig,
+    /// `[balancer]`
+    pub balancer: BalancerConfig,
+    /// `[health]`
+    pub health: HealthConfig,
+    /// `[circuit_breaker]`
+    pub circuit_breaker: CircuitConfig,
+    /// `[retry]`
+    pub retry: RetryConfig,
+    /// `[timeouts]`
+    pub timeouts: TimeoutConfig,
+    /// `[dynamic] interval`: how often effective weights are recomputed (default 2 s).
+    pub dynamic_interval: Duration,
+    /// `[log]`
+    pub log: LogConfig,
+    /// `[[backends]]`, in file order (at least one, at most [`MAX_BACKENDS`]).
+    pub backends: Vec<BackendConfig>,
+}
+
+impl Config {
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::parse(path, e.into_inner(), text)
+        })?;
+        Config::try_from(raw)
+    }
+
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Config::from_toml(&text)
+    }
+
+    /// A one-screen human summary, printed by `lb check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let b = &self.balancer;
+        let sticky = match &b.sticky {
+            Sticky::None => "none".to_string(),
+            Sticky::Cookie(c) => format!("cookie {c}"),
+            Sticky::Header(h) => format!("header {h}"),
+        };
+        let _ = writeln!(s, "listen        {}", self.server.listen);
+        let _ = writeln!(s, "admin         {}", self.admin.listen);
+        let _ = writeln!(s, "algorithm     {} (sticky: {sticky})", b.algorithm);
+        let h = &self.health;
+        let _ = writeln!(
+            s,
+            "health        GET {} every {:?}, timeout {:?}, rise {} fall {}",
+            h.path, h.interval, h.timeout, h.rise, h.fall
+        );
+        let c = &self.circuit_breaker;
+        let _ = writeln!(
+            s,
+            "circuit       open after {} failures for {:?} (max {:?}), {} half-open probe(s)",
+            c.failures, c.open_for, c.max_open_for, c.half_open_requests
+        );
+        let _ = writeln!(
+            s,
+            "retry         {} attempts, statuses {:?}; timeouts connect {:?} response {:?}",
+            self.retry.attempts, self.retry.statuses, self.timeouts.connect, self.timeouts.response
+        );
+        let _ = writeln!(s, "backends      {}", self.backends.len());
+        for be in &self.backends {
+            let _ = writeln!(s, "  {:<20} {:<28} weight {}", be.name, be.addr, be.weight);
+        }
+        s
+    }
+}

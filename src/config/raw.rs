@@ -1,0 +1,228 @@
+//! The config file as written: serde structs with every default, no validation.
+//!
+//! Strings stay strings here (durations, addresses, header names) so that
+//! validation in [`super`] can name the key, the value and the rule.
+
+use serde::Deserialize;
+
+/// The whole file. Unknown keys anywhere are errors (`deny_unknown_fields`).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub admin: RawAdmin,
+    pub balancer: RawBalancer,
+    pub health: RawHealth,
+    pub circuit_breaker: RawCircuit,
+    pub retry: RawRetry,
+    pub timeouts: RawTimeouts,
+    pub dynamic: RawDynamic,
+    pub log: RawLog,
+    pub backends: Vec<RawBackend>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: String,
+    pub threads: i64,
+    pub grace_period: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:80".into(),
+            threads: 2,
+            grace_period: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub listen: String,
+    pub state_file: Option<String>,
+    pub token_file: Option<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9901".into(),
+            state_file: None,
+            token_file: None,
+        }
+    }
+}
+
+/// Algorithm names as written in the file; serde rejects anything else with
+/// "unknown variant `x`, expected one of ...".
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawAlgorithm {
+    #[default]
+    RoundRobin,
+    LeastConn,
+    IpHash,
+    LeastTime,
+    Dynamic,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSticky {
+    #[default]
+    None,
+    Cookie,
+    Header,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBalancer {
+    pub algorithm: RawAlgorithm,
+    pub sticky: RawSticky,
+    pub sticky_cookie: String,
+    pub sticky_header: String,
+    pub backend_header: String,
+}
+
+impl Default for RawBalancer {
+    fn default() -> Self {
+        Self {
+            algorithm: RawAlgorithm::RoundRobin,
+            sticky: RawSticky::None,
+            sticky_cookie: "lb_sticky".into(),
+            sticky_header: "X-Session-Id".into(),
+            backend_header: "X-Backend".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealth {
+    pub path: String,
+    pub interval: String,
+    pub timeout: String,
+    pub rise: i64,
+    pub fall: i64,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval: "1s".into(),
+            timeout: "500ms".into(),
+            rise: 2,
+            fall: 2,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCircuit {
+    pub failures: i64,
+    pub open_for: String,
+    pub max_open_for: String,
+    pub half_open_requests: i64,
+}
+
+impl Default for RawCircuit {
+    fn default() -> Self {
+        Self {
+            failures: 5,
+            open_for: "5s".into(),
+            max_open_for: "60s".into(),
+            half_open_requests: 1,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetry {
+    pub attempts: i64,
+    pub statuses: Vec<i64>,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            statuses: vec![502, 503, 504],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTimeouts {
+    pub connect: String,
+    pub response: String,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: "1s".into(),
+            response: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDynamic {
+    pub interval: String,
+}
+
+impl Default for RawDynamic {
+    fn default() -> Self {
+        Self {
+            interval: "2s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawLogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub format: RawLogFormat,
+    pub access: bool,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: RawLogFormat::Text,
+            access: true,
+        }
+    }
+}
+
+/// One `[[backends]]` entry; `name` and `addr` are required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    pub addr: String,
+    #[serde(default = "default_weight")]
+    pub weight: i64,
+}
+
+fn default_weight() -> i64 {
+    1
+}

@@ -1,0 +1,19 @@
+//! `lb`: an HTTP load balancer on Pingora for the front door of one server.
+//!
+//! Map of the crate, top to bottom (imports only point down):
+//! - [`server`] wires Pingora: the proxy service, background tasks, signals.
+//! - [`proxy`] is the `ProxyHttp` implementation (selection, headers, errors).
+//! - [`state`] is the one `ArcSwap` snapshot plus per-backend stats.
+//! - [`sticky`] layers cookie/header stickiness over [`balancer`]'s algorithms.
+//! - [`ewma`] is the lock-free peak-EWMA used by `least_time`.
+//! - [`config`] parses and validates `lb.toml`.
+
+pub mod balancer;
+pub mod config;
+pub mod discovery;
+pub mod dynamic;
+pub mod ewma;
+pub mod proxy;
+pub mod server;
+pub mod state;
+pub mod sticky;

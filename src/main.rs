@@ -1,0 +1,101 @@
+//! `lb` command line: `lb [run] [-c PATH] [--listen ADDR] [--admin-listen ADDR]`
+//! and `lb check [-c PATH]`. Parses arguments, sets up logging, hands over to
+//! [`lb::server::run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lb::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "lb", version, about = "HTTP load balancer on Pingora")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// Config file.
+    #[arg(short, long, default_value = "lb.toml", global = true)]
+    config: PathBuf,
+    /// Override server.listen.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Override admin.listen.
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the load balancer (the default).
+    Run(RunArgs),
+    /// Validate the config and print a summary (exit 0), or the error (exit 2).
+    Check,
+}
+
+fn load(args: &RunArgs) -> Result<Config, ExitCode> {
+    match Config::load(&args.config) {
+        Ok(mut c) => {
+            if let Some(l) = args.listen {
+                c.server.listen = l;
+            }
+            if let Some(a) = args.admin_listen {
+                c.admin.listen = a;
+            }
+            Ok(c)
+        }
+        Err(e) => {
+            eprintln!("lb: {}: {e}", args.config.display());
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => match load(&cli.run) {
+            Ok(c) => {
+                print!("{}", c.summary());
+                println!("{}: ok", cli.run.config.display());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Run(args)) => run(&args),
+        None => run(&cli.run),
+    }
+}
+
+fn run(args: &RunArgs) -> ExitCode {
+    let config = match load(args) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(config.log.format);
+    match lb::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lb: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Wires a Pingora server: the proxy service on `server.listen`, background tasks
+//! (DNS re-resolution, dynamic weights), and signal handling.
+//!
+//! Shutdown: SIGTERM and SIGINT both stop gracefully (SPEC). Pingora's own
+//! graceful path sleeps the whole grace period unconditionally (PINGORA.md §4),
+//! so lb also watches its active-request count and exits as soon as in-flight
+//! requests have finished, never later than `server.grace_period`.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+
+use crate::config::Config;
+use crate::discovery::Discovery;
+use crate::dynamic::DynamicWeights;
+use crate::proxy::Proxy;
+use crate::state::State;
+
+/// Why lb could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The front-door address cannot be bound.
+    #[error("cannot listen on {addr} (server.listen): {source}")]
+    Bind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Pingora failed to initialise.
+    #[error("server setup failed: {0}")]
+    Pingora(String),
+}
+
+/// Requests currently inside the proxy (all stages), for graceful shutdown.
+pub type ActiveRequests = Arc<AtomicUsize>;
+
+/// Runs lb until it is stopped by a signal. Blocks; must not be called inside a
+/// tokio runtime (Pingora builds its own).
+pub fn run(config: Config) -> Result<(), StartError> {
+    let config = Arc::new(config);
+    // Pingora only logs a bind failure and keeps running (#667): check first so
+    // the operator gets an error and a non-zero exit.
+    TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
+
+    let state = Arc::new(State::new(config.clone()));
+    resolve_at_start(&state);
+
+    let conf = ServerConf {
+        threads: config.server.threads,
+        // Whole seconds, rounded up; the drain watcher below exits earlier.
+        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        max_retries: config.retry.attempts as usize,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let active: ActiveRequests = Arc::new(AtomicUsize::new(0));
+    let mut proxy = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Proxy::new(state.clone(), active.clone()),
+    );
+    proxy.add_tcp(&config.server.listen.to_string());
+    server.add_service(proxy);
+    server.add_service(background_service("dns", Discovery::new(state.clone())));
+    server.add_service(background_service(
+        "dynamic-weights",
+        DynamicWeights::new(state.clone()),
+    ));
+
+    tracing::info!(listen = %config.server.listen, backends = config.backends.len(),
+        algorithm = %config.balancer.algorithm, "lb started");
+    server.run(RunArgs {
+        shutdown_signal: Box::new(GracefulOnSignal {
+            active,
+            grace: config.server.grace_period,
+        }),
+    });
+    Ok(())
+}
+
+/// First resolution of hostname backends, before traffic is accepted, so the
+/// first requests do not see unresolved backends.
+fn resolve_at_start(state: &State) {
+    let snap = state.load_full();
+    let addrs: Vec<Option<SocketAddr>> = snap
+        .backends
+        .iter()
+        .map(|b| match b.addr {
+            Some(a) => Some(a),
+            None => match b.configured_addr.to_socket_addrs() {
+                Ok(mut it) => it.next(),
+                Err(e) => {
+                    tracing::warn!(backend = %b.stats.name, host = %b.configured_addr, error = %e,
+                        "cannot resolve yet; will retry");
+                    None
+                }
+            },
+        })
+        .collect();
+    state.set_addrs(&addrs);
+}
+
+/// SIGTERM and SIGINT → graceful stop; exit as soon as requests have drained.
+struct GracefulOnSignal {
+    active: ActiveRequests,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for GracefulOnSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
+        }
+        let active = self.active.clone();
+        let deadline = Instant::now() + self.grace;
+        std::thread::spawn(move || drain_then_exit(active, deadline));
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Exits the process once no request is active (or at the deadline, when
+/// Pingora's own grace period ends anyway).
+fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
+    // Give Pingora a moment to close its listeners before we sample.
+    std::thread::sleep(Duration::from_millis(50));
+    while Instant::now() < deadline {
+        if active.load(Ordering::Acquire) == 0 {
+            tracing::info!("all requests finished; exiting");
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = active.load(Ordering::Acquire);
+    tracing::warn!(left, "grace period over; exiting with requests still in flight");
+    std::process::exit(0);
+}

@@ -1,0 +1,313 @@
+//! The one shared state: an [`ArcSwap`] of an immutable [`Snapshot`] (backends with
+//! their addresses, operator weights and modes, the algorithm and its selector),
+//! plus per-backend [`BackendStats`] that outlive every swap.
+//!
+//! Readers (every proxied request) do one lock-free `load()`; writers (admin,
+//! reload, DNS, algorithm switch) build a whole new snapshot and `store()` it, so
+//! no request ever sees half a change. Stats are keyed by backend name and carried
+//! from snapshot to snapshot, so switching algorithm or reloading never resets
+//! in-flight counts, EWMA, health or circuit state.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::HeaderName;
+
+use crate::balancer::{self, Balancer, Mask, Pool};
+use crate::config::{Algorithm, BackendConfig, Config, Sticky};
+use crate::ewma::PeakEwma;
+
+/// Operator mode of a backend (SPEC "Admin API").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Receives new and sticky requests.
+    Active,
+    /// Only sticky requests; no new clients.
+    Drain,
+    /// No requests at all.
+    Maintenance,
+}
+
+impl Mode {
+    /// The admin API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Active => "active",
+            Mode::Drain => "drain",
+            Mode::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// Per-backend counters and estimates; atomics only, shared across snapshots.
+#[derive(Debug)]
+pub struct BackendStats {
+    /// The backend's configured name.
+    pub name: Arc<str>,
+    /// Opaque value of the sticky cookie pinning to this backend (hash of the name,
+    /// so it survives restarts and reloads and reveals no address).
+    pub sticky_id: String,
+    /// Seed of this backend's score in rendezvous hashing (from the name).
+    pub hash_seed: u64,
+    /// Requests currently being proxied to it (signed so a bug shows as < 0).
+    pub in_flight: AtomicI64,
+    /// Completed attempts.
+    pub requests_total: AtomicU64,
+    /// Attempts that failed (connect error, timeout, reset, 5xx).
+    pub errors_total: AtomicU64,
+    /// Sum of upstream response times of completed attempts, µs (for `dynamic`).
+    pub latency_sum_us: AtomicU64,
+    /// Peak-EWMA of upstream response time (failures count as slow).
+    pub ewma: PeakEwma,
+    /// `dynamic` performance factor in thousandths (1000 = full operator weight).
+    pub factor_milli: AtomicU32,
+    /// Active health state (starts up; the health checker flips it).
+    pub healthy: AtomicBool,
+}
+
+impl BackendStats {
+    /// Fresh stats for a backend called `name`.
+    pub fn new(name: &str) -> Self {
+        let h = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+        BackendStats {
+            name: name.into(),
+            sticky_id: format!("{h:016x}"),
+            hash_seed: h,
+            in_flight: AtomicI64::new(0),
+            requests_total: AtomicU64::new(0),
+            errors_total: AtomicU64::new(0),
+            latency_sum_us: AtomicU64::new(0),
+            ewma: PeakEwma::default(),
+            factor_milli: AtomicU32::new(1000),
+            healthy: AtomicBool::new(true),
+        }
+    }
+
+    /// Current in-flight count.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// RAII in-flight accounting: increments on creation, decrements on drop, so the
+/// count stays right on success, error, retry, client disconnect and panic.
+#[derive(Debug)]
+pub struct InFlight(Arc<BackendStats>);
+
+impl InFlight {
+    /// Counts one more request in flight on `stats`.
+    pub fn start(stats: &Arc<BackendStats>) -> InFlight {
+        stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(stats.clone())
+    }
+
+    /// The backend this guard counts against.
+    pub fn stats(&self) -> &Arc<BackendStats> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One backend as the current snapshot sees it.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// Resolved address traffic goes to (`None` until its name first resolves).
+    pub addr: Option<SocketAddr>,
+    /// `host:port` as configured.
+    pub configured_addr: String,
+    /// Operator weight 0..=1000.
+    pub weight: u32,
+    /// Operator mode.
+    pub mode: Mode,
+    /// Counters that survive snapshot swaps.
+    pub stats: Arc<BackendStats>,
+}
+
+impl Backend {
+    /// Weight the balancer uses: the operator weight, scaled by the measured
+    /// performance factor under `dynamic` (never below 1 while the weight is > 0).
+    pub fn effective_weight(&self, algorithm: Algorithm) -> u32 {
+        if algorithm != Algorithm::Dynamic || self.weight == 0 {
+            return self.weight;
+        }
+        let f = self.stats.factor_milli.load(Ordering::Relaxed) as u64;
+        ((self.weight as u64 * f + 500) / 1000).max(1) as u32
+    }
+
+    /// May receive requests that are not pinned to it?
+    pub fn schedulable(&self) -> bool {
+        self.mode == Mode::Active && self.weight > 0 && self.reachable()
+    }
+
+    /// May receive requests pinned to it by stickiness (active or draining)?
+    pub fn sticky_ok(&self) -> bool {
+        self.mode != Mode::Maintenance && self.reachable()
+    }
+
+    fn reachable(&self) -> bool {
+        self.addr.is_some() && self.stats.healthy.load(Ordering::Relaxed)
+    }
+}
+
+/// An immutable view of everything routing depends on.
+pub struct Snapshot {
+    /// Backends in config order.
+    pub backends: Vec<Backend>,
+    /// Active algorithm.
+    pub algorithm: Algorithm,
+    /// Its selector (holds only rotation/schedule caches, never per-backend state).
+    pub balancer: Box<dyn Balancer>,
+    /// Stickiness mode.
+    pub sticky: Sticky,
+    /// Response header naming the backend, if enabled.
+    pub backend_header: Option<HeaderName>,
+    /// The validated config this snapshot was built from.
+    pub config: Arc<Config>,
+}
+
+impl Snapshot {
+    /// Backends that may take a new (non-sticky) request.
+    pub fn schedulable(&self) -> Mask {
+        self.mask(Backend::schedulable)
+    }
+
+    /// Backends that may take a sticky request.
+    pub fn sticky_ok(&self) -> Mask {
+        self.mask(Backend::sticky_ok)
+    }
+
+    fn mask(&self, f: impl Fn(&Backend) -> bool) -> Mask {
+        self.backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| f(b))
+            .fold(0, |m, (i, _)| m | (1 << i))
+    }
+
+    /// Picks a backend for a request with hash `key` (client IP bytes), avoiding
+    /// `excluded` (backends already tried by this request).
+    pub fn pick(&self, key: &[u8], excluded: Mask, now: Instant) -> Option<usize> {
+        let pool = Pool {
+            backends: &self.backends,
+            available: self.schedulable(),
+            excluded,
+            algorithm: self.algorithm,
+        };
+        self.balancer.pick(&pool, key, now)
+    }
+
+    /// A new snapshot with other backends or algorithm and the same settings.
+    pub fn with(&self, backends: Vec<Backend>, algorithm: Algorithm) -> Snapshot {
+        Snapshot {
+            backends,
+            algorithm,
+            balancer: balancer::for_algorithm(algorithm),
+            sticky: self.sticky.clone(),
+            backend_header: self.backend_header.clone(),
+            config: self.config.clone(),
+        }
+    }
+
+    /// Index of the backend called `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| &*b.stats.name == name)
+    }
+}
+
+/// The shared, hot-swappable state.
+pub struct State {
+    current: ArcSwap<Snapshot>,
+    /// Serialises writers (admin, reload, DNS) so none loses another's change;
+    /// readers never touch it.
+    writer: std::sync::Mutex<()>,
+}
+
+impl State {
+    /// Builds the first snapshot from a validated config; hostnames resolve later.
+    pub fn new(config: Arc<Config>) -> State {
+        let snap = build(&config, &HashMap::new(), config.balancer.algorithm);
+        State {
+            current: ArcSwap::from_pointee(snap),
+            writer: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// The current snapshot, owned (one refcount increment; lock-free).
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// The current snapshot (lock-free).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// Replaces the snapshot with `f(current)`, one writer at a time.
+    pub fn update(&self, f: impl FnOnce(&Snapshot) -> Snapshot) {
+        let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.current.load_full();
+        self.current.store(Arc::new(f(&cur)));
+    }
+
+    /// Switches algorithm keeping every backend's state.
+    pub fn set_algorithm(&self, algorithm: Algorithm) {
+        self.update(|cur| cur.with(cur.backends.clone(), algorithm));
+    }
+
+    /// Sets resolved addresses by backend index (DNS re-resolution).
+    pub fn set_addrs(&self, addrs: &[Option<SocketAddr>]) {
+        self.update(|cur| {
+            let mut backends = cur.backends.clone();
+            for (b, a) in backends.iter_mut().zip(addrs) {
+                if a.is_some() {
+                    b.addr = *a;
+                }
+            }
+            cur.with(backends, cur.algorithm)
+        });
+    }
+}
+
+/// Builds a snapshot for `config`, reusing stats (and resolved addresses) of
+/// backends that keep their name.
+pub fn build(
+    config: &Arc<Config>,
+    previous: &HashMap<Arc<str>, Backend>,
+    algorithm: Algorithm,
+) -> Snapshot {
+    let backends = config
+        .backends
+        .iter()
+        .map(|bc: &BackendConfig| {
+            let prev = previous.get(bc.name.as_str());
+            Backend {
+                addr: bc
+                    .addr
+                    .parse()
+                    .ok()
+                    .or_else(|| prev.filter(|p| p.configured_addr == bc.addr).and_then(|p| p.addr)),
+                configured_addr: bc.addr.clone(),
+                weight: bc.weight,
+                mode: prev.map_or(Mode::Active, |p| p.mode),
+                stats: prev.map_or_else(|| Arc::new(BackendStats::new(&bc.name)), |p| p.stats.clone()),
+            }
+        })
+        .collect();
+    Snapshot {
+        backends,
+        algorithm,
+        balancer: balancer::for_algorithm(algorithm),
+        sticky: config.balancer.sticky.clone(),
+        backend_header: config.balancer.backend_header.clone(),
+        config: config.clone(),
+    }
+}

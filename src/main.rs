@@ -1,6 +1,6 @@
 //! `lb` command line: `lb [run] [-c PATH] [--listen ADDR] [--admin-listen ADDR]`
 //! and `lb check [-c PATH]`. Parses arguments, sets up logging, hands over to
-//! [`lb::server::run`].
+//! [`lb::server::Lb`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -91,8 +91,11 @@ fn run(args: &RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(config.log.format);
-    match lb::server::run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    match lb::server::Lb::build(config) {
+        Ok(lb) => {
+            lb.run();
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("lb: {e}");
             ExitCode::from(1)

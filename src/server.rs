@@ -42,53 +42,80 @@ pub enum StartError {
 /// Requests currently inside the proxy (all stages), for graceful shutdown.
 pub type ActiveRequests = Arc<AtomicUsize>;
 
-/// Runs lb until it is stopped by a signal. Blocks; must not be called inside a
-/// tokio runtime (Pingora builds its own).
-pub fn run(config: Config) -> Result<(), StartError> {
-    let config = Arc::new(config);
-    // Pingora only logs a bind failure and keeps running (#667): check first so
-    // the operator gets an error and a non-zero exit.
-    TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
-        addr: config.server.listen,
-        source,
-    })?;
+/// A configured, not yet running lb.
+pub struct Lb {
+    server: Server,
+    /// The shared routing state (tests and the admin API act on it).
+    pub state: Arc<State>,
+    active: ActiveRequests,
+    grace: Duration,
+}
 
-    let state = Arc::new(State::new(config.clone()));
-    resolve_at_start(&state);
+impl Lb {
+    /// Builds the server for `config`: checks the listen address can be bound,
+    /// resolves backends once, and adds the proxy and background services.
+    pub fn build(config: Config) -> Result<Lb, StartError> {
+        let config = Arc::new(config);
+        // Pingora only logs a bind failure and keeps running (#667): check first
+        // so the operator gets an error and a non-zero exit.
+        TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
 
-    let conf = ServerConf {
-        threads: config.server.threads,
-        // Whole seconds, rounded up; the drain watcher below exits earlier.
-        grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
-        graceful_shutdown_timeout_seconds: Some(1),
-        max_retries: config.retry.attempts as usize,
-        ..ServerConf::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+        let state = Arc::new(State::new(config.clone()));
+        resolve_at_start(&state);
 
-    let active: ActiveRequests = Arc::new(AtomicUsize::new(0));
-    let mut proxy = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        Proxy::new(state.clone(), active.clone()),
-    );
-    proxy.add_tcp(&config.server.listen.to_string());
-    server.add_service(proxy);
-    server.add_service(background_service("dns", Discovery::new(state.clone())));
-    server.add_service(background_service(
-        "dynamic-weights",
-        DynamicWeights::new(state.clone()),
-    ));
+        let conf = ServerConf {
+            threads: config.server.threads,
+            // Whole seconds, rounded up; the drain watcher exits earlier.
+            grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+            graceful_shutdown_timeout_seconds: Some(1),
+            max_retries: config.retry.attempts as usize,
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
 
-    tracing::info!(listen = %config.server.listen, backends = config.backends.len(),
-        algorithm = %config.balancer.algorithm, "lb started");
-    server.run(RunArgs {
-        shutdown_signal: Box::new(GracefulOnSignal {
+        let active: ActiveRequests = Arc::new(AtomicUsize::new(0));
+        let mut proxy = pingora::proxy::http_proxy_service(
+            &server.configuration,
+            Proxy::new(state.clone(), active.clone()),
+        );
+        proxy.add_tcp(&config.server.listen.to_string());
+        server.add_service(proxy);
+        server.add_service(background_service("dns", Discovery::new(state.clone())));
+        server.add_service(background_service(
+            "dynamic-weights",
+            DynamicWeights::new(state.clone()),
+        ));
+        Ok(Lb {
+            server,
+            state,
             active,
             grace: config.server.grace_period,
-        }),
-    });
-    Ok(())
+        })
+    }
+
+    /// Runs until `signal` asks to stop. Blocks; must not be called inside a
+    /// tokio runtime (Pingora builds its own).
+    pub fn run_with(self, signal: Box<dyn ShutdownSignalWatch>) {
+        let cfg = self.state.load().config.clone();
+        tracing::info!(listen = %cfg.server.listen, backends = cfg.backends.len(),
+            algorithm = %cfg.balancer.algorithm, "lb started");
+        self.server.run(RunArgs {
+            shutdown_signal: signal,
+        });
+    }
+
+    /// Runs until SIGTERM/SIGINT, then drains and exits the process.
+    pub fn run(self) {
+        let signal = Box::new(GracefulOnSignal {
+            active: self.active.clone(),
+            grace: self.grace,
+        });
+        self.run_with(signal);
+    }
 }
 
 /// First resolution of hostname backends, before traffic is accepted, so the
@@ -154,6 +181,9 @@ fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let left = active.load(Ordering::Acquire);
-    tracing::warn!(left, "grace period over; exiting with requests still in flight");
+    tracing::warn!(
+        left,
+        "grace period over; exiting with requests still in flight"
+    );
     std::process::exit(0);
 }

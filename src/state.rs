@@ -290,15 +290,17 @@ pub fn build(
         .map(|bc: &BackendConfig| {
             let prev = previous.get(bc.name.as_str());
             Backend {
-                addr: bc
-                    .addr
-                    .parse()
-                    .ok()
-                    .or_else(|| prev.filter(|p| p.configured_addr == bc.addr).and_then(|p| p.addr)),
+                addr: bc.addr.parse().ok().or_else(|| {
+                    prev.filter(|p| p.configured_addr == bc.addr)
+                        .and_then(|p| p.addr)
+                }),
                 configured_addr: bc.addr.clone(),
                 weight: bc.weight,
                 mode: prev.map_or(Mode::Active, |p| p.mode),
-                stats: prev.map_or_else(|| Arc::new(BackendStats::new(&bc.name)), |p| p.stats.clone()),
+                stats: prev.map_or_else(
+                    || Arc::new(BackendStats::new(&bc.name)),
+                    |p| p.stats.clone(),
+                ),
             }
         })
         .collect();

@@ -77,11 +77,12 @@ pub fn choose(
         Sticky::Header(header) => match header_key(headers, header) {
             Some(value) => {
                 // Draining backends keep their sessions; weight 0 takes none.
-                rendezvous_pick(&snap.backends, pinnable, value, |i| snap.backends[i].weight)
-                    .map(|index| Choice {
+                rendezvous_pick(&snap.backends, pinnable, value, |i| snap.backends[i].weight).map(
+                    |index| Choice {
                         index,
                         set_cookie: false,
-                    })
+                    },
+                )
             }
             None => snap.pick(key, excluded, now).map(|index| Choice {
                 index,
@@ -106,7 +107,10 @@ mod tests {
     #[test]
     fn parses_cookie_among_others() {
         let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_static("a=1; lb_sticky=abc123 ; b=2"));
+        h.append(
+            COOKIE,
+            HeaderValue::from_static("a=1; lb_sticky=abc123 ; b=2"),
+        );
         assert_eq!(cookie_value(&h, "lb_sticky"), Some(&b"abc123"[..]));
         assert_eq!(cookie_value(&h, "b"), Some(&b"2"[..]));
         assert_eq!(cookie_value(&h, "lb"), None);

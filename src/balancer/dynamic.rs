@@ -78,7 +78,11 @@ mod tests {
     }
 
     /// Runs `rounds` intervals with fixed behaviour, returning the factor history of b1.
-    fn run(mut f: Vec<u32>, rounds: usize, behave: impl Fn(&[u32]) -> Vec<DynamicInput>) -> Vec<Vec<u32>> {
+    fn run(
+        mut f: Vec<u32>,
+        rounds: usize,
+        behave: impl Fn(&[u32]) -> Vec<DynamicInput>,
+    ) -> Vec<Vec<u32>> {
         let mut history = vec![f.clone()];
         for _ in 0..rounds {
             let next = next_factor(&behave(&f));
@@ -94,14 +98,26 @@ mod tests {
     #[test]
     fn slow_backend_loses_weight_in_bounded_steps_then_recovers() {
         // b1 is 10x slower than b0 and b2: its target is 0.1.
-        let slow = |f: &[u32]| vec![input(100, 0, 5.0, f[0]), input(100, 0, 50.0, f[1]), input(100, 0, 5.0, f[2])];
+        let slow = |f: &[u32]| {
+            vec![
+                input(100, 0, 5.0, f[0]),
+                input(100, 0, 50.0, f[1]),
+                input(100, 0, 5.0, f[2]),
+            ]
+        };
         let h = run(vec![1000; 3], 6, slow);
         let b1: Vec<u32> = h.iter().map(|f| f[1]).collect();
         assert_eq!(b1, vec![1000, 750, 500, 250, 100, 100, 100]);
         // The fast ones keep full weight.
         assert!(h.iter().all(|f| f[0] == 1000 && f[2] == 1000));
         // It recovers: same latency as the others → back to 1000 in bounded steps.
-        let fast = |f: &[u32]| vec![input(100, 0, 5.0, f[0]), input(100, 0, 5.0, f[1]), input(100, 0, 5.0, f[2])];
+        let fast = |f: &[u32]| {
+            vec![
+                input(100, 0, 5.0, f[0]),
+                input(100, 0, 5.0, f[1]),
+                input(100, 0, 5.0, f[2]),
+            ]
+        };
         let h = run(h.last().unwrap().clone(), 5, fast);
         let b1: Vec<u32> = h.iter().map(|f| f[1]).collect();
         assert_eq!(b1, vec![100, 350, 600, 850, 1000, 1000]);
@@ -123,7 +139,10 @@ mod tests {
     fn idle_backend_drifts_back_up() {
         let idle = |f: &[u32]| vec![input(100, 0, 5.0, f[0]), input(0, 0, 0.0, f[1])];
         let h = run(vec![1000, 100], 4, idle);
-        assert_eq!(h.iter().map(|f| f[1]).collect::<Vec<_>>(), vec![100, 350, 600, 850, 1000]);
+        assert_eq!(
+            h.iter().map(|f| f[1]).collect::<Vec<_>>(),
+            vec![100, 350, 600, 850, 1000]
+        );
     }
 
     #[test]

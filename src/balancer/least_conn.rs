@@ -59,7 +59,9 @@ mod tests {
         let bs = backends(&[1, 1, 1]);
         let p = pool(&bs, Algorithm::LeastConn);
         let sel = LeastConn::default();
-        let picks: Vec<_> = (0..6).map(|_| sel.pick(&p, b"", Instant::now()).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| sel.pick(&p, b"", Instant::now()).unwrap())
+            .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
 

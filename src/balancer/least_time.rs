@@ -84,7 +84,10 @@ mod tests {
         bs2[0].stats.ewma.observe(10 * MS, now);
         bs2[0].stats.in_flight.store(2, Ordering::Relaxed);
         bs2[1].stats.ewma.observe(25 * MS, now);
-        assert_eq!(sel.pick(&pool(&bs2, Algorithm::LeastTime), b"", now), Some(0));
+        assert_eq!(
+            sel.pick(&pool(&bs2, Algorithm::LeastTime), b"", now),
+            Some(0)
+        );
     }
 
     #[test]

@@ -74,7 +74,8 @@ mod tests {
     /// 5,000 IPv4 and 5,000 IPv6 synthetic client addresses.
     fn clients() -> Vec<Vec<u8>> {
         let v4 = (0..5000u32).map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 7919)));
-        let v6 = (0..5000u128).map(|i| IpAddr::V6(Ipv6Addr::from(0x2001_0db8u128 << 96 | i * 104_729)));
+        let v6 =
+            (0..5000u128).map(|i| IpAddr::V6(Ipv6Addr::from(0x2001_0db8u128 << 96 | i * 104_729)));
         v4.chain(v6).map(ip_key).collect()
     }
 
@@ -123,7 +124,11 @@ mod tests {
         let keys = clients();
         let before: Vec<usize> = keys
             .iter()
-            .map(|k| IpHash.pick(&pool(&bs, Algorithm::IpHash), k, Instant::now()).unwrap())
+            .map(|k| {
+                IpHash
+                    .pick(&pool(&bs, Algorithm::IpHash), k, Instant::now())
+                    .unwrap()
+            })
             .collect();
         // Remove b2 from the config: a new backend list without it.
         let mut fewer = bs.clone();
@@ -132,7 +137,9 @@ mod tests {
         let mut moved_from_others = 0;
         let mut moved = 0;
         for (k, &b) in keys.iter().zip(&before) {
-            let after = IpHash.pick(&pool(&fewer, Algorithm::IpHash), k, Instant::now()).unwrap();
+            let after = IpHash
+                .pick(&pool(&fewer, Algorithm::IpHash), k, Instant::now())
+                .unwrap();
             if name(&bs, b) != name(&fewer, after) {
                 moved += 1;
                 if b != 2 {

@@ -122,7 +122,15 @@ mod tests {
 
     #[test]
     fn nginx_order_for_5_1_1() {
-        assert_eq!(names(&schedule(&[5, 1, 1]).iter().map(|&i| i as usize).collect::<Vec<_>>()), "aabacaa");
+        assert_eq!(
+            names(
+                &schedule(&[5, 1, 1])
+                    .iter()
+                    .map(|&i| i as usize)
+                    .collect::<Vec<_>>()
+            ),
+            "aabacaa"
+        );
         let bs = backends(&[5, 1, 1]);
         let p = pool(&bs, Algorithm::RoundRobin);
         let sel = SmoothWeighted::default();
@@ -184,6 +192,9 @@ mod tests {
     fn nothing_available_gives_none() {
         let bs = backends(&[0, 0]);
         let p = pool(&bs, Algorithm::RoundRobin);
-        assert_eq!(SmoothWeighted::default().pick(&p, b"", Instant::now()), None);
+        assert_eq!(
+            SmoothWeighted::default().pick(&p, b"", Instant::now()),
+            None
+        );
     }
 }

@@ -79,8 +79,13 @@ fn invalid(key: impl Into<String>, value: impl std::fmt::Display, rule: &str) ->
 }
 
 fn duration(key: &str, s: &str, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
-    let d = humantime::parse_duration(s.trim())
-        .map_err(|_| invalid(key, format!("{s:?}"), "is not a duration (e.g. \"500ms\", \"5s\")"))?;
+    let d = humantime::parse_duration(s.trim()).map_err(|_| {
+        invalid(
+            key,
+            format!("{s:?}"),
+            "is not a duration (e.g. \"500ms\", \"5s\")",
+        )
+    })?;
     if d < min || d > max {
         let rule = format!(
             "is out of range {}..={}",
@@ -147,7 +152,9 @@ fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
         && host.len() <= 253
         && host.split('.').all(|label| {
             (1..=63).contains(&label.len())
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         });
@@ -196,11 +203,18 @@ impl TryFrom<RawConfig> for Config {
                 .statuses
                 .iter()
                 .enumerate()
-                .map(|(i, &s)| int_in(&format!("retry.statuses[{i}]"), s, 500, 599).map(|v| v as u16))
+                .map(|(i, &s)| {
+                    int_in(&format!("retry.statuses[{i}]"), s, 500, 599).map(|v| v as u16)
+                })
                 .collect::<Result<_, _>>()?,
         };
         let timeouts = TimeoutConfig {
-            connect: duration("timeouts.connect", &r.timeouts.connect, MS, Duration::from_secs(60))?,
+            connect: duration(
+                "timeouts.connect",
+                &r.timeouts.connect,
+                MS,
+                Duration::from_secs(60),
+            )?,
             response: duration("timeouts.response", &r.timeouts.response, MS, HOUR)?,
         };
         let dynamic_interval = duration(
@@ -234,7 +248,9 @@ impl TryFrom<RawConfig> for Config {
 
 fn non_empty_path(key: &str, p: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
     match p {
-        Some(s) if s.trim().is_empty() => Err(invalid(key, "\"\"", "must be a file path (or omitted)")),
+        Some(s) if s.trim().is_empty() => {
+            Err(invalid(key, "\"\"", "must be a file path (or omitted)"))
+        }
         other => Ok(other.map(PathBuf::from)),
     }
 }
@@ -303,12 +319,20 @@ fn health(r: &RawConfig) -> Result<HealthConfig, ConfigError> {
 fn circuit(r: &RawConfig) -> Result<CircuitConfig, ConfigError> {
     let c = &r.circuit_breaker;
     let open_for = duration("circuit_breaker.open_for", &c.open_for, MS, HOUR)?;
-    let max_open_for = duration("circuit_breaker.max_open_for", &c.max_open_for, MS, 24 * HOUR)?;
+    let max_open_for = duration(
+        "circuit_breaker.max_open_for",
+        &c.max_open_for,
+        MS,
+        24 * HOUR,
+    )?;
     if max_open_for < open_for {
         return Err(invalid(
             "circuit_breaker.max_open_for",
             format!("{:?}", c.max_open_for),
-            &format!("must be at least circuit_breaker.open_for ({:?})", c.open_for),
+            &format!(
+                "must be at least circuit_breaker.open_for ({:?})",
+                c.open_for
+            ),
         ));
     }
     Ok(CircuitConfig {
@@ -326,7 +350,11 @@ fn circuit(r: &RawConfig) -> Result<CircuitConfig, ConfigError> {
 
 fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
     if r.backends.is_empty() {
-        return Err(invalid("backends", "[]", "must list at least one [[backends]] entry"));
+        return Err(invalid(
+            "backends",
+            "[]",
+            "must list at least one [[backends]] entry",
+        ));
     }
     if r.backends.len() > MAX_BACKENDS {
         return Err(invalid(
@@ -353,7 +381,12 @@ fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
             ));
         }
         backend_addr(&format!("backends[{i}].addr"), &b.addr)?;
-        let weight = int_in(&format!("backends[{i}].weight"), b.weight, 0, MAX_WEIGHT as i64)?;
+        let weight = int_in(
+            &format!("backends[{i}].weight"),
+            b.weight,
+            0,
+            MAX_WEIGHT as i64,
+        )?;
         out.push(BackendConfig {
             name: b.name.clone(),
             addr: b.addr.clone(),

@@ -39,7 +39,10 @@ pub fn request_id(session: &Session) -> String {
 
 /// The client's IP address, if the downstream is an inet socket.
 pub fn client_ip(session: &Session) -> Option<IpAddr> {
-    session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
 }
 
 /// Does the request carry both Content-Length and Transfer-Encoding?
@@ -76,11 +79,7 @@ pub fn raw_has_content_length(raw: &[u8]) -> bool {
 
 /// Adds `X-Forwarded-For` (client IP appended), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host`, `X-Real-IP` and `X-Request-Id` to the upstream request.
-pub fn forwarding(
-    req: &mut RequestHeader,
-    client: Option<IpAddr>,
-    request_id: &str,
-) -> Result<()> {
+pub fn forwarding(req: &mut RequestHeader, client: Option<IpAddr>, request_id: &str) -> Result<()> {
     if let Some(ip) = client {
         let ip = ip.to_string();
         let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {

@@ -76,6 +76,8 @@ pub struct Ctx {
     recorded: bool,
     set_cookie: bool,
     no_backend: bool,
+    /// Whether the last failed attempt was a timeout (504 rather than 502).
+    last_timed_out: bool,
     upstream_ttfb: Option<Duration>,
 }
 
@@ -107,7 +109,11 @@ impl Ctx {
         if matches!(outcome, Outcome::Failed | Outcome::Status(500..)) {
             stats.errors_total.fetch_add(1, Ordering::Relaxed);
         }
-        let sample = if slow { took.max(FAILURE_PENALTY) } else { took };
+        let sample = if slow {
+            took.max(FAILURE_PENALTY)
+        } else {
+            took
+        };
         stats.ewma.observe(sample, now);
         self.recorded = true;
     }
@@ -134,6 +140,7 @@ impl ProxyHttp for Proxy {
             recorded: true,
             set_cookie: false,
             no_backend: false,
+            last_timed_out: false,
             upstream_ttfb: None,
         }
     }
@@ -170,14 +177,29 @@ impl ProxyHttp for Proxy {
             None => &[],
         };
         let headers = &session.req_header().headers;
-        let Some(choice) = sticky::choose(&snap, headers, ctx.tried, key, now) else {
-            ctx.no_backend = ctx.attempts == 0;
+        // Each retry goes to a backend not yet tried when one exists, else to
+        // any eligible one again.
+        let choice = sticky::choose(&snap, headers, ctx.tried, key, now).or_else(|| {
+            (ctx.attempts > 0)
+                .then(|| sticky::choose(&snap, headers, 0, key, now))
+                .flatten()
+        });
+        let Some(choice) = choice else {
+            if ctx.attempts > 0 {
+                // All attempts failed and nothing is left: report the last failure.
+                let code = if ctx.last_timed_out { 504 } else { 502 };
+                return Err(Error::explain(HTTPStatus(code), "all attempts failed"));
+            }
+            ctx.no_backend = true;
             return Err(Error::explain(HTTPStatus(503), "no eligible backend"));
         };
         let backend = &snap.backends[choice.index];
         let Some(addr) = backend.addr else {
             // `choose` only returns resolved backends; keep this an error, not a panic.
-            return Err(Error::explain(HTTPStatus(503), "backend address unresolved"));
+            return Err(Error::explain(
+                HTTPStatus(503),
+                "backend address unresolved",
+            ));
         };
         ctx.tried |= 1 << choice.index;
         ctx.attempts += 1;
@@ -205,6 +227,7 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.record(Outcome::Failed);
+        ctx.last_timed_out = matches!(e.etype(), ConnectTimedout);
         // Nothing reached the backend: safe to retry any method elsewhere.
         let max = ctx.snapshot.as_ref().map_or(1, |s| s.config.retry.attempts);
         if ctx.attempts < max {
@@ -268,12 +291,12 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         if e.esource() == &ErrorSource::Upstream {
             ctx.record(Outcome::Failed);
+            ctx.last_timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout);
         }
         let mut e = e.more_context(format!("peer: {peer}"));
         // Pingora's default policy: idempotent requests with a fully buffered body
         // may retry when the (reused) connection failed.
-        if !session.req_header().method.is_idempotent()
-            || session.as_ref().retry_buffer_truncated()
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
         {
             e.set_retry(false);
         } else {
@@ -289,13 +312,14 @@ impl ProxyHttp for Proxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         // The request is over: its last attempt stops counting as in flight.
         ctx.in_flight = None;
-        let snap = ctx.snapshot.clone().unwrap_or_else(|| self.state.load_full());
+        let snap = ctx
+            .snapshot
+            .clone()
+            .unwrap_or_else(|| self.state.load_full());
         if !snap.config.log.access {
             return;
         }
-        let status = session
-            .response_written()
-            .map_or(0, |r| r.status.as_u16());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let backend = ctx.backend.map_or("-", |i| &*snap.backends[i].stats.name);
         let req = session.req_header();
         tracing::info!(

@@ -1,0 +1,282 @@
+//! Shared integration-test harness: in-process `app` backends and a real `lb`
+//! process, all on ephemeral loopback ports, all stopped on drop (also when a
+//! test panics). Every wait is a bounded poll, never a bare sleep.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use app::{App, Options};
+
+/// A free TCP port on 127.0.0.1 (bound then released; lb start retries on a race).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Demo backends running on the test's tokio runtime.
+pub struct Apps {
+    pub apps: Vec<Arc<App>>,
+    pub addrs: Vec<SocketAddr>,
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Apps {
+    /// Starts one app per options entry, each on its own `127.0.0.1:0`.
+    pub async fn start(opts: Vec<Options>) -> Apps {
+        let mut apps = Vec::new();
+        let mut addrs = Vec::new();
+        let mut stops = Vec::new();
+        for o in opts {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addrs.push(listener.local_addr().unwrap());
+            let a = App::new(o);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(app::serve(listener, a.clone(), async move {
+                let _ = rx.await;
+            }));
+            apps.push(a);
+            stops.push(tx);
+        }
+        Apps { apps, addrs, stops }
+    }
+
+    /// `n` apps named app-1..app-n with default options.
+    pub async fn plain(n: usize) -> Apps {
+        Apps::start((1..=n).map(|i| named(&format!("app-{i}"))).collect()).await
+    }
+
+    /// `[[backends]]` entries for these apps with the given weights.
+    pub fn backends_toml(&self, weights: &[u32]) -> String {
+        self.apps
+            .iter()
+            .zip(&self.addrs)
+            .zip(weights)
+            .map(|((a, addr), w)| {
+                format!(
+                    "[[backends]]\nname = \"{}\"\naddr = \"{addr}\"\nweight = {w}\n\n",
+                    a.id()
+                )
+            })
+            .collect()
+    }
+
+    /// Requests each app has handled outside /health, /metrics, /fault.
+    pub fn api_counts(&self) -> Vec<u64> {
+        self.apps.iter().map(|a| a.api_requests_total()).collect()
+    }
+}
+
+/// Options for an app called `id`, no faults.
+pub fn named(id: &str) -> Options {
+    Options {
+        id: id.to_string(),
+        ..Options::default()
+    }
+}
+
+/// A running `lb` process; killed on drop.
+pub struct Lb {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Lb {
+    /// Starts lb with `body` (every section but [server] and [admin]) plus
+    /// generated listen addresses, and waits until it accepts connections.
+    pub async fn start(body: &str) -> Lb {
+        for _ in 0..3 {
+            if let Some(lb) = Lb::try_start(body).await {
+                return lb;
+            }
+        }
+        panic!("lb did not start in three tries");
+    }
+
+    async fn try_start(body: &str) -> Option<Lb> {
+        let dir = tempfile::tempdir().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = format!(
+            "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"1s\"\n\n\
+             [admin]\nlisten = \"{admin}\"\n\n{body}"
+        );
+        let cfg = dir.path().join("lb.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let log = dir.path().join("lb.log");
+        let child = spawn_lb(&cfg, &log);
+        let mut lb = Lb {
+            child,
+            addr,
+            admin,
+            dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = lb.child.try_wait() {
+                let log = lb.log_text();
+                if log.contains("cannot listen") {
+                    return None; // port race: try again with new ports
+                }
+                panic!("lb exited at start:\n{log}");
+            }
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return Some(lb);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("lb not listening after 20 s:\n{}", lb.log_text());
+    }
+
+    /// `http://addr`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// lb's stderr so far.
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The config file's path (tests rewrite it for reloads).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("lb.toml")
+    }
+
+    /// Process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- lb log (last 40 lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Path of the `lb` binary Cargo built for these tests.
+pub fn lb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lb")
+}
+
+fn spawn_lb(cfg: &std::path::Path, log: &std::path::Path) -> Child {
+    let logf = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(lb_bin());
+    cmd.arg("-c")
+        .arg(cfg)
+        .env("RUST_LOG", "info,access=off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf);
+    // If the test process dies, take lb with it (no orphans on loopback ports).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().expect("spawn lb")
+}
+
+/// An HTTP client that never uses a proxy and keeps connections alive.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A client whose connections originate from `ip` (in 127.0.0.0/8).
+pub fn client_from(ip: std::net::IpAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(ip)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// GET `url`: (status, value of X-Backend or "").
+pub async fn get_backend(c: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = c.get(url).send().await.expect("request");
+    let status = r.status().as_u16();
+    let b = header(&r, "x-backend");
+    let _ = r.bytes().await;
+    (status, b)
+}
+
+/// A response header as a string, "" if absent.
+pub fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Counts of each name in `names` among `picks`.
+pub fn tally(picks: &[String], names: &[&str]) -> Vec<usize> {
+    names
+        .iter()
+        .map(|n| picks.iter().filter(|p| p == n).count())
+        .collect()
+}
+
+/// Pearson's chi-square statistic of `observed` against a uniform expectation.
+pub fn chi_square_uniform(observed: &[usize]) -> f64 {
+    let total: usize = observed.iter().sum();
+    let e = total as f64 / observed.len() as f64;
+    observed.iter().map(|&o| (o as f64 - e).powi(2) / e).sum()
+}
+
+/// Polls `f` every 20 ms until it is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -74,8 +74,8 @@ mod tests {
     /// 5,000 IPv4 and 5,000 IPv6 synthetic client addresses.
     fn clients() -> Vec<Vec<u8>> {
         let v4 = (0..5000u32).map(|i| IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 7919)));
-        let v6 =
-            (0..5000u128).map(|i| IpAddr::V6(Ipv6Addr::from(0x2001_0db8u128 << 96 | i * 104_729)));
+        let v6 = (0..5000u128)
+            .map(|i| IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | (i * 104_729))));
         v4.chain(v6).map(ip_key).collect()
     }
 

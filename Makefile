@@ -1,0 +1,28 @@
+# lb — the two commands that matter: `make run` and `make test`.
+.PHONY: run test lint deps build images clean
+
+CARGO ?= cargo
+
+## Install missing system build dependencies (Pingora needs cmake), or say what to install.
+deps:
+	@scripts/deps.sh
+
+## Build release binaries, start four demo apps + lb on loopback; Ctrl-C stops all.
+run: deps
+	$(CARGO) build --release --bins
+	@scripts/run-local.sh target/release
+
+## The whole test suite (unit, integration, config checks).
+test: deps
+	$(CARGO) test --workspace --no-fail-fast
+
+## Formatting and lints, as CI runs them.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+build: deps
+	$(CARGO) build --release --bins
+
+clean:
+	$(CARGO) clean

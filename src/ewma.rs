@@ -12,22 +12,18 @@
 //! the maths is testable without sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use crate::clock;
 
 /// Decay constant τ. Five seconds: long enough to smooth jitter at tens of
 /// requests per second, short enough that a recovered backend is retried within
 /// seconds (its estimate halves every τ·ln 2 ≈ 3.5 s without samples).
 pub const DECAY: Duration = Duration::from_secs(5);
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
 fn stamp(now: Instant) -> u32 {
     // Wraps after ~49 days; `elapsed_ms` uses wrapping arithmetic.
-    now.saturating_duration_since(epoch()).as_millis() as u32
+    clock::ms(now) as u32
 }
 
 fn elapsed_ms(now: u32, then: u32) -> f64 {

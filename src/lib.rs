@@ -5,14 +5,18 @@
 //! - [`proxy`] is the `ProxyHttp` implementation (selection, headers, errors).
 //! - [`state`] is the one `ArcSwap` snapshot plus per-backend stats.
 //! - [`sticky`] layers cookie/header stickiness over [`balancer`]'s algorithms.
-//! - [`ewma`] is the lock-free peak-EWMA used by `least_time`.
+//! - [`ewma`] is the lock-free peak-EWMA used by `least_time`; [`circuit`] the
+//!   per-backend breaker; [`health`] the active checker; [`clock`] their time origin.
 //! - [`config`] parses and validates `lb.toml`.
 
 pub mod balancer;
+pub mod circuit;
+pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod dynamic;
 pub mod ewma;
+pub mod health;
 pub mod proxy;
 pub mod server;
 pub mod state;

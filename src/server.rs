@@ -1,5 +1,5 @@
 //! Wires a Pingora server: the proxy service on `server.listen`, background tasks
-//! (DNS re-resolution, dynamic weights), and signal handling.
+//! (DNS re-resolution, health checks, dynamic weights), and signal handling.
 //!
 //! Shutdown: SIGTERM and SIGINT both stop gracefully (SPEC). Pingora's own
 //! graceful path sleeps the whole grace period unconditionally (PINGORA.md §4),
@@ -20,6 +20,7 @@ use pingora::services::background::background_service;
 use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::dynamic::DynamicWeights;
+use crate::health::HealthChecker;
 use crate::proxy::Proxy;
 use crate::state::State;
 
@@ -71,7 +72,8 @@ impl Lb {
             // Whole seconds, rounded up; the drain watcher exits earlier.
             grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
             graceful_shutdown_timeout_seconds: Some(1),
-            max_retries: config.retry.attempts as usize,
+            // Pingora's own cap; lb enforces `retry.attempts` per request (reloadable).
+            max_retries: 10,
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -85,6 +87,10 @@ impl Lb {
         proxy.add_tcp(&config.server.listen.to_string());
         server.add_service(proxy);
         server.add_service(background_service("dns", Discovery::new(state.clone())));
+        server.add_service(background_service(
+            "health",
+            HealthChecker::new(state.clone()),
+        ));
         server.add_service(background_service(
             "dynamic-weights",
             DynamicWeights::new(state.clone()),

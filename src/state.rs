@@ -18,7 +18,8 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 
 use crate::balancer::{self, Balancer, Mask, Pool};
-use crate::config::{Algorithm, BackendConfig, Config, Sticky};
+use crate::circuit::Circuit;
+use crate::config::{Algorithm, BackendConfig, CircuitConfig, Config, Sticky};
 use crate::ewma::PeakEwma;
 
 /// Operator mode of a backend (SPEC "Admin API").
@@ -67,6 +68,14 @@ pub struct BackendStats {
     pub factor_milli: AtomicU32,
     /// Active health state (starts up; the health checker flips it).
     pub healthy: AtomicBool,
+    /// Health probes that passed / failed.
+    pub health_ok: AtomicU64,
+    /// See `health_ok`.
+    pub health_failed: AtomicU64,
+    /// Retries this backend caused (its failure sent the request elsewhere).
+    pub retries_total: AtomicU64,
+    /// The circuit breaker.
+    pub circuit: Circuit,
 }
 
 impl BackendStats {
@@ -84,6 +93,10 @@ impl BackendStats {
             ewma: PeakEwma::default(),
             factor_milli: AtomicU32::new(1000),
             healthy: AtomicBool::new(true),
+            health_ok: AtomicU64::new(0),
+            health_failed: AtomicU64::new(0),
+            retries_total: AtomicU64::new(0),
+            circuit: Circuit::default(),
         }
     }
 
@@ -143,18 +156,21 @@ impl Backend {
         ((self.weight as u64 * f + 500) / 1000).max(1) as u32
     }
 
-    /// May receive requests that are not pinned to it?
-    pub fn schedulable(&self) -> bool {
-        self.mode == Mode::Active && self.weight > 0 && self.reachable()
+    /// May receive requests that are not pinned to it? (Eligible in SPEC's words:
+    /// health up, circuit not open, mode active, weight above 0.)
+    pub fn schedulable(&self, cb: &CircuitConfig, now: Instant) -> bool {
+        self.mode == Mode::Active && self.weight > 0 && self.reachable(cb, now)
     }
 
     /// May receive requests pinned to it by stickiness (active or draining)?
-    pub fn sticky_ok(&self) -> bool {
-        self.mode != Mode::Maintenance && self.reachable()
+    pub fn sticky_ok(&self, cb: &CircuitConfig, now: Instant) -> bool {
+        self.mode != Mode::Maintenance && self.reachable(cb, now)
     }
 
-    fn reachable(&self) -> bool {
-        self.addr.is_some() && self.stats.healthy.load(Ordering::Relaxed)
+    fn reachable(&self, cb: &CircuitConfig, now: Instant) -> bool {
+        self.addr.is_some()
+            && self.stats.healthy.load(Ordering::Relaxed)
+            && self.stats.circuit.admits(cb, now)
     }
 }
 
@@ -175,14 +191,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Backends that may take a new (non-sticky) request.
-    pub fn schedulable(&self) -> Mask {
-        self.mask(Backend::schedulable)
+    /// Backends that may take a new (non-sticky) request at `now`.
+    pub fn schedulable(&self, now: Instant) -> Mask {
+        let cb = &self.config.circuit_breaker;
+        self.mask(|b| b.schedulable(cb, now))
     }
 
-    /// Backends that may take a sticky request.
-    pub fn sticky_ok(&self) -> Mask {
-        self.mask(Backend::sticky_ok)
+    /// Backends that may take a sticky request at `now`.
+    pub fn sticky_ok(&self, now: Instant) -> Mask {
+        let cb = &self.config.circuit_breaker;
+        self.mask(|b| b.sticky_ok(cb, now))
     }
 
     fn mask(&self, f: impl Fn(&Backend) -> bool) -> Mask {
@@ -198,7 +216,7 @@ impl Snapshot {
     pub fn pick(&self, key: &[u8], excluded: Mask, now: Instant) -> Option<usize> {
         let pool = Pool {
             backends: &self.backends,
-            available: self.schedulable(),
+            available: self.schedulable(now),
             excluded,
             algorithm: self.algorithm,
         };

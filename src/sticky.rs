@@ -51,7 +51,7 @@ pub fn choose(
     key: &[u8],
     now: Instant,
 ) -> Option<Choice> {
-    let pinnable = snap.sticky_ok() & !excluded;
+    let pinnable = snap.sticky_ok(now) & !excluded;
     match &snap.sticky {
         Sticky::None => snap.pick(key, excluded, now).map(|index| Choice {
             index,

@@ -112,10 +112,17 @@ pub(crate) mod testing {
 
     /// A pool over `backends` where every backend with weight > 0 is available.
     pub fn pool(backends: &[Backend], algorithm: Algorithm) -> Pool<'_> {
+        let cb = crate::config::CircuitConfig {
+            failures: 5,
+            open_for: std::time::Duration::from_secs(5),
+            max_open_for: std::time::Duration::from_secs(60),
+            half_open_requests: 1,
+        };
+        let now = Instant::now();
         let available = backends
             .iter()
             .enumerate()
-            .filter(|(_, b)| b.schedulable())
+            .filter(|(_, b)| b.schedulable(&cb, now))
             .fold(0, |m, (i, _)| m | (1 << i));
         Pool {
             backends,

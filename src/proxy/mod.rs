@@ -7,6 +7,7 @@
 //! whole request, so every attempt is routed by one complete weight map even while
 //! the admin API swaps it.
 
+mod ctx;
 mod errors;
 mod headers;
 
@@ -21,10 +22,10 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::balancer::{Mask, FAILURE_PENALTY};
-use crate::state::{BackendStats, InFlight, Snapshot, State};
-use crate::sticky;
+use crate::state::{InFlight, Snapshot, State};
+use crate::sticky::{self, Choice};
 
+pub use ctx::{Ctx, Outcome};
 pub use headers::{new_request_id, sane_request_id};
 
 /// The proxy service's logic.
@@ -40,82 +41,65 @@ impl Proxy {
     }
 }
 
-/// Counts a request as active for graceful shutdown until the context drops.
-struct Active(Arc<AtomicUsize>);
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// How one attempt at a backend ended, for its stats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// Response header received with this status.
-    Status(u16),
-    /// Connect error, timeout, reset: the backend failed us.
-    Failed,
-}
-
-/// Per-request state; lives across retries.
-pub struct Ctx {
-    _active: Active,
-    request_id: String,
-    started: Instant,
-    client_ip: Option<IpAddr>,
-    snapshot: Option<Arc<Snapshot>>,
-    /// Backends this request already tried.
-    tried: Mask,
-    attempts: u32,
-    /// Current attempt: backend index, its in-flight guard, when it started.
-    backend: Option<usize>,
-    in_flight: Option<InFlight>,
-    attempt_started: Instant,
-    /// Whether the current attempt's outcome was recorded in its stats.
-    recorded: bool,
-    set_cookie: bool,
-    no_backend: bool,
-    /// Whether the last failed attempt was a timeout (504 rather than 502).
-    last_timed_out: bool,
-    upstream_ttfb: Option<Duration>,
-}
-
-impl Ctx {
-    fn backend_stats(&self) -> Option<&Arc<BackendStats>> {
-        self.in_flight.as_ref().map(InFlight::stats)
-    }
-
-    /// Records the current attempt's outcome once (first report wins).
-    fn record(&mut self, outcome: Outcome) {
-        if self.recorded {
-            return;
+/// The client IP as hash key bytes (4 or 16), written into `buf`.
+fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        Some(IpAddr::V4(a)) => {
+            buf[..4].copy_from_slice(&a.octets());
+            &buf[..4]
         }
-        let Some(stats) = self.backend_stats() else {
-            return;
-        };
+        Some(IpAddr::V6(a)) => {
+            *buf = a.octets();
+            &buf[..]
+        }
+        None => &[],
+    }
+}
+
+impl Proxy {
+    /// Chooses a backend whose circuit admits the request: stickiness, then the
+    /// algorithm; a backend not yet tried when one exists, else any eligible one.
+    fn select(&self, snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Option<Choice> {
         let now = Instant::now();
-        let took = now.saturating_duration_since(self.attempt_started);
-        stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        stats
-            .latency_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        // Connect errors, timeouts, 5xx and 429 count as slow (SPEC least_time),
-        // so a backend failing fast never looks attractive.
-        let slow = match outcome {
-            Outcome::Status(s) => s >= 500 || s == 429,
-            Outcome::Failed => true,
-        };
-        if matches!(outcome, Outcome::Failed | Outcome::Status(500..)) {
-            stats.errors_total.fetch_add(1, Ordering::Relaxed);
+        let mut buf = [0u8; 16];
+        let key = ip_key(ctx.client_ip, &mut buf);
+        let headers = &session.req_header().headers;
+        let cb = &snap.config.circuit_breaker;
+        for excluded_tried in [true, false] {
+            // At most one refusal per backend: the loop is bounded by their number.
+            for _ in 0..=snap.backends.len() {
+                let excluded = ctx.refused | if excluded_tried { ctx.tried } else { 0 };
+                let choice = sticky::choose(snap, headers, excluded, key, now)?;
+                let stats = &snap.backends[choice.index].stats;
+                match stats.circuit.acquire(cb, now) {
+                    Some(permit) => {
+                        ctx.permit = Some(permit);
+                        return Some(choice);
+                    }
+                    // Lost a race for the last half-open probe slot.
+                    None => ctx.refused |= 1 << choice.index,
+                }
+            }
+            if ctx.attempts == 0 {
+                break;
+            }
         }
-        let sample = if slow {
-            took.max(FAILURE_PENALTY)
-        } else {
-            took
-        };
-        stats.ewma.observe(sample, now);
-        self.recorded = true;
+        None
+    }
+
+    /// Whether a failed attempt may be retried: attempts left, nothing sent to
+    /// the client yet, and the request body (if any) fully buffered for replay.
+    fn may_retry(session: &Session, ctx: &Ctx) -> bool {
+        ctx.attempts < ctx.max_attempts()
+            && session.response_written().is_none()
+            && !session.as_ref().retry_buffer_truncated()
+    }
+
+    /// Does an eligible backend this request has not tried yet exist?
+    fn untried_left(ctx: &Ctx) -> bool {
+        ctx.snapshot
+            .as_ref()
+            .is_some_and(|s| s.schedulable(Instant::now()) & !(ctx.tried | ctx.refused) != 0)
     }
 }
 
@@ -124,25 +108,7 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        let now = Instant::now();
-        self.active.fetch_add(1, Ordering::AcqRel);
-        Ctx {
-            _active: Active(self.active.clone()),
-            request_id: String::new(),
-            started: now,
-            client_ip: None,
-            snapshot: None,
-            tried: 0,
-            attempts: 0,
-            backend: None,
-            in_flight: None,
-            attempt_started: now,
-            recorded: true,
-            set_cookie: false,
-            no_backend: false,
-            last_timed_out: false,
-            upstream_ttfb: None,
-        }
+        Ctx::new(&self.active)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -155,6 +121,9 @@ impl ProxyHttp for Proxy {
                 "both Content-Length and Transfer-Encoding",
             ));
         }
+        // Idempotent requests with a body are buffered (up to Pingora's 64 KiB)
+        // so they can be replayed on another backend.
+        session.as_mut().enable_retry_buffering();
         Ok(false)
     }
 
@@ -163,28 +132,12 @@ impl ProxyHttp for Proxy {
             .snapshot
             .get_or_insert_with(|| self.state.load_full())
             .clone();
-        let now = Instant::now();
-        let mut key_buf = [0u8; 16];
-        let key: &[u8] = match ctx.client_ip {
-            Some(IpAddr::V4(a)) => {
-                key_buf[..4].copy_from_slice(&a.octets());
-                &key_buf[..4]
+        if ctx.attempts > 0 {
+            if let Some(stats) = ctx.backend_stats() {
+                stats.retries_total.fetch_add(1, Ordering::Relaxed);
             }
-            Some(IpAddr::V6(a)) => {
-                key_buf = a.octets();
-                &key_buf
-            }
-            None => &[],
-        };
-        let headers = &session.req_header().headers;
-        // Each retry goes to a backend not yet tried when one exists, else to
-        // any eligible one again.
-        let choice = sticky::choose(&snap, headers, ctx.tried, key, now).or_else(|| {
-            (ctx.attempts > 0)
-                .then(|| sticky::choose(&snap, headers, 0, key, now))
-                .flatten()
-        });
-        let Some(choice) = choice else {
+        }
+        let Some(choice) = self.select(&snap, session, ctx) else {
             if ctx.attempts > 0 {
                 // All attempts failed and nothing is left: report the last failure.
                 let code = if ctx.last_timed_out { 504 } else { 502 };
@@ -195,7 +148,7 @@ impl ProxyHttp for Proxy {
         };
         let backend = &snap.backends[choice.index];
         let Some(addr) = backend.addr else {
-            // `choose` only returns resolved backends; keep this an error, not a panic.
+            // Unresolved backends are never eligible; keep this an error, not a panic.
             return Err(Error::explain(
                 HTTPStatus(503),
                 "backend address unresolved",
@@ -207,7 +160,7 @@ impl ProxyHttp for Proxy {
         ctx.set_cookie = choice.set_cookie;
         // Replacing the guard ends the previous attempt's in-flight count.
         ctx.in_flight = Some(InFlight::start(&backend.stats));
-        ctx.attempt_started = now;
+        ctx.attempt_started = Instant::now();
         ctx.recorded = false;
 
         let t = &snap.config.timeouts;
@@ -221,18 +174,19 @@ impl ProxyHttp for Proxy {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.record(Outcome::Failed);
-        ctx.last_timed_out = matches!(e.etype(), ConnectTimedout);
-        // Nothing reached the backend: safe to retry any method elsewhere.
-        let max = ctx.snapshot.as_ref().map_or(1, |s| s.config.retry.attempts);
-        if ctx.attempts < max {
-            e.set_retry(true);
-        }
+        let timed_out = matches!(e.etype(), ConnectTimedout);
+        ctx.record(if timed_out {
+            Outcome::TimedOut
+        } else {
+            Outcome::Failed
+        });
+        // Nothing reached the backend: any method may go elsewhere.
+        e.set_retry(Self::may_retry(session, ctx));
         e
     }
 
@@ -247,15 +201,32 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
         if resp.status.is_informational() {
             return Ok(());
         }
+        let status = resp.status.as_u16();
         ctx.upstream_ttfb = Some(ctx.attempt_started.elapsed());
-        ctx.record(Outcome::Status(resp.status.as_u16()));
+        ctx.record(Outcome::Status(status));
+        let retry_status = ctx
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.config.retry.statuses.contains(&status));
+        if retry_status
+            && session.req_header().method.is_idempotent()
+            && Self::may_retry(session, ctx)
+            && Self::untried_left(ctx)
+        {
+            // Nothing has been sent downstream yet: drop this response and let
+            // Pingora call upstream_peer again (PINGORA.md §1, PR #872).
+            ctx.status_retry = true;
+            let mut e = Error::explain(HTTPStatus(status), "retry status from upstream");
+            e.set_retry(true);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -289,19 +260,31 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        if e.esource() == &ErrorSource::Upstream {
-            ctx.record(Outcome::Failed);
-            ctx.last_timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout);
-        }
         let mut e = e.more_context(format!("peer: {peer}"));
-        // Pingora's default policy: idempotent requests with a fully buffered body
-        // may retry when the (reused) connection failed.
-        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
-        {
-            e.set_retry(false);
-        } else {
-            e.retry.decide_reuse(client_reused);
+        if std::mem::take(&mut ctx.status_retry) {
+            return e; // already decided in upstream_response_filter
         }
+        if e.esource() != &ErrorSource::Upstream {
+            // The client went away or sent garbage: not the backend's fault.
+            e.set_retry(false);
+            return e;
+        }
+        let timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout);
+        ctx.record(if timed_out {
+            Outcome::TimedOut
+        } else {
+            Outcome::Failed
+        });
+        let idempotent = session.req_header().method.is_idempotent();
+        // A pooled connection the backend had already closed fails while lb
+        // writes the request header: nothing reached the backend, so even a POST
+        // may go elsewhere. Any other failure may have reached it.
+        let nothing_sent = client_reused
+            && matches!(e.etype(), WriteError | ConnectionClosed)
+            && e.context
+                .as_ref()
+                .is_some_and(|c| c.as_str().contains("writing request header"));
+        e.set_retry((idempotent || nothing_sent) && Self::may_retry(session, ctx));
         e
     }
 
@@ -310,8 +293,10 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        // The request is over: its last attempt stops counting as in flight.
+        // The request is over: its last attempt stops counting as in flight and
+        // an unanswered half-open probe frees its slot.
         ctx.in_flight = None;
+        ctx.permit = None;
         let snap = ctx
             .snapshot
             .clone()

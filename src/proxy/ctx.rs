@@ -1,0 +1,153 @@
+//! Per-request context and the accounting of each attempt's outcome: stats,
+//! EWMA, circuit breaker verdicts. Every attempt is recorded exactly once.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::balancer::{Mask, FAILURE_PENALTY};
+use crate::circuit::Permit;
+use crate::state::{BackendStats, InFlight, Snapshot};
+
+/// How one attempt at a backend ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Response header received with this status.
+    Status(u16),
+    /// Connect error, reset, or closed connection: the backend failed us.
+    Failed,
+    /// No response header within `timeouts.response` (or connect timeout).
+    TimedOut,
+}
+
+/// Counts a request as active for graceful shutdown until the context drops.
+pub struct Active(pub Arc<AtomicUsize>);
+
+impl Active {
+    /// Counts one more active request.
+    pub fn start(counter: &Arc<AtomicUsize>) -> Active {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Active(counter.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-request state; lives across retries.
+pub struct Ctx {
+    pub(super) _active: Active,
+    pub(super) request_id: String,
+    pub(super) started: Instant,
+    pub(super) client_ip: Option<IpAddr>,
+    /// One snapshot for the whole request: all attempts see one weight map.
+    pub(super) snapshot: Option<Arc<Snapshot>>,
+    /// Backends this request already sent an attempt to.
+    pub(super) tried: Mask,
+    /// Backends whose circuit refused this request.
+    pub(super) refused: Mask,
+    pub(super) attempts: u32,
+    /// Current attempt: backend index, in-flight guard, breaker permit, start.
+    pub(super) backend: Option<usize>,
+    pub(super) in_flight: Option<InFlight>,
+    pub(super) permit: Option<Permit>,
+    pub(super) attempt_started: Instant,
+    /// Whether the current attempt's outcome was recorded.
+    pub(super) recorded: bool,
+    /// Set by `upstream_response_filter` when it turned a status into a retry.
+    pub(super) status_retry: bool,
+    pub(super) set_cookie: bool,
+    pub(super) no_backend: bool,
+    /// Whether the last failed attempt timed out (504 rather than 502).
+    pub(super) last_timed_out: bool,
+    pub(super) upstream_ttfb: Option<Duration>,
+}
+
+impl Ctx {
+    /// A context for a new request.
+    pub fn new(active: &Arc<AtomicUsize>) -> Ctx {
+        let now = Instant::now();
+        Ctx {
+            _active: Active::start(active),
+            request_id: String::new(),
+            started: now,
+            client_ip: None,
+            snapshot: None,
+            tried: 0,
+            refused: 0,
+            attempts: 0,
+            backend: None,
+            in_flight: None,
+            permit: None,
+            attempt_started: now,
+            recorded: true,
+            status_retry: false,
+            set_cookie: false,
+            no_backend: false,
+            last_timed_out: false,
+            upstream_ttfb: None,
+        }
+    }
+
+    /// The current attempt's backend stats.
+    pub fn backend_stats(&self) -> Option<&Arc<BackendStats>> {
+        self.in_flight.as_ref().map(InFlight::stats)
+    }
+
+    /// Attempts allowed for this request.
+    pub fn max_attempts(&self) -> u32 {
+        self.snapshot
+            .as_ref()
+            .map_or(1, |s| s.config.retry.attempts)
+    }
+
+    /// Records the current attempt's outcome once (first report wins): counters,
+    /// EWMA (failures count as slow) and the circuit breaker's verdict.
+    pub fn record(&mut self, outcome: Outcome) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        let (Some(stats), Some(snap)) = (self.backend_stats().cloned(), self.snapshot.clone())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let took = now.saturating_duration_since(self.attempt_started);
+        stats.requests_total.fetch_add(1, Ordering::Relaxed);
+        stats
+            .latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        // SPEC least_time: connect errors, timeouts, 5xx and 429 count as slow,
+        // so a backend failing fast never attracts traffic.
+        let (slow, failure) = match outcome {
+            Outcome::Status(s) => (s >= 500 || s == 429, s >= 500),
+            Outcome::Failed | Outcome::TimedOut => (true, true),
+        };
+        self.last_timed_out = outcome == Outcome::TimedOut;
+        stats.ewma.observe(
+            if slow {
+                took.max(FAILURE_PENALTY)
+            } else {
+                took
+            },
+            now,
+        );
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        if failure {
+            stats.errors_total.fetch_add(1, Ordering::Relaxed);
+            let cb = &snap.config.circuit_breaker;
+            if stats.circuit.on_failure(cb, permit, now) {
+                tracing::warn!(backend = %stats.name, after = cb.failures, "circuit opened");
+            }
+        } else {
+            stats.circuit.on_success(permit);
+        }
+    }
+}

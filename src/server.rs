@@ -6,7 +6,7 @@
 //! so lb also watches its active-request count and exits as soon as in-flight
 //! requests have finished, never later than `server.grace_period`.
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -125,25 +125,33 @@ impl Lb {
 }
 
 /// First resolution of hostname backends, before traffic is accepted, so the
-/// first requests do not see unresolved backends.
-fn resolve_at_start(state: &State) {
+/// first requests do not see unresolved backends. Unresolvable names are logged
+/// and retried by the discovery task.
+fn resolve_at_start(state: &Arc<State>) {
     let snap = state.load_full();
-    let addrs: Vec<Option<SocketAddr>> = snap
-        .backends
-        .iter()
-        .map(|b| match b.addr {
-            Some(a) => Some(a),
-            None => match b.configured_addr.to_socket_addrs() {
-                Ok(mut it) => it.next(),
-                Err(e) => {
-                    tracing::warn!(backend = %b.stats.name, host = %b.configured_addr, error = %e,
-                        "cannot resolve yet; will retry");
-                    None
-                }
-            },
-        })
-        .collect();
-    state.set_addrs(&addrs);
+    if snap.backends.iter().all(|b| b.addr.is_some()) {
+        return;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot resolve at start; the discovery task will");
+            return;
+        }
+    };
+    rt.block_on(async {
+        match crate::discovery::resolver(&snap.config.discovery) {
+            Ok(r) => {
+                Discovery::new(state.clone())
+                    .resolve_all(&r, &mut Default::default())
+                    .await
+            }
+            Err(e) => tracing::warn!(error = %e, "dns: no resolver at start"),
+        }
+    });
 }
 
 /// SIGTERM and SIGINT → graceful stop; exit as soon as requests have drained.

@@ -97,6 +97,13 @@ pub struct ServerConfig {
     pub threads: usize,
     /// How long in-flight requests may finish after SIGTERM (default 5 s).
     pub grace_period: Duration,
+    /// Idle time allowed between requests on a client connection (default 60 s;
+    /// 0 = close after each response).
+    pub keepalive_timeout: Duration,
+    /// Largest request head (request line + headers) accepted; above → 431 (default 32 KiB).
+    pub max_header_bytes: usize,
+    /// Most header fields accepted; above → 431 (default 100).
+    pub max_headers: usize,
 }
 
 /// `[admin]`.
@@ -167,6 +174,15 @@ pub struct TimeoutConfig {
     pub response: Duration,
 }
 
+/// `[discovery]`: re-resolution of backend hostnames.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveryConfig {
+    /// How often hostnames are re-resolved (default 5 s).
+    pub interval: Duration,
+    /// DNS servers to ask (`ip:port`); empty = the system's `/etc/resolv.conf`.
+    pub nameservers: Vec<SocketAddr>,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
@@ -206,6 +222,8 @@ pub struct Config {
     pub timeouts: TimeoutConfig,
     /// `[dynamic] interval`: how often effective weights are recomputed (default 2 s).
     pub dynamic_interval: Duration,
+    /// `[discovery]`
+    pub discovery: DiscoveryConfig,
     /// `[log]`
     pub log: LogConfig,
     /// `[[backends]]`, in file order (at least one, at most [`MAX_BACKENDS`]).

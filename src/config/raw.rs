@@ -17,6 +17,7 @@ pub struct RawConfig {
     pub retry: RawRetry,
     pub timeouts: RawTimeouts,
     pub dynamic: RawDynamic,
+    pub discovery: RawDiscovery,
     pub log: RawLog,
     pub backends: Vec<RawBackend>,
 }
@@ -27,6 +28,9 @@ pub struct RawServer {
     pub listen: String,
     pub threads: i64,
     pub grace_period: String,
+    pub keepalive_timeout: String,
+    pub max_header_bytes: i64,
+    pub max_headers: i64,
 }
 
 impl Default for RawServer {
@@ -35,6 +39,9 @@ impl Default for RawServer {
             listen: "0.0.0.0:80".into(),
             threads: 2,
             grace_period: "5s".into(),
+            keepalive_timeout: "60s".into(),
+            max_header_bytes: 32 * 1024,
+            max_headers: 100,
         }
     }
 }
@@ -185,6 +192,22 @@ impl Default for RawDynamic {
     fn default() -> Self {
         Self {
             interval: "2s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDiscovery {
+    pub interval: String,
+    pub nameservers: Vec<String>,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        Self {
+            interval: "5s".into(),
+            nameservers: Vec::new(),
         }
     }
 }

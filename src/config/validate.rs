@@ -180,6 +180,20 @@ impl TryFrom<RawConfig> for Config {
                 Duration::ZERO,
                 HOUR,
             )?,
+            keepalive_timeout: duration(
+                "server.keepalive_timeout",
+                &r.server.keepalive_timeout,
+                Duration::ZERO,
+                HOUR,
+            )?,
+            max_header_bytes: int_in(
+                "server.max_header_bytes",
+                r.server.max_header_bytes,
+                1024,
+                1 << 20,
+            )? as usize,
+            // Pingora's parser stops at 256 header fields.
+            max_headers: int_in("server.max_headers", r.server.max_headers, 1, 256)? as usize,
         };
         let admin = AdminConfig {
             listen: socket_addr("admin.listen", &r.admin.listen)?,
@@ -223,6 +237,21 @@ impl TryFrom<RawConfig> for Config {
             Duration::from_millis(100),
             HOUR,
         )?;
+        let discovery = DiscoveryConfig {
+            interval: duration(
+                "discovery.interval",
+                &r.discovery.interval,
+                Duration::from_millis(100),
+                HOUR,
+            )?,
+            nameservers: r
+                .discovery
+                .nameservers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| socket_addr(&format!("discovery.nameservers[{i}]"), s))
+                .collect::<Result<_, _>>()?,
+        };
         let log = LogConfig {
             format: match r.log.format {
                 RawLogFormat::Text => LogFormat::Text,
@@ -240,6 +269,7 @@ impl TryFrom<RawConfig> for Config {
             retry,
             timeouts,
             dynamic_interval,
+            discovery,
             log,
             backends,
         })

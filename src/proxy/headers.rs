@@ -77,6 +77,24 @@ pub fn raw_has_content_length(raw: &[u8]) -> bool {
     })
 }
 
+/// Is the request head beyond `max_headers` fields or `max_bytes` bytes
+/// (request line + fields, counted as on the wire)? Computed from the parsed
+/// header without copying.
+pub fn too_large(req: &RequestHeader, max_headers: usize, max_bytes: usize) -> bool {
+    if req.headers.len() > max_headers {
+        return true;
+    }
+    let uri = req.uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + req.uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method.as_str().len() + uri + 12;
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    line + fields > max_bytes
+}
+
 /// Adds `X-Forwarded-For` (client IP appended), `X-Forwarded-Proto`,
 /// `X-Forwarded-Host`, `X-Real-IP` and `X-Request-Id` to the upstream request.
 pub fn forwarding(req: &mut RequestHeader, client: Option<IpAddr>, request_id: &str) -> Result<()> {
@@ -128,6 +146,20 @@ mod tests {
         // The request line is not a header even if it looks like one.
         let raw = b"GET /content-length: HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(!raw_has_content_length(raw));
+    }
+
+    #[test]
+    fn header_limits() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        for i in 0..10 {
+            req.append_header(format!("x-h{i}"), "v".repeat(100))
+                .unwrap();
+        }
+        assert!(!too_large(&req, 10, 2000));
+        assert!(too_large(&req, 9, 2000), "10 fields, 9 allowed");
+        // 10 fields of 5 + 100 + 4 bytes = 1090, plus the request line.
+        assert!(too_large(&req, 100, 1090));
+        assert!(!too_large(&req, 100, 1200));
     }
 
     #[test]

@@ -114,6 +114,24 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.request_id = headers::request_id(session);
         ctx.client_ip = headers::client_ip(session);
+        let snap = ctx
+            .snapshot
+            .get_or_insert_with(|| self.state.load_full())
+            .clone();
+        let server = &snap.config.server;
+        if headers::too_large(
+            session.req_header(),
+            server.max_headers,
+            server.max_header_bytes,
+        ) {
+            return Err(Error::explain(
+                HTTPStatus(431),
+                "request header fields too large",
+            ));
+        }
+        // Idle limit before the next request on this connection (0 = close).
+        let idle = server.keepalive_timeout.as_secs();
+        session.set_keepalive((idle > 0).then_some(idle));
         if headers::has_cl_and_te(session) {
             // Request smuggling vector: refuse before any backend sees it.
             return Err(Error::explain(
@@ -132,6 +150,7 @@ impl ProxyHttp for Proxy {
             .snapshot
             .get_or_insert_with(|| self.state.load_full())
             .clone();
+
         if ctx.attempts > 0 {
             if let Some(stats) = ctx.backend_stats() {
                 stats.retries_total.fetch_add(1, Ordering::Relaxed);

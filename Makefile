@@ -9,7 +9,7 @@ deps:
 
 ## Build release binaries, start four demo apps + lb on loopback; Ctrl-C stops all.
 run: deps
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --workspace --bins
 	@scripts/run-local.sh target/release
 
 ## The whole test suite (unit, integration, config checks).
@@ -22,7 +22,7 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 build: deps
-	$(CARGO) build --release --bins
+	$(CARGO) build --release --workspace --bins
 
 clean:
 	$(CARGO) clean

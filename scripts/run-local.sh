@@ -6,6 +6,10 @@ set -euo pipefail
 bin=${1:-target/release}
 cd "$(dirname "$0")/.."
 
+for b in app lb; do
+  [ -x "$bin/$b" ] || { echo "missing $bin/$b: run 'cargo build --release --workspace --bins'" >&2; exit 1; }
+done
+
 pids=()
 cleanup() {
   trap - EXIT INT TERM
@@ -52,4 +56,6 @@ cat <<MSG
 
   Ctrl-C stops everything.
 MSG
-wait -n "${pids[@]}" || true
+# Run until Ctrl-C, or until any of the processes dies.
+while kill -0 "${pids[@]}" 2>/dev/null; do sleep 0.5; done
+echo "a process exited; stopping the rest" >&2

@@ -12,6 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use app::{App, Options};
+// Globs: a test file that uses neither would otherwise warn.
+#[allow(unused_imports)]
+pub use load::*;
+#[allow(unused_imports)]
+pub use process::*;
+
+mod load;
+mod process;
 
 /// A free TCP port on 127.0.0.1 (bound then released; lb start retries on a race).
 pub fn free_port() -> u16 {
@@ -161,6 +169,37 @@ impl Lb {
     /// Process id, for signals.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Length of lb's log so far: an offset for [`Lb::wait_log`].
+    pub fn log_len(&self) -> usize {
+        self.log_text().len()
+    }
+
+    /// Polls lb's log (every 20 ms, at most `timeout`) for a line after byte
+    /// `from` that contains every one of `needles`; when it was first seen.
+    pub async fn wait_log(
+        &self,
+        from: usize,
+        needles: &[&str],
+        timeout: Duration,
+    ) -> Option<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.log_text();
+            let found = text
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .any(|l| needles.iter().all(|n| l.contains(n)));
+            if found {
+                return Some(Instant::now());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits up to `timeout` for the process to exit; its status if it did.

@@ -91,7 +91,7 @@ fn run(args: &RunArgs) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(config.log.format);
-    match lb::server::Lb::build(config) {
+    match lb::server::Lb::build(config, Some(args.config.clone())) {
         Ok(lb) => {
             lb.run();
             ExitCode::SUCCESS

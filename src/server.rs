@@ -7,6 +7,7 @@
 //! requests have finished, never later than `server.grace_period`.
 
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +15,13 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
 use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
-use pingora::services::background::background_service;
+use pingora::services::background::{background_service, BackgroundService};
 
+use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::control::Control;
 use crate::discovery::Discovery;
 use crate::dynamic::DynamicWeights;
 use crate::health::HealthChecker;
@@ -35,9 +39,17 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Pingora failed to initialise.
-    #[error("server setup failed: {0}")]
-    Pingora(String),
+    /// The admin address cannot be bound.
+    #[error("cannot listen on {addr} (admin.listen): {source}")]
+    AdminBind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The admin token could not be determined.
+    #[error("{0}")]
+    Token(String),
 }
 
 /// Requests currently inside the proxy (all stages), for graceful shutdown.
@@ -48,6 +60,8 @@ pub struct Lb {
     server: Server,
     /// The shared routing state (tests and the admin API act on it).
     pub state: Arc<State>,
+    /// Operator actions (admin API, SIGHUP).
+    pub control: Arc<Control>,
     active: ActiveRequests,
     grace: Duration,
 }
@@ -55,7 +69,7 @@ pub struct Lb {
 impl Lb {
     /// Builds the server for `config`: checks the listen address can be bound,
     /// resolves backends once, and adds the proxy and background services.
-    pub fn build(config: Config) -> Result<Lb, StartError> {
+    pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Lb, StartError> {
         let config = Arc::new(config);
         // Pingora only logs a bind failure and keeps running (#667): check first
         // so the operator gets an error and a non-zero exit.
@@ -64,7 +78,20 @@ impl Lb {
             source,
         })?;
 
+        TcpListener::bind(config.admin.listen).map_err(|source| StartError::AdminBind {
+            addr: config.admin.listen,
+            source,
+        })?;
+        let (token, source) =
+            admin::resolve_token(config.admin.token_file.as_deref()).map_err(StartError::Token)?;
+        if source == admin::TokenSource::Generated {
+            tracing::warn!(token = %token,
+                "admin token generated for this run; set LB_ADMIN_TOKEN or admin.token_file to choose one");
+        }
+
         let state = Arc::new(State::new(config.clone()));
+        let control = Arc::new(Control::new(state.clone(), config_path));
+        control.load_state_file();
         resolve_at_start(&state);
 
         let conf = ServerConf {
@@ -95,9 +122,18 @@ impl Lb {
             "dynamic-weights",
             DynamicWeights::new(state.clone()),
         ));
+        server.add_service(background_service(
+            "admin",
+            Admin::new(control.clone(), token, config.admin.listen),
+        ));
+        server.add_service(background_service(
+            "sighup",
+            ReloadOnHangup(control.clone()),
+        ));
         Ok(Lb {
             server,
             state,
+            control,
             active,
             grace: config.server.grace_period,
         })
@@ -200,4 +236,30 @@ fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
         "grace period over; exiting with requests still in flight"
     );
     std::process::exit(0);
+}
+
+/// SIGHUP reloads the config, as `POST /admin/reload` does. (Pingora leaves
+/// SIGHUP at its default action, which would kill the process.)
+struct ReloadOnHangup(Arc<Control>);
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::error!("cannot install the SIGHUP handler; reload through the admin API");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    match self.0.reload("SIGHUP").await {
+                        Ok(()) => tracing::info!("SIGHUP: config reloaded"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: reload rejected; old config kept"),
+                    }
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
 }

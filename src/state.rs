@@ -21,6 +21,7 @@ use crate::balancer::{self, Balancer, Mask, Pool};
 use crate::circuit::Circuit;
 use crate::config::{Algorithm, BackendConfig, CircuitConfig, Config, Sticky};
 use crate::ewma::PeakEwma;
+use crate::metrics::{GlobalCounters, RequestMetrics};
 
 /// Operator mode of a backend (SPEC "Admin API").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,8 @@ pub struct BackendStats {
     pub retries_total: AtomicU64,
     /// The circuit breaker.
     pub circuit: Circuit,
+    /// Status classes, upstream errors, duration histogram.
+    pub metrics: RequestMetrics,
 }
 
 impl BackendStats {
@@ -97,6 +100,7 @@ impl BackendStats {
             health_failed: AtomicU64::new(0),
             retries_total: AtomicU64::new(0),
             circuit: Circuit::default(),
+            metrics: RequestMetrics::default(),
         }
     }
 
@@ -139,6 +143,9 @@ pub struct Backend {
     pub configured_addr: String,
     /// Operator weight 0..=1000.
     pub weight: u32,
+    /// The weight the config file gave (a reload that leaves it unchanged keeps
+    /// the operator's `weight`).
+    pub config_weight: u32,
     /// Operator mode.
     pub mode: Mode,
     /// Counters that survive snapshot swaps.
@@ -244,6 +251,10 @@ impl Snapshot {
 /// The shared, hot-swappable state.
 pub struct State {
     current: ArcSwap<Snapshot>,
+    /// Bumped on every change: the admin API's ETag.
+    version: AtomicU64,
+    /// Process-wide counters (no backend, reloads, admin changes).
+    pub counters: GlobalCounters,
     /// Serialises writers (admin, reload, DNS) so none loses another's change;
     /// readers never touch it.
     writer: std::sync::Mutex<()>,
@@ -255,6 +266,8 @@ impl State {
         let snap = build(&config, &HashMap::new(), config.balancer.algorithm);
         State {
             current: ArcSwap::from_pointee(snap),
+            version: AtomicU64::new(1),
+            counters: GlobalCounters::default(),
             writer: std::sync::Mutex::new(()),
         }
     }
@@ -271,9 +284,32 @@ impl State {
 
     /// Replaces the snapshot with `f(current)`, one writer at a time.
     pub fn update(&self, f: impl FnOnce(&Snapshot) -> Snapshot) {
+        let _ = self.try_update::<()>(None, |cur| Ok(f(cur)));
+    }
+
+    /// The current version (changes with every update).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Replaces the snapshot with `f(current)` if `f` accepts and, when
+    /// `expected` is given, the version still equals it (If-Match). One writer
+    /// at a time; readers are never blocked. Returns the new version.
+    pub fn try_update<E>(
+        &self,
+        expected: Option<u64>,
+        f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
+    ) -> Result<u64, UpdateError<E>> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let version = self.version.load(Ordering::Acquire);
+        if expected.is_some_and(|v| v != version) {
+            return Err(UpdateError::Stale(version));
+        }
         let cur = self.current.load_full();
-        self.current.store(Arc::new(f(&cur)));
+        let next = f(&cur).map_err(UpdateError::Rejected)?;
+        self.current.store(Arc::new(next));
+        self.version.store(version + 1, Ordering::Release);
+        Ok(version + 1)
     }
 
     /// Switches algorithm keeping every backend's state.
@@ -295,6 +331,15 @@ impl State {
     }
 }
 
+/// Why [`State::try_update`] changed nothing.
+#[derive(Debug)]
+pub enum UpdateError<E> {
+    /// The caller's expected version is stale; here is the current one.
+    Stale(u64),
+    /// The change itself was refused.
+    Rejected(E),
+}
+
 /// Builds a snapshot for `config`, reusing stats (and resolved addresses) of
 /// backends that keep their name.
 pub fn build(
@@ -313,7 +358,12 @@ pub fn build(
                         .and_then(|p| p.addr)
                 }),
                 configured_addr: bc.addr.clone(),
-                weight: bc.weight,
+                // A reload keeps the operator's weight unless the file changed it.
+                weight: match prev {
+                    Some(p) if p.config_weight == bc.weight => p.weight,
+                    _ => bc.weight,
+                },
+                config_weight: bc.weight,
                 mode: prev.map_or(Mode::Active, |p| p.mode),
                 stats: prev.map_or_else(
                     || Arc::new(BackendStats::new(&bc.name)),

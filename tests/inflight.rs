@@ -48,7 +48,7 @@ fn in_flight_counts_consistent_after_switches_and_disconnects() {
         free_port(),
         apps.backends_toml(&[1, 2, 3, 4])
     );
-    let lb = LbServer::build(Config::from_toml(&text).unwrap()).unwrap();
+    let lb = LbServer::build(Config::from_toml(&text).unwrap(), None).unwrap();
     let state = lb.state.clone();
     let stop = Arc::new(tokio::sync::Notify::new());
     let signal = Box::new(TestSignal(stop.clone()));

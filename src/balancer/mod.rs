@@ -104,6 +104,7 @@ pub(crate) mod testing {
                 addr: Some(format!("127.0.0.1:{}", 3000 + i).parse().unwrap()),
                 configured_addr: format!("127.0.0.1:{}", 3000 + i),
                 weight: w,
+                config_weight: w,
                 mode: Mode::Active,
                 stats: Arc::new(BackendStats::new(&format!("b{i}"))),
             })

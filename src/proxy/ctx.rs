@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::balancer::{Mask, FAILURE_PENALTY};
 use crate::circuit::Permit;
+use crate::metrics::ErrorKind;
 use crate::state::{BackendStats, InFlight, Snapshot};
 
 /// How one attempt at a backend ended.
@@ -15,10 +16,12 @@ use crate::state::{BackendStats, InFlight, Snapshot};
 pub enum Outcome {
     /// Response header received with this status.
     Status(u16),
-    /// Connect error, reset, or closed connection: the backend failed us.
-    Failed,
-    /// No response header within `timeouts.response` (or connect timeout).
-    TimedOut,
+    /// TCP connect failed (refused, unreachable, connect timeout).
+    Connect,
+    /// No response within `timeouts.response`.
+    Timeout,
+    /// Connection reset or closed mid-request.
+    Reset,
 }
 
 /// Counts a request as active for graceful shutdown until the context drops.
@@ -126,9 +129,18 @@ impl Ctx {
         // so a backend failing fast never attracts traffic.
         let (slow, failure) = match outcome {
             Outcome::Status(s) => (s >= 500 || s == 429, s >= 500),
-            Outcome::Failed | Outcome::TimedOut => (true, true),
+            Outcome::Connect | Outcome::Timeout | Outcome::Reset => (true, true),
         };
-        self.last_timed_out = outcome == Outcome::TimedOut;
+        let kind = match outcome {
+            Outcome::Status(_) => ErrorKind::Status,
+            Outcome::Connect => ErrorKind::Connect,
+            Outcome::Timeout => ErrorKind::Timeout,
+            Outcome::Reset => ErrorKind::Reset,
+        };
+        if failure {
+            stats.metrics.error(kind);
+        }
+        self.last_timed_out = outcome == Outcome::Timeout;
         stats.ewma.observe(
             if slow {
                 took.max(FAILURE_PENALTY)

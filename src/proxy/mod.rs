@@ -163,6 +163,10 @@ impl ProxyHttp for Proxy {
                 return Err(Error::explain(HTTPStatus(code), "all attempts failed"));
             }
             ctx.no_backend = true;
+            self.state
+                .counters
+                .no_backend
+                .fetch_add(1, Ordering::Relaxed);
             return Err(Error::explain(HTTPStatus(503), "no eligible backend"));
         };
         let backend = &snap.backends[choice.index];
@@ -198,12 +202,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let timed_out = matches!(e.etype(), ConnectTimedout);
-        ctx.record(if timed_out {
-            Outcome::TimedOut
-        } else {
-            Outcome::Failed
-        });
+        ctx.record(Outcome::Connect);
         // Nothing reached the backend: any method may go elsewhere.
         e.set_retry(Self::may_retry(session, ctx));
         e
@@ -290,9 +289,9 @@ impl ProxyHttp for Proxy {
         }
         let timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout);
         ctx.record(if timed_out {
-            Outcome::TimedOut
+            Outcome::Timeout
         } else {
-            Outcome::Failed
+            Outcome::Reset
         });
         let idempotent = session.req_header().method.is_idempotent();
         // A pooled connection the backend had already closed fails while lb
@@ -320,10 +319,17 @@ impl ProxyHttp for Proxy {
             .snapshot
             .clone()
             .unwrap_or_else(|| self.state.load_full());
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let total = ctx.started.elapsed();
+        if let Some(i) = ctx.backend {
+            snap.backends[i]
+                .stats
+                .metrics
+                .observe(status, total.as_secs_f64());
+        }
         if !snap.config.log.access {
             return;
         }
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let backend = ctx.backend.map_or("-", |i| &*snap.backends[i].stats.name);
         let req = session.req_header();
         tracing::info!(
@@ -335,7 +341,7 @@ impl ProxyHttp for Proxy {
             backend,
             attempts = ctx.attempts,
             upstream_ms = ctx.upstream_ttfb.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
-            total_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+            total_ms = total.as_secs_f64() * 1e3,
             bytes = session.body_bytes_sent(),
             request_id = %ctx.request_id,
             error = e.map(|e| e.etype().as_str()),

@@ -1,0 +1,220 @@
+//! Admin endpoints (SPEC "Admin API"). Bodies are parsed here so malformed
+//! JSON is a `400` and well-formed but unacceptable values a `422`; nothing
+//! changes unless the whole request is valid.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::{error, if_match, with_etag, Shared};
+use crate::config::Algorithm;
+use crate::control::{parse_mode, ControlError};
+use crate::state::Backend;
+
+type Peer = ConnectInfo<SocketAddr>;
+
+/// One entry of `GET /admin/backends`.
+#[derive(Serialize)]
+struct BackendView {
+    name: String,
+    addr: String,
+    resolved: Option<String>,
+    weight: u32,
+    effective_weight: u32,
+    health: &'static str,
+    circuit: &'static str,
+    mode: &'static str,
+    in_flight: i64,
+    requests_total: u64,
+    errors_total: u64,
+    ewma_ms: f64,
+}
+
+fn view(b: &Backend, s: &crate::state::Snapshot, now: Instant) -> BackendView {
+    let st = &b.stats;
+    BackendView {
+        name: st.name.to_string(),
+        addr: b.configured_addr.clone(),
+        resolved: b.addr.map(|a| a.to_string()),
+        weight: b.weight,
+        effective_weight: b.effective_weight(s.algorithm),
+        health: if st.healthy.load(Ordering::Relaxed) {
+            "up"
+        } else {
+            "down"
+        },
+        circuit: st.circuit.state(&s.config.circuit_breaker, now).as_str(),
+        mode: b.mode.as_str(),
+        in_flight: st.in_flight(),
+        requests_total: st.requests_total.load(Ordering::Relaxed),
+        errors_total: st.errors_total.load(Ordering::Relaxed),
+        ewma_ms: (st.ewma.get(now).as_secs_f64() * 1e6).round() / 1e3,
+    }
+}
+
+fn ok(s: &Shared, body: Value) -> Response {
+    with_etag(Json(body).into_response(), s.control.state.version())
+}
+
+fn failed(e: ControlError) -> Response {
+    let status = match e {
+        ControlError::NotFound(_) => StatusCode::NOT_FOUND,
+        ControlError::Stale(_) => StatusCode::PRECONDITION_FAILED,
+        ControlError::NoConfigFile => StatusCode::CONFLICT,
+        ControlError::Invalid(_) | ControlError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    error(status, &e.to_string())
+}
+
+/// A refused request body: status and message.
+struct Reject(StatusCode, String);
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        error(self.0, &self.1)
+    }
+}
+
+/// Parses a JSON object body: `400` if not JSON, `422` if not an object.
+fn object(body: &Bytes) -> Result<Map<String, Value>, Reject> {
+    match serde_json::from_slice::<Value>(body) {
+        Err(e) => Err(Reject(
+            StatusCode::BAD_REQUEST,
+            format!("malformed JSON: {e}"),
+        )),
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(Reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expected a JSON object".into(),
+        )),
+    }
+}
+
+/// A required string field of a one-field object body.
+fn field(body: &Bytes, key: &str) -> Result<String, Reject> {
+    let m = object(body)?;
+    match m.get(key) {
+        Some(Value::String(s)) if m.len() == 1 => Ok(s.clone()),
+        _ => Err(Reject(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("expected {{\"{key}\": \"...\"}}"),
+        )),
+    }
+}
+
+pub(super) async fn metrics(State(s): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        super::metrics::render(&s.control.state),
+    )
+        .into_response()
+}
+
+pub(super) async fn get_weights(State(s): State<Shared>) -> Response {
+    ok(&s, json!(s.control.weights()))
+}
+
+pub(super) async fn put_weights(
+    State(s): State<Shared>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let changes = match object(&body) {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    match s
+        .control
+        .set_weights(&changes, if_match(&headers), &peer.to_string())
+    {
+        Ok(w) => ok(&s, json!(w)),
+        Err(e) => failed(e),
+    }
+}
+
+pub(super) async fn get_backends(State(s): State<Shared>) -> Response {
+    let snap = s.control.state.load();
+    let now = Instant::now();
+    let list: Vec<BackendView> = snap.backends.iter().map(|b| view(b, &snap, now)).collect();
+    ok(&s, json!(list))
+}
+
+pub(super) async fn put_mode(
+    State(s): State<Shared>,
+    ConnectInfo(peer): Peer,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mode = match field(&body, "mode") {
+        Ok(m) => m,
+        Err(r) => return r.into_response(),
+    };
+    let Some(mode) = parse_mode(&mode) else {
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("mode {mode:?} is not one of active, drain, maintenance"),
+        );
+    };
+    if let Err(e) = s
+        .control
+        .set_mode(&name, mode, if_match(&headers), &peer.to_string())
+    {
+        return failed(e);
+    }
+    let snap = s.control.state.load();
+    match snap.index_of(&name) {
+        Some(i) => ok(&s, json!(view(&snap.backends[i], &snap, Instant::now()))),
+        None => failed(ControlError::NotFound(name)),
+    }
+}
+
+pub(super) async fn get_algorithm(State(s): State<Shared>) -> Response {
+    let a = s.control.state.load().algorithm;
+    ok(&s, json!({ "algorithm": a.as_str() }))
+}
+
+pub(super) async fn put_algorithm(
+    State(s): State<Shared>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let name = match field(&body, "algorithm") {
+        Ok(n) => n,
+        Err(r) => return r.into_response(),
+    };
+    let Some(a) = Algorithm::parse(&name) else {
+        let all: Vec<&str> = Algorithm::ALL.iter().map(|a| a.as_str()).collect();
+        return error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("algorithm {name:?} is not one of {}", all.join(", ")),
+        );
+    };
+    match s
+        .control
+        .set_algorithm(a, if_match(&headers), &peer.to_string())
+    {
+        Ok(()) => ok(&s, json!({ "algorithm": a.as_str() })),
+        Err(e) => failed(e),
+    }
+}
+
+pub(super) async fn reload(State(s): State<Shared>, ConnectInfo(peer): Peer) -> Response {
+    match s.control.reload(&peer.to_string()).await {
+        Ok(()) => ok(&s, json!({ "status": "reloaded" })),
+        Err(e) => failed(e),
+    }
+}

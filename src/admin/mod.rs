@@ -1,0 +1,197 @@
+//! The admin server on `admin.listen`: `GET /health` and `GET /metrics` open,
+//! everything under `/admin/` behind `Authorization: Bearer <token>` (compared
+//! in constant time). JSON in and out; responses carry an `ETag` (the state
+//! version) and mutations with a stale `If-Match` get `412`.
+
+mod handlers;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::extract::{Request, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use rand::Rng;
+use subtle::ConstantTimeEq;
+
+use crate::control::Control;
+
+/// Where the admin token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// `LB_ADMIN_TOKEN`.
+    Env,
+    /// `admin.token_file`.
+    File,
+    /// Generated at start (logged once).
+    Generated,
+}
+
+/// Picks the admin token: env `LB_ADMIN_TOKEN`, else `admin.token_file`, else
+/// a random one. A configured token file that cannot be read is an error.
+pub fn resolve_token(
+    token_file: Option<&std::path::Path>,
+) -> Result<(String, TokenSource), String> {
+    if let Ok(t) = std::env::var("LB_ADMIN_TOKEN") {
+        if !t.trim().is_empty() {
+            return Ok((t.trim().to_string(), TokenSource::Env));
+        }
+    }
+    if let Some(p) = token_file {
+        let t = std::fs::read_to_string(p)
+            .map_err(|e| format!("admin.token_file: {}: {e}", p.display()))?;
+        if t.trim().is_empty() {
+            return Err(format!("admin.token_file: {} is empty", p.display()));
+        }
+        return Ok((t.trim().to_string(), TokenSource::File));
+    }
+    let t = format!("{:032x}", rand::thread_rng().gen::<u128>());
+    Ok((t, TokenSource::Generated))
+}
+
+#[derive(Clone)]
+pub(crate) struct Shared {
+    control: Arc<Control>,
+    token: Arc<str>,
+}
+
+/// The admin background service.
+pub struct Admin {
+    shared: Shared,
+    listen: SocketAddr,
+}
+
+impl Admin {
+    /// An admin server for `control` on `listen`, accepting `token`.
+    pub fn new(control: Arc<Control>, token: String, listen: SocketAddr) -> Self {
+        Admin {
+            shared: Shared {
+                control,
+                token: token.into(),
+            },
+            listen,
+        }
+    }
+
+    /// The router (public for in-process tests).
+    pub fn router(&self) -> Router {
+        let admin = Router::new()
+            .route(
+                "/weights",
+                get(handlers::get_weights).put(handlers::put_weights),
+            )
+            .route("/backends", get(handlers::get_backends))
+            .route("/backends/{name}/mode", put(handlers::put_mode))
+            .route(
+                "/algorithm",
+                get(handlers::get_algorithm).put(handlers::put_algorithm),
+            )
+            .route("/reload", post(handlers::reload))
+            .layer(middleware::from_fn_with_state(self.shared.clone(), auth));
+        Router::new()
+            .route(
+                "/health",
+                get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+            )
+            .route("/metrics", get(handlers::metrics))
+            .nest("/admin", admin)
+            .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+            .method_not_allowed_fallback(|| async {
+                error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+            })
+            .with_state(self.shared.clone())
+    }
+}
+
+/// A JSON error response.
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+async fn auth(AxState(s): AxState<Shared>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(given.as_bytes().ct_eq(s.token.as_bytes())) {
+        return next.run(req).await;
+    }
+    let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
+}
+
+/// `If-Match`: `None` when absent or `*`; `Some(version)` otherwise
+/// (`Some(0)`, never current, for a value that is not one of our ETags).
+pub(crate) fn if_match(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::IF_MATCH)?.to_str().unwrap_or("");
+    let v = v.trim();
+    if v == "*" {
+        return None;
+    }
+    let v = v.trim_start_matches("W/").trim_matches('"');
+    Some(v.parse().unwrap_or(0))
+}
+
+/// Attaches `ETag: "<version>"`.
+pub(crate) fn with_etag(mut r: Response, version: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{version}\"")) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
+}
+
+#[async_trait]
+impl BackgroundService for Admin {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let listener = match tokio::net::TcpListener::bind(self.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listen = %self.listen, error = %e, "admin: cannot listen");
+                return;
+            }
+        };
+        tracing::info!(listen = %self.listen, "admin API listening");
+        let app = self
+            .router()
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        let mut h = HeaderMap::new();
+        assert_eq!(if_match(&h), None);
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"7\""));
+        assert_eq!(if_match(&h), Some(7));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"8\""));
+        assert_eq!(if_match(&h), Some(8));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
+        assert_eq!(if_match(&h), None);
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));
+        assert_eq!(if_match(&h), Some(0));
+    }
+}

@@ -1,0 +1,369 @@
+//! Operator actions on the shared state: weights, modes, algorithm, reload,
+//! and the state file that makes weights and modes survive restarts.
+//!
+//! The admin API and SIGHUP both come here. Every change is validated whole,
+//! then applied in one snapshot swap ([`State::try_update`]): the next request
+//! sees all of it, no request sees half. Each applied change writes one audit
+//! line (what, old → new, peer) and, with `admin.state_file`, persists the
+//! operator state atomically (temp file + fsync + rename).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::{Algorithm, Config, ConfigError, MAX_WEIGHT};
+use crate::discovery;
+use crate::state::{self, Mode, State, UpdateError};
+
+/// Why an operator action changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Unknown backend in a path (404).
+    #[error("no backend named {0:?}")]
+    NotFound(String),
+    /// The request is well-formed but not acceptable (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// The new config failed validation (422); the old one stays.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// `If-Match` named an older version (412).
+    #[error("state changed since version {0}; fetch it again")]
+    Stale(u64),
+    /// No config file to reload from.
+    #[error("lb was started without a config file to reload")]
+    NoConfigFile,
+}
+
+impl From<UpdateError<ControlError>> for ControlError {
+    fn from(e: UpdateError<ControlError>) -> Self {
+        match e {
+            UpdateError::Stale(v) => ControlError::Stale(v),
+            UpdateError::Rejected(e) => e,
+        }
+    }
+}
+
+/// What the state file holds.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SavedState {
+    /// Operator weights by backend name.
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+    /// Operator modes by backend name.
+    #[serde(default)]
+    pub modes: BTreeMap<String, String>,
+}
+
+/// Parses a mode name.
+pub fn parse_mode(s: &str) -> Option<Mode> {
+    match s {
+        "active" => Some(Mode::Active),
+        "drain" => Some(Mode::Drain),
+        "maintenance" => Some(Mode::Maintenance),
+        _ => None,
+    }
+}
+
+/// The operator's handle on lb.
+pub struct Control {
+    /// The shared state.
+    pub state: Arc<State>,
+    config_path: Option<PathBuf>,
+}
+
+impl Control {
+    /// Control over `state`; reloads read `config_path`.
+    pub fn new(state: Arc<State>, config_path: Option<PathBuf>) -> Self {
+        Control { state, config_path }
+    }
+
+    /// Operator weights by name.
+    pub fn weights(&self) -> BTreeMap<String, u32> {
+        let snap = self.state.load();
+        snap.backends
+            .iter()
+            .map(|b| (b.stats.name.to_string(), b.weight))
+            .collect()
+    }
+
+    fn audit(&self, kind: usize, what: &str, old: &str, new: &str, peer: &str) {
+        self.state.counters.admin_changes[kind].fetch_add(1, Ordering::Relaxed);
+        tracing::info!(target: "audit", what, old, new, peer, "admin change");
+    }
+
+    /// Applies some or all weights at once. Every value must be an integer
+    /// 0..=1000 for a known backend, and the result must leave some weight > 0.
+    pub fn set_weights(
+        &self,
+        changes: &serde_json::Map<String, Value>,
+        if_match: Option<u64>,
+        peer: &str,
+    ) -> Result<BTreeMap<String, u32>, ControlError> {
+        let mut parsed = HashMap::new();
+        for (name, v) in changes {
+            let w = v
+                .as_u64()
+                .filter(|w| *w <= MAX_WEIGHT as u64)
+                .ok_or_else(|| {
+                    ControlError::Invalid(format!(
+                        "{name}: {v} is not an integer in 0..={MAX_WEIGHT}"
+                    ))
+                })?;
+            parsed.insert(name.as_str(), w as u32);
+        }
+        let old = self.weights();
+        self.state.try_update(if_match, |cur| {
+            let mut backends = cur.backends.clone();
+            for name in parsed.keys() {
+                if cur.index_of(name).is_none() {
+                    return Err(ControlError::Invalid(format!("no backend named {name:?}")));
+                }
+            }
+            for b in &mut backends {
+                if let Some(w) = parsed.get(&*b.stats.name) {
+                    b.weight = *w;
+                }
+            }
+            if backends.iter().all(|b| b.weight == 0) {
+                return Err(ControlError::Invalid(
+                    "every weight would be 0; at least one backend needs weight > 0".into(),
+                ));
+            }
+            Ok(cur.with(backends, cur.algorithm))
+        })?;
+        let new = self.weights();
+        self.audit(0, "weights", &format!("{old:?}"), &format!("{new:?}"), peer);
+        self.persist();
+        Ok(new)
+    }
+
+    /// Sets one backend's mode.
+    pub fn set_mode(
+        &self,
+        name: &str,
+        mode: Mode,
+        if_match: Option<u64>,
+        peer: &str,
+    ) -> Result<(), ControlError> {
+        let mut old = Mode::Active;
+        self.state.try_update(if_match, |cur| {
+            let i = cur
+                .index_of(name)
+                .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
+            let mut backends = cur.backends.clone();
+            old = backends[i].mode;
+            backends[i].mode = mode;
+            Ok(cur.with(backends, cur.algorithm))
+        })?;
+        self.audit(
+            1,
+            &format!("mode {name}"),
+            old.as_str(),
+            mode.as_str(),
+            peer,
+        );
+        self.persist();
+        Ok(())
+    }
+
+    /// Switches the algorithm, keeping every backend's state.
+    pub fn set_algorithm(
+        &self,
+        algorithm: Algorithm,
+        if_match: Option<u64>,
+        peer: &str,
+    ) -> Result<(), ControlError> {
+        let mut old = algorithm;
+        self.state.try_update(if_match, |cur| {
+            old = cur.algorithm;
+            Ok::<_, ControlError>(cur.with(cur.backends.clone(), algorithm))
+        })?;
+        self.audit(2, "algorithm", old.as_str(), algorithm.as_str(), peer);
+        Ok(())
+    }
+
+    /// Re-reads the config file; applies it only if valid. Backends that remain
+    /// keep their state (stats, health, circuit, operator weight unless the file
+    /// changed it, mode); new ones join, removed ones leave (their in-flight
+    /// requests finish on the old snapshot they hold).
+    pub async fn reload(&self, peer: &str) -> Result<(), ControlError> {
+        let path = self
+            .config_path
+            .as_ref()
+            .ok_or(ControlError::NoConfigFile)?;
+        let loaded = Config::load(path).inspect(|c| {
+            restart_only_changes(&self.state.load().config, c);
+        });
+        let new = match loaded {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                self.state
+                    .counters
+                    .reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "audit", peer, error = %e, "reload rejected; old config kept");
+                return Err(e.into());
+            }
+        };
+        let addrs = resolve_new_names(&self.state, &new).await;
+        self.state.try_update(None, |cur| {
+            let previous: HashMap<Arc<str>, state::Backend> = cur
+                .backends
+                .iter()
+                .map(|b| (b.stats.name.clone(), b.clone()))
+                .collect();
+            // The runtime algorithm stays unless the file changed it.
+            let algorithm = if new.balancer.algorithm != cur.config.balancer.algorithm {
+                new.balancer.algorithm
+            } else {
+                cur.algorithm
+            };
+            let mut snap = state::build(&new, &previous, algorithm);
+            for (b, a) in snap.backends.iter_mut().zip(&addrs) {
+                if b.addr.is_none() {
+                    b.addr = *a;
+                }
+            }
+            Ok::<_, ControlError>(snap)
+        })?;
+        self.state
+            .counters
+            .reloads_ok
+            .fetch_add(1, Ordering::Relaxed);
+        let names: Vec<String> = new.backends.iter().map(|b| b.name.clone()).collect();
+        self.audit(3, "reload", "", &names.join(","), peer);
+        self.persist();
+        Ok(())
+    }
+
+    /// Writes weights and modes to `admin.state_file`, if configured. A failure
+    /// is logged; in-memory state is never lost or rolled back.
+    pub fn persist(&self) {
+        let snap = self.state.load();
+        let Some(path) = snap.config.admin.state_file.clone() else {
+            return;
+        };
+        let saved = SavedState {
+            weights: self.weights(),
+            modes: snap
+                .backends
+                .iter()
+                .map(|b| (b.stats.name.to_string(), b.mode.as_str().to_string()))
+                .collect(),
+        };
+        if let Err(e) = write_atomically(&path, &saved) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write state file; state kept in memory");
+        }
+    }
+
+    /// Applies a saved state file at start to backends still in the config.
+    /// Missing file: nothing to do. Unreadable or corrupt: one warning.
+    pub fn load_state_file(&self) {
+        let snap = self.state.load();
+        let Some(path) = snap.config.admin.state_file.clone() else {
+            return;
+        };
+        let saved: SavedState = match std::fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read state file; using config weights");
+                return;
+            }
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "corrupt state file ignored; using config weights");
+                    return;
+                }
+            },
+        };
+        self.state.update(|cur| {
+            let mut backends = cur.backends.clone();
+            for b in &mut backends {
+                if let Some(&w) = saved.weights.get(&*b.stats.name) {
+                    if w <= MAX_WEIGHT {
+                        b.weight = w;
+                    }
+                }
+                if let Some(m) = saved.modes.get(&*b.stats.name).and_then(|m| parse_mode(m)) {
+                    b.mode = m;
+                }
+            }
+            if backends.iter().all(|b| b.weight == 0) {
+                tracing::warn!("state file sets every weight to 0; using config weights");
+                return cur.with(cur.backends.clone(), cur.algorithm);
+            }
+            cur.with(backends, cur.algorithm)
+        });
+        tracing::info!(path = %path.display(), "state file applied");
+    }
+}
+
+fn restart_only_changes(old: &Config, new: &Config) {
+    if old.server.listen != new.server.listen
+        || old.server.threads != new.server.threads
+        || old.admin.listen != new.admin.listen
+    {
+        tracing::warn!(
+            "reload: server.listen, server.threads and admin.listen apply at the next restart"
+        );
+    }
+}
+
+/// Resolves hostnames of backends whose address the current snapshot does not
+/// already know, so backends added by a reload take traffic at once.
+async fn resolve_new_names(state: &State, new: &Config) -> Vec<Option<std::net::SocketAddr>> {
+    let cur = state.load_full();
+    let known: HashMap<&str, _> = cur
+        .backends
+        .iter()
+        .map(|b| (b.configured_addr.as_str(), b.addr))
+        .collect();
+    let resolver = discovery::resolver(&new.discovery).ok();
+    let mut out = Vec::with_capacity(new.backends.len());
+    for b in &new.backends {
+        let addr = match (b.addr.parse().ok(), known.get(b.addr.as_str())) {
+            (Some(a), _) => Some(a),
+            (None, Some(Some(a))) => Some(*a),
+            (None, _) => match &resolver {
+                Some(r) => discovery::lookup(r, &b.addr).await.ok(),
+                None => None,
+            },
+        };
+        out.push(addr);
+    }
+    out
+}
+
+/// Writes `value` as JSON to `path` via a temp file in the same directory,
+/// fsync, then rename: readers see the old file or the new one, never half.
+pub fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("lb-state")
+    ));
+    let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // Make the rename itself durable.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}

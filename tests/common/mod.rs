@@ -230,6 +230,9 @@ impl Drop for Lb {
     }
 }
 
+/// The admin token every harness-started lb uses (`LB_ADMIN_TOKEN`).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// Path of the `lb` binary Cargo built for these tests.
 pub fn lb_bin() -> &'static str {
     env!("CARGO_BIN_EXE_lb")
@@ -241,6 +244,7 @@ fn spawn_lb(cfg: &std::path::Path, log: &std::path::Path) -> Child {
     cmd.arg("-c")
         .arg(cfg)
         .env("RUST_LOG", "info,access=off")
+        .env("LB_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(logf);

@@ -26,3 +26,11 @@ build: deps
 
 clean:
 	$(CARGO) clean
+
+## Container images from statically linked release binaries (FROM scratch: nothing is pulled).
+STATIC_TARGET := x86_64-unknown-linux-gnu
+STATIC_DIR := target/static/$(STATIC_TARGET)/release
+images: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --workspace --bins \
+	  --target $(STATIC_TARGET) --target-dir target/static
+	@scripts/build-images.sh $(STATIC_DIR)

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod balancer;
 pub mod circuit;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;

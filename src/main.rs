@@ -37,6 +37,27 @@ enum Command {
     Run(RunArgs),
     /// Validate the config and print a summary (exit 0), or the error (exit 2).
     Check,
+    /// Exit 0 if URL answers 2xx (for container HEALTHCHECKs; no curl needed).
+    Healthcheck {
+        /// Defaults to the admin API's /health.
+        #[arg(default_value = "http://127.0.0.1:9901/health")]
+        url: String,
+    },
+    /// Call the admin API: `lb admin PUT /admin/weights '{"app-1": 0}'`.
+    Admin {
+        /// Admin base URL.
+        #[arg(long, default_value = lb::client::DEFAULT_ADMIN_URL)]
+        url: String,
+        /// Bearer token (default: env LB_ADMIN_TOKEN).
+        #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// GET, PUT or POST.
+        method: String,
+        /// e.g. /admin/weights
+        path: String,
+        /// JSON body for PUT/POST.
+        body: Option<String>,
+    },
 }
 
 fn load(args: &RunArgs) -> Result<Config, ExitCode> {
@@ -81,6 +102,34 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Some(Command::Run(args)) => run(&args),
+        Some(Command::Healthcheck { url }) => match lb::client::healthcheck(&url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lb: unhealthy: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Some(Command::Admin {
+            url,
+            token,
+            method,
+            path,
+            body,
+        }) => match lb::client::admin(&url, token.as_deref(), &method, &path, body.as_deref()) {
+            Ok((status, text)) => {
+                println!("{}", text.trim_end());
+                if (200..300).contains(&status) {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("lb: admin API answered {status}");
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                eprintln!("lb: {e}");
+                ExitCode::from(1)
+            }
+        },
         None => run(&cli.run),
     }
 }

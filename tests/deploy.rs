@@ -1,0 +1,315 @@
+//! Static checks of the deployment files, so they cannot drift from the code:
+//! Kubernetes manifests (labels/selectors, ports, ConfigMap keys, probe paths,
+//! the embedded lb.toml), docker-compose.yml (limits, healthchecks, ports, the
+//! backends in lb.toml), Prometheus targets and the Grafana dashboard's metrics.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use lb::config::Config;
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every document of every YAML file in deploy/k8s, keyed by (kind, name).
+fn manifests() -> BTreeMap<(String, String), Value> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(root().join("deploy/k8s")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let kind = v["kind"].as_str().expect("kind").to_string();
+            let name = v["metadata"]["name"].as_str().expect("name").to_string();
+            assert!(
+                out.insert((kind.clone(), name.clone()), v).is_none(),
+                "duplicate {kind}/{name}"
+            );
+        }
+    }
+    out
+}
+
+fn get<'a>(m: &'a BTreeMap<(String, String), Value>, kind: &str, name: &str) -> &'a Value {
+    m.get(&(kind.to_string(), name.to_string()))
+        .unwrap_or_else(|| panic!("no {kind}/{name} in deploy/k8s"))
+}
+
+fn port_of(v: &Value) -> u16 {
+    v.as_u64().unwrap_or_else(|| panic!("port {v:?}")) as u16
+}
+
+/// A container port, by name or number.
+fn container_port(container: &Value, port: &Value) -> u16 {
+    match port {
+        Value::String(name) => container["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .map(|p| port_of(&p["containerPort"]))
+            .unwrap_or_else(|| panic!("no container port named {name}")),
+        n => port_of(n),
+    }
+}
+
+fn listen_port(s: &std::net::SocketAddr) -> u16 {
+    s.port()
+}
+
+#[test]
+fn kubernetes_manifests_reference_each_other_and_the_code() {
+    let m = manifests();
+    let cm = get(&m, "ConfigMap", "lb-config");
+    let dep = get(&m, "Deployment", "lb");
+    let svc = get(&m, "Service", "lb");
+    let hpa = get(&m, "HorizontalPodAutoscaler", "lb");
+    let sts = get(&m, "StatefulSet", "app");
+    let headless = get(&m, "Service", "app");
+
+    // The embedded lb.toml is a valid config.
+    let toml = cm["data"]["lb.toml"]
+        .as_str()
+        .expect("ConfigMap key lb.toml");
+    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("ConfigMap lb.toml: {e}"));
+
+    // lb Deployment: 2 replicas, selector matches the template, non-root, read-only.
+    let spec = &dep["spec"];
+    assert_eq!(spec["replicas"], 2);
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(&spec["selector"]["matchLabels"], labels);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    for k in ["requests", "limits"] {
+        assert!(
+            c["resources"][k]["cpu"].is_string() && c["resources"][k]["memory"].is_string(),
+            "{k}"
+        );
+    }
+    // The config file lb reads is the ConfigMap key, mounted where args say.
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let cfg_path = args[args.iter().position(|a| *a == "-c").unwrap() + 1];
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| cfg_path.starts_with(v["mountPath"].as_str().unwrap()))
+        .expect("config path is mounted");
+    let vol = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("mounted volume exists");
+    assert_eq!(vol["configMap"]["name"], "lb-config");
+    let item = &vol["configMap"]["items"][0];
+    assert_eq!(item["key"], "lb.toml");
+    assert!(cfg_path.ends_with(item["path"].as_str().unwrap()));
+    // Ports: container ports are what the config listens on.
+    assert_eq!(
+        container_port(c, &Value::from("http")),
+        listen_port(&config.server.listen)
+    );
+    assert_eq!(
+        container_port(c, &Value::from("admin")),
+        listen_port(&config.admin.listen)
+    );
+    // Probes hit the admin API's /health (the unauthenticated endpoint).
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["path"], "/health", "{probe}");
+        assert_eq!(
+            container_port(c, &c[probe]["httpGet"]["port"]),
+            listen_port(&config.admin.listen)
+        );
+    }
+
+    // Service: LoadBalancer on 80 to lb's http port, selecting lb pods.
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(&svc["spec"]["selector"], labels);
+    let sp = &svc["spec"]["ports"][0];
+    assert_eq!(sp["port"], 80);
+    assert_eq!(
+        container_port(c, &sp["targetPort"]),
+        listen_port(&config.server.listen)
+    );
+
+    // HPA scales that Deployment on CPU.
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "lb");
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
+
+    // Apps: a StatefulSet governed by the headless Service; one backend per pod.
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(sts["spec"]["serviceName"], "app");
+    let app_labels = &sts["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(&sts["spec"]["selector"]["matchLabels"], app_labels);
+    assert_eq!(&headless["spec"]["selector"], app_labels);
+    let ac = &sts["spec"]["template"]["spec"]["containers"][0];
+    let app_port = container_port(ac, &Value::from("http"));
+    assert_eq!(
+        container_port(ac, &headless["spec"]["ports"][0]["targetPort"]),
+        app_port
+    );
+    assert_eq!(ac["readinessProbe"]["httpGet"]["path"], "/health");
+    let replicas = sts["spec"]["replicas"].as_u64().unwrap() as usize;
+    assert_eq!(config.backends.len(), replicas, "one backend per app pod");
+    for (i, b) in config.backends.iter().enumerate() {
+        assert_eq!(
+            b.addr,
+            format!("app-{i}.app.default.svc.cluster.local:{app_port}"),
+            "{}",
+            b.name
+        );
+    }
+}
+
+/// Parsed docker-compose.yml.
+fn compose() -> Value {
+    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    assert!(
+        !text.lines().any(|l| l.starts_with("version:")),
+        "no `version:` key (Compose spec)"
+    );
+    let mut v: Value = serde_yaml::from_str(&text).unwrap();
+    // Resolve `<<: *app` as Compose does.
+    v.apply_merge().unwrap();
+    v
+}
+
+#[test]
+fn compose_file_matches_lb_toml_and_the_seed_limits() {
+    let c = compose();
+    let s = &c["services"];
+    let lb = &s["lb"];
+    // Port 80 published; the admin API only exposed on the internal network.
+    let ports: Vec<&str> = lb["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(ports, vec!["${LB_PUBLISH:-80}:80"]);
+    assert!(lb["expose"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p == "9901"));
+    assert!(lb["volumes"][0].as_str().unwrap().starts_with("./lb.toml:"));
+    let config = Config::load(&root().join("lb.toml")).unwrap();
+    assert_eq!(config.server.listen.port(), 80);
+    let want = [
+        ("app-1", 1.0, "1g"),
+        ("app-2", 1.0, "1g"),
+        ("app-3", 0.5, "512m"),
+        ("app-4", 1.5, "1536m"),
+    ];
+    for ((name, cpus, mem), backend) in want.iter().zip(&config.backends) {
+        // lb.toml's backends are exactly the compose app services, on their port.
+        assert_eq!(backend.addr, format!("{name}:3000"));
+        let app = &s[*name];
+        assert_eq!(app["cpus"].as_f64(), Some(*cpus), "{name} cpus");
+        assert_eq!(app["mem_limit"].as_str(), Some(*mem), "{name} mem_limit");
+        assert_eq!(app["restart"], "unless-stopped");
+        assert!(
+            app["healthcheck"]["test"][1]
+                .as_str()
+                .unwrap()
+                .ends_with("/app"),
+            "{name} healthcheck"
+        );
+        assert_eq!(lb["depends_on"][*name]["condition"], "service_healthy");
+    }
+    assert_eq!(lb["restart"], "unless-stopped");
+    // Monitoring only behind its profile (its images come from a registry).
+    for m in ["prometheus", "grafana"] {
+        assert_eq!(s[m]["profiles"][0], "monitoring", "{m}");
+    }
+}
+
+#[test]
+fn prometheus_scrapes_lb_and_every_app() {
+    let p: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    let targets: HashSet<String> = p["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|j| {
+            j["static_configs"][0]["targets"]
+                .as_sequence()
+                .unwrap()
+                .clone()
+        })
+        .map(|t| t.as_str().unwrap().to_string())
+        .collect();
+    let config = Config::load(&root().join("lb.toml")).unwrap();
+    assert!(targets.contains("lb:9901"), "{targets:?}");
+    for b in &config.backends {
+        assert!(targets.contains(&b.addr), "{} not scraped", b.addr);
+    }
+}
+
+#[test]
+fn grafana_dashboard_uses_only_metrics_lb_exports() {
+    // Render the real exposition for lb.toml's backends (no network needed).
+    let config = Config::load(&root().join("lb.toml")).unwrap();
+    let state = lb::state::State::new(Arc::new(config));
+    let text = lb::admin::metrics::render(&state);
+    let exported: HashSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("deploy/grafana/dashboards/lb.json")).unwrap(),
+    )
+    .unwrap();
+    let mut used = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("lb_") {
+                    used += 1;
+                    assert!(
+                        exported.contains(word),
+                        "dashboard uses {word}, lb does not export it"
+                    );
+                }
+            }
+        }
+    }
+    assert!(used >= 6);
+    let titles: Vec<&str> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["title"].as_str().unwrap())
+        .collect();
+    for want in [
+        "Requests/s",
+        "Error rate",
+        "p95",
+        "Effective weights",
+        "Circuit",
+        "In-flight",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.contains(want)),
+            "no {want} panel in {titles:?}"
+        );
+    }
+}

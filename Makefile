@@ -12,8 +12,11 @@ run: deps
 	$(CARGO) build --release --workspace --bins
 	@scripts/run-local.sh target/release
 
-## The whole test suite (unit, integration, config checks).
+## The whole test suite (unit, integration, chaos, compose end-to-end when a
+## Docker engine is reachable: its images are built first).
 test: deps
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
+	 else echo "no Docker engine reachable: the compose end-to-end test will be skipped"; fi
 	$(CARGO) test --workspace --no-fail-fast
 
 ## Formatting and lints, as CI runs them.

@@ -5,7 +5,7 @@ set -euo pipefail
 bin=${1:?usage: build-images.sh DIR-WITH-STATIC-BINARIES}
 cd "$(dirname "$0")/.."
 for b in lb app; do
-  file "$bin/$b" 2>/dev/null | grep -q "statically linked" || ldd "$bin/$b" 2>&1 | grep -q "not a dynamic" || {
+  ldd "$bin/$b" 2>&1 | grep -qE "not a dynamic|statically linked" || {
     echo "$bin/$b is not statically linked" >&2; exit 1; }
 done
 ctx=$(mktemp -d)
@@ -14,7 +14,7 @@ build() { # name binary dockerfile
   rm -rf "$ctx"/*
   cp "$bin/$2" "$ctx/$2"
   cp "deploy/docker/$3" "$ctx/Dockerfile"
-  docker build -q -t "$1" "$ctx" >/dev/null
+  out=$(docker build -q -t "$1" "$ctx" 2>&1) || { echo "$out" >&2; exit 1; }
   echo "$1: $(docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.1f MiB", $1/1048576}')"
 }
 build lb:local lb lb.Dockerfile

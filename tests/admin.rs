@@ -26,7 +26,13 @@ impl AdminClient {
         }
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<&str>, if_match: Option<&str>) -> (u16, String, Value) {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        if_match: Option<&str>,
+    ) -> (u16, String, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let mut req = self
             .c
@@ -77,8 +83,22 @@ async fn auth_is_required_for_admin_only() {
     let (_apps, lb) = four().await;
     let c = client();
     let base = format!("http://{}", lb.admin);
-    assert_eq!(c.get(format!("{base}/health")).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(format!("{base}/metrics")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     let r = c.get(format!("{base}/admin/weights")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(header(&r, "www-authenticate"), "Bearer");
@@ -134,11 +154,31 @@ async fn refused_changes_leave_state_untouched() {
         ("PUT", "/admin/weights", r#"{"app-1": -1}"#, 422),
         ("PUT", "/admin/weights", r#"{"app-1": 1.5}"#, 422),
         ("PUT", "/admin/weights", r#"{"app-1": "3"}"#, 422),
-        ("PUT", "/admin/weights", r#"{"app-1": 0, "app-2": 0, "app-3": 0, "app-4": 0}"#, 422),
-        ("PUT", "/admin/backends/app-1/mode", r#"{"mode": "sleep"}"#, 422),
+        (
+            "PUT",
+            "/admin/weights",
+            r#"{"app-1": 0, "app-2": 0, "app-3": 0, "app-4": 0}"#,
+            422,
+        ),
+        (
+            "PUT",
+            "/admin/backends/app-1/mode",
+            r#"{"mode": "sleep"}"#,
+            422,
+        ),
         ("PUT", "/admin/backends/app-1/mode", r#"{"mode": "#, 400),
-        ("PUT", "/admin/backends/nope/mode", r#"{"mode": "drain"}"#, 404),
-        ("PUT", "/admin/algorithm", r#"{"algorithm": "fastest"}"#, 422),
+        (
+            "PUT",
+            "/admin/backends/nope/mode",
+            r#"{"mode": "drain"}"#,
+            404,
+        ),
+        (
+            "PUT",
+            "/admin/algorithm",
+            r#"{"algorithm": "fastest"}"#,
+            422,
+        ),
         ("PUT", "/admin/algorithm", r#"{"algo": "ip_hash"}"#, 422),
         // Mutations are never accepted over GET (and reads not over POST).
         ("GET", "/admin/reload", "", 405),
@@ -147,13 +187,23 @@ async fn refused_changes_leave_state_untouched() {
     for (m, path, body, want) in cases {
         let (st, _, v) = a.call(m, path, Some(body), None).await;
         assert_eq!(st, want, "{m} {path} {body}: {v}");
-        assert!(v["error"].is_string(), "{m} {path}: JSON error expected, got {v}");
+        assert!(
+            v["error"].is_string(),
+            "{m} {path}: JSON error expected, got {v}"
+        );
     }
     let (_, etag1, w1) = a.get("/admin/weights").await;
     assert_eq!((etag1, w1), (etag0, w0), "state changed");
     let (_, _, backends) = a.get("/admin/backends").await;
-    assert!(backends.as_array().unwrap().iter().all(|b| b["mode"] == "active"));
-    assert_eq!(a.get("/admin/algorithm").await.2, json!({"algorithm": "round_robin"}));
+    assert!(backends
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b["mode"] == "active"));
+    assert_eq!(
+        a.get("/admin/algorithm").await.2,
+        json!({"algorithm": "round_robin"})
+    );
     let picks: HashSet<String> = route(&lb, 8).await.into_iter().collect();
     assert_eq!(picks.len(), 4, "routing changed: {picks:?}");
 }
@@ -163,20 +213,42 @@ async fn stale_if_match_gets_412() {
     let (_apps, lb) = four().await;
     let a = AdminClient::new(&lb);
     let (_, etag, _) = a.get("/admin/weights").await;
-    let (st, etag2, _) = a.call("PUT", "/admin/weights", Some(r#"{"app-1": 2}"#), Some(&etag)).await;
+    let (st, etag2, _) = a
+        .call(
+            "PUT",
+            "/admin/weights",
+            Some(r#"{"app-1": 2}"#),
+            Some(&etag),
+        )
+        .await;
     assert_eq!(st, 200);
     assert_ne!(etag, etag2);
     // The old ETag is stale now: refused, nothing changes.
-    let (st, _, v) = a.call("PUT", "/admin/weights", Some(r#"{"app-1": 9}"#), Some(&etag)).await;
+    let (st, _, v) = a
+        .call(
+            "PUT",
+            "/admin/weights",
+            Some(r#"{"app-1": 9}"#),
+            Some(&etag),
+        )
+        .await;
     assert_eq!(st, 412, "{v}");
     let (st, _, _) = a
-        .call("PUT", "/admin/algorithm", Some(r#"{"algorithm": "least_conn"}"#), Some(&etag))
+        .call(
+            "PUT",
+            "/admin/algorithm",
+            Some(r#"{"algorithm": "least_conn"}"#),
+            Some(&etag),
+        )
         .await;
     assert_eq!(st, 412);
     let (_, etag3, w) = a.get("/admin/weights").await;
     assert_eq!(etag3, etag2);
     assert_eq!(w["app-1"], 2);
-    assert_eq!(a.get("/admin/algorithm").await.2["algorithm"], "round_robin");
+    assert_eq!(
+        a.get("/admin/algorithm").await.2["algorithm"],
+        "round_robin"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,8 +262,17 @@ async fn backends_algorithm_and_reload_success_paths() {
     assert_eq!(list.len(), 4);
     for b in list {
         for k in [
-            "name", "addr", "weight", "effective_weight", "health", "circuit", "mode",
-            "in_flight", "requests_total", "errors_total", "ewma_ms",
+            "name",
+            "addr",
+            "weight",
+            "effective_weight",
+            "health",
+            "circuit",
+            "mode",
+            "in_flight",
+            "requests_total",
+            "errors_total",
+            "ewma_ms",
         ] {
             assert!(!b[k].is_null(), "{k} missing in {b}");
         }
@@ -200,20 +281,32 @@ async fn backends_algorithm_and_reload_success_paths() {
         assert_eq!(b["requests_total"], 2);
         assert_eq!(b["in_flight"], 0);
     }
-    let (st, _, v) = a.put("/admin/algorithm", r#"{"algorithm": "least_conn"}"#).await;
+    let (st, _, v) = a
+        .put("/admin/algorithm", r#"{"algorithm": "least_conn"}"#)
+        .await;
     assert_eq!((st, v), (200, json!({"algorithm": "least_conn"})));
-    assert_eq!(a.get("/admin/algorithm").await.2, json!({"algorithm": "least_conn"}));
+    assert_eq!(
+        a.get("/admin/algorithm").await.2,
+        json!({"algorithm": "least_conn"})
+    );
     let (st, _, v) = a.call("POST", "/admin/reload", None, None).await;
     assert_eq!(st, 200, "{v}");
     // Reloading the unchanged file keeps the runtime algorithm.
-    assert_eq!(a.get("/admin/algorithm").await.2, json!({"algorithm": "least_conn"}));
+    assert_eq!(
+        a.get("/admin/algorithm").await.2,
+        json!({"algorithm": "least_conn"})
+    );
     assert!(lb.log_text().contains("admin change"), "no audit line");
 }
 
 /// A cookie-pinned client: (cookie, backend it is pinned to).
 async fn pinned_client(lb: &Lb) -> (String, String) {
     let r = client().get(lb.url("/api/whoami")).send().await.unwrap();
-    let cookie = header(&r, "set-cookie").split(';').next().unwrap().to_string();
+    let cookie = header(&r, "set-cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     (cookie, header(&r, "x-backend"))
 }
 
@@ -231,7 +324,10 @@ async fn backend_with_cookie(lb: &Lb, cookie: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_keeps_sticky_clients_and_maintenance_stops_all() {
     let apps = Apps::plain(4).await;
-    let body = format!("[balancer]\nsticky = \"cookie\"\n\n{}", apps.backends_toml(&[1, 1, 1, 1]));
+    let body = format!(
+        "[balancer]\nsticky = \"cookie\"\n\n{}",
+        apps.backends_toml(&[1, 1, 1, 1])
+    );
     let lb = Lb::start(&body).await;
     let a = AdminClient::new(&lb);
     // Pin clients until one is on app-2.
@@ -243,7 +339,9 @@ async fn drain_keeps_sticky_clients_and_maintenance_stops_all() {
         }
     }
     let cookie = pinned.expect("round robin pins one of 8 new clients to app-2");
-    let (st, _, v) = a.put("/admin/backends/app-2/mode", r#"{"mode": "drain"}"#).await;
+    let (st, _, v) = a
+        .put("/admin/backends/app-2/mode", r#"{"mode": "drain"}"#)
+        .await;
     assert_eq!((st, v["mode"].as_str()), (200, Some("drain")));
     // The sticky client stays; 40 new clients never land on app-2.
     for _ in 0..20 {
@@ -253,7 +351,9 @@ async fn drain_keeps_sticky_clients_and_maintenance_stops_all() {
         assert_ne!(pinned_client(&lb).await.1, "app-2");
     }
     // Maintenance: nobody, not even the pinned client, who is re-pinned.
-    let (st, _, _) = a.put("/admin/backends/app-2/mode", r#"{"mode": "maintenance"}"#).await;
+    let (st, _, _) = a
+        .put("/admin/backends/app-2/mode", r#"{"mode": "maintenance"}"#)
+        .await;
     assert_eq!(st, 200);
     let r = client()
         .get(lb.url("/api/whoami"))
@@ -262,11 +362,15 @@ async fn drain_keeps_sticky_clients_and_maintenance_stops_all() {
         .await
         .unwrap();
     assert_ne!(header(&r, "x-backend"), "app-2");
-    assert!(header(&r, "set-cookie").starts_with("lb_sticky="), "not re-pinned");
+    assert!(
+        header(&r, "set-cookie").starts_with("lb_sticky="),
+        "not re-pinned"
+    );
     let picks = route(&lb, 40).await;
     assert!(!picks.contains(&"app-2".to_string()));
     // Active again: back in rotation.
-    a.put("/admin/backends/app-2/mode", r#"{"mode": "active"}"#).await;
+    a.put("/admin/backends/app-2/mode", r#"{"mode": "active"}"#)
+        .await;
     assert!(route(&lb, 8).await.contains(&"app-2".to_string()));
 }
 

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run test lint deps build images clean
+.PHONY: run test lint deps build images bench clean
 
 CARGO ?= cargo
 
@@ -37,3 +37,7 @@ images: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --workspace --bins \
 	  --target $(STATIC_TARGET) --target-dir target/static
 	@scripts/build-images.sh $(STATIC_DIR)
+
+## lb vs nginx on loopback (needs wrk and nginx: apt-get install wrk nginx).
+bench: build
+	@scripts/bench.sh

@@ -1,20 +1,39 @@
 #!/usr/bin/env bash
 # Installs the system packages lb's build and tests need (Debian), or stops with
 # one line saying what to install.
+#   cmake            Pingora's build
+#   build-essential  a C compiler for -sys crates
+#   docker-compose   when Docker is installed without Compose (compose e2e test)
+#   prometheus       for `promtool check metrics` (tests/metrics.rs validates
+#                    /metrics with it); installed without its recommends (the
+#                    node exporter), and its server is never started by lb's tests
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+# The compose end-to-end test drives Docker with Compose (v2 plugin or v1).
+if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
+   && ! command -v docker-compose >/dev/null 2>&1; then
+  missing+=(docker-compose)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
+
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  echo "installing: ${missing[*]}" >&2
-  apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root=()
 elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1; then
-  echo "installing with sudo: ${missing[*]}" >&2
-  sudo apt-get update -qq >/dev/null
-  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root=(sudo)
 else
   echo "lb needs: ${missing[*]} — install them with your package manager (e.g. apt-get install ${missing[*]})" >&2
   exit 1
 fi
+echo "installing${as_root:+ with sudo}: ${missing[*]}" >&2
+"${as_root[@]}" apt-get update -qq >/dev/null
+apt_install() {
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+build=()
+for p in "${missing[@]}"; do [ "$p" = prometheus ] || build+=("$p"); done
+[ ${#build[@]} -eq 0 ] || apt_install "${build[@]}"
+# Only promtool is wanted from `prometheus`.
+[ "${missing[*]}" = "${build[*]}" ] || apt_install --no-install-recommends prometheus

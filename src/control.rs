@@ -58,6 +58,11 @@ pub struct SavedState {
     /// Operator modes by backend name.
     #[serde(default)]
     pub modes: BTreeMap<String, String>,
+    /// The config file's weights when the state was saved. At start a saved
+    /// weight applies only if the file still has this weight for the backend:
+    /// an edit to lb.toml wins, exactly as on reload.
+    #[serde(default)]
+    pub config_weights: BTreeMap<String, u32>,
 }
 
 /// Parses a mode name.
@@ -75,12 +80,23 @@ pub struct Control {
     /// The shared state.
     pub state: Arc<State>,
     config_path: Option<PathBuf>,
+    /// Serialises state-file writes (the admin API and SIGHUP run on different
+    /// threads); each write takes the then-current state, so the last write wins
+    /// with the latest state.
+    persist_lock: std::sync::Mutex<()>,
+    /// Set while writes fail, so an unwritable file warns once, not per change.
+    persist_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Control {
     /// Control over `state`; reloads read `config_path`.
     pub fn new(state: Arc<State>, config_path: Option<PathBuf>) -> Self {
-        Control { state, config_path }
+        Control {
+            state,
+            config_path,
+            persist_lock: std::sync::Mutex::new(()),
+            persist_failing: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     /// Operator weights by name.
@@ -212,6 +228,13 @@ impl Control {
             }
         };
         let addrs = resolve_new_names(&self.state, &new).await;
+        let old_names: Vec<String> = self
+            .state
+            .load()
+            .backends
+            .iter()
+            .map(|b| b.stats.name.to_string())
+            .collect();
         self.state.try_update(None, |cur| {
             let previous: HashMap<Arc<str>, state::Backend> = cur
                 .backends
@@ -237,7 +260,7 @@ impl Control {
             .reloads_ok
             .fetch_add(1, Ordering::Relaxed);
         let names: Vec<String> = new.backends.iter().map(|b| b.name.clone()).collect();
-        self.audit(3, "reload", "", &names.join(","), peer);
+        self.audit(3, "reload", &old_names.join(","), &names.join(","), peer);
         self.persist();
         Ok(())
     }
@@ -245,20 +268,38 @@ impl Control {
     /// Writes weights and modes to `admin.state_file`, if configured. A failure
     /// is logged; in-memory state is never lost or rolled back.
     pub fn persist(&self) {
-        let snap = self.state.load();
+        let _one_writer = self.persist_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let snap = self.state.load_full();
         let Some(path) = snap.config.admin.state_file.clone() else {
             return;
         };
+        let by_name = |f: &dyn Fn(&state::Backend) -> u32| {
+            snap.backends
+                .iter()
+                .map(|b| (b.stats.name.to_string(), f(b)))
+                .collect()
+        };
         let saved = SavedState {
-            weights: self.weights(),
+            weights: by_name(&|b| b.weight),
+            config_weights: by_name(&|b| b.config_weight),
             modes: snap
                 .backends
                 .iter()
                 .map(|b| (b.stats.name.to_string(), b.mode.as_str().to_string()))
                 .collect(),
         };
-        if let Err(e) = write_atomically(&path, &saved) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot write state file; state kept in memory");
+        match write_atomically(&path, &saved) {
+            Ok(()) => {
+                if self.persist_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(path = %path.display(), "state file written again");
+                }
+            }
+            Err(e) => {
+                if !self.persist_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %path.display(), error = %e,
+                        "cannot write state file; state kept in memory (warning once until it works)");
+                }
+            }
         }
     }
 
@@ -286,8 +327,14 @@ impl Control {
         self.state.update(|cur| {
             let mut backends = cur.backends.clone();
             for b in &mut backends {
-                if let Some(&w) = saved.weights.get(&*b.stats.name) {
-                    if w <= MAX_WEIGHT {
+                let name = &*b.stats.name;
+                // A weight edited in the file since the save wins, as on reload.
+                let file_unchanged = saved
+                    .config_weights
+                    .get(name)
+                    .is_none_or(|&w| w == b.config_weight);
+                if let Some(&w) = saved.weights.get(name) {
+                    if w <= MAX_WEIGHT && file_unchanged {
                         b.weight = w;
                     }
                 }
@@ -366,4 +413,78 @@ pub fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn control(dir: &Path, weights: [u32; 2]) -> Control {
+        let text = format!(
+            "[admin]\nstate_file = \"{}\"\n[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\nweight = {}\n\
+             [[backends]]\nname = \"b\"\naddr = \"127.0.0.1:2\"\nweight = {}\n",
+            dir.join("state.json").display(),
+            weights[0],
+            weights[1]
+        );
+        let config = Arc::new(Config::from_toml(&text).unwrap());
+        Control::new(Arc::new(State::new(config)), None)
+    }
+
+    #[test]
+    fn saved_weights_apply_unless_the_file_changed_that_weight() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control(dir.path(), [1, 1]);
+        let changes = serde_json::json!({"a": 7, "b": 9});
+        c.set_weights(changes.as_object().unwrap(), None, "test")
+            .unwrap();
+        c.set_mode("b", Mode::Drain, None, "test").unwrap();
+
+        // Restart with the same file: both operator weights and the mode return.
+        let same = control(dir.path(), [1, 1]);
+        same.load_state_file();
+        assert_eq!(
+            same.weights(),
+            BTreeMap::from([("a".into(), 7), ("b".into(), 9)])
+        );
+        assert_eq!(same.state.load().backends[1].mode, Mode::Drain);
+
+        // Restart after editing b's weight in lb.toml: the edit wins for b only.
+        let edited = control(dir.path(), [1, 4]);
+        edited.load_state_file();
+        assert_eq!(
+            edited.weights(),
+            BTreeMap::from([("a".into(), 7), ("b".into(), 4)])
+        );
+    }
+
+    #[test]
+    fn concurrent_persists_leave_valid_latest_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Arc::new(control(dir.path(), [1, 1]));
+        let threads: Vec<_> = (0..8u64)
+            .map(|i| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for k in 0..20u64 {
+                        let w = serde_json::json!({"a": (i * 20 + k) % 1000 + 1});
+                        c.set_weights(w.as_object().unwrap(), None, "t").unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let saved: SavedState =
+            serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
+        assert_eq!(saved.weights, c.weights(), "file lags memory");
+        // No temp files left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
 }

@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// Pingora allocates per request; mimalloc is markedly cheaper than glibc malloc
+/// for that pattern (measured with `make bench`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use lb::config::{Config, LogFormat};
 
 #[derive(Parser)]

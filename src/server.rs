@@ -70,6 +70,12 @@ impl Lb {
     /// Builds the server for `config`: checks the listen address can be bound,
     /// resolves backends once, and adds the proxy and background services.
     pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Lb, StartError> {
+        // SIGHUP's default action kills the process; until the reload handler is
+        // installed (when services start), ignore it rather than die.
+        // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+        unsafe {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        }
         let config = Arc::new(config);
         // Pingora only logs a bind failure and keeps running (#667): check first
         // so the operator gets an error and a non-zero exit.
@@ -99,6 +105,9 @@ impl Lb {
             // Whole seconds, rounded up; the drain watcher exits earlier.
             grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
             graceful_shutdown_timeout_seconds: Some(1),
+            // One runtime per worker thread, connections never migrate: ~15% more
+            // requests per core than tokio's work stealing in `make bench`.
+            work_stealing: false,
             // Pingora's own cap; lb enforces `retry.attempts` per request (reloadable).
             max_retries: 10,
             ..ServerConf::default()

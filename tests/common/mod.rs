@@ -16,9 +16,12 @@ pub use app::{App, Options};
 #[allow(unused_imports)]
 pub use load::*;
 #[allow(unused_imports)]
+pub use ops::*;
+#[allow(unused_imports)]
 pub use process::*;
 
 mod load;
+mod ops;
 mod process;
 
 /// A free TCP port on 127.0.0.1 (bound then released; lb start retries on a race).
@@ -97,54 +100,89 @@ pub struct Lb {
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
     log: PathBuf,
+    /// The generated `[server]` and `[admin]` sections (kept for rewrites).
+    head: String,
 }
 
 impl Lb {
     /// Starts lb with `body` (every section but [server] and [admin]) plus
     /// generated listen addresses, and waits until it accepts connections.
     pub async fn start(body: &str) -> Lb {
+        Lb::start_full("", body).await
+    }
+
+    /// Like [`Lb::start`], with `admin_extra` (e.g. `state_file = "..."`) as
+    /// more lines of the generated `[admin]` section.
+    pub async fn start_full(admin_extra: &str, body: &str) -> Lb {
         for _ in 0..3 {
-            if let Some(lb) = Lb::try_start(body).await {
+            if let Some(lb) = Lb::try_start(admin_extra, body).await {
                 return lb;
             }
         }
         panic!("lb did not start in three tries");
     }
 
-    async fn try_start(body: &str) -> Option<Lb> {
+    async fn try_start(admin_extra: &str, body: &str) -> Option<Lb> {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let text = format!(
+        let extra = admin_extra.trim_end();
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!("{extra}\n")
+        };
+        let head = format!(
             "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"1s\"\n\n\
-             [admin]\nlisten = \"{admin}\"\n\n{body}"
+             [admin]\nlisten = \"{admin}\"\n{extra}\n"
         );
         let cfg = dir.path().join("lb.toml");
-        std::fs::write(&cfg, text).unwrap();
+        std::fs::write(&cfg, format!("{head}{body}")).unwrap();
         let log = dir.path().join("lb.log");
-        let child = spawn_lb(&cfg, &log);
+        let child = spawn_lb(&cfg, &log, false);
         let mut lb = Lb {
             child,
             addr,
             admin,
             dir,
             log,
+            head,
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        match lb.wait_listening(0, Duration::from_secs(20)).await {
+            Ok(()) => Some(lb),
+            Err(log) if log.contains("cannot listen") => None, // port race: new ports
+            Err(log) => panic!("lb exited at start:\n{log}"),
+        }
+    }
+
+    /// Polls until both the proxy and the admin port accept connections
+    /// (panics after `timeout`); Err(log since byte `from`) if lb exited
+    /// first or its admin API could not bind.
+    async fn wait_listening(&mut self, from: usize, timeout: Duration) -> Result<(), String> {
+        let log_since = |lb: &Lb| lb.log_text().get(from..).unwrap_or("").to_string();
+        let deadline = Instant::now() + timeout;
+        let mut proxy_up = false;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = lb.child.try_wait() {
-                let log = lb.log_text();
-                if log.contains("cannot listen") {
-                    return None; // port race: try again with new ports
-                }
-                panic!("lb exited at start:\n{log}");
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(log_since(self));
             }
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                return Some(lb);
+            if !proxy_up {
+                proxy_up = tokio::net::TcpStream::connect(self.addr).await.is_ok();
+            }
+            // The admin API is a background service that binds a moment later.
+            if proxy_up && tokio::net::TcpStream::connect(self.admin).await.is_ok() {
+                return Ok(());
+            }
+            if proxy_up && log_since(self).contains("admin: cannot listen") {
+                // Its port was taken after lb's own check: lb runs on without
+                // an admin API, useless here. Stop it; the caller retries.
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(log_since(self));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("lb not listening after 20 s:\n{}", lb.log_text());
+        panic!("lb not listening after {timeout:?}:\n{}", self.log_text());
     }
 
     /// `http://addr`.
@@ -238,8 +276,16 @@ pub fn lb_bin() -> &'static str {
     env!("CARGO_BIN_EXE_lb")
 }
 
-fn spawn_lb(cfg: &std::path::Path, log: &std::path::Path) -> Child {
-    let logf = std::fs::File::create(log).unwrap();
+/// Spawns lb on `cfg` with stderr to `log` (appended to when `append`, so a
+/// restarted lb's log follows the previous run's).
+fn spawn_lb(cfg: &std::path::Path, log: &std::path::Path, append: bool) -> Child {
+    let logf = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(log)
+        .unwrap();
     let mut cmd = Command::new(lb_bin());
     cmd.arg("-c")
         .arg(cfg)

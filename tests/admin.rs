@@ -90,6 +90,13 @@ async fn auth_is_required_for_admin_only() {
             .status(),
         200
     );
+    let page = c.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(header(&page, "content-type").starts_with("text/html"));
+    let html = page.text().await.unwrap();
+    for name in ["app-1", "app-2", "app-3", "app-4", "round_robin"] {
+        assert!(html.contains(name), "status page lacks {name}");
+    }
     assert_eq!(
         c.get(format!("{base}/metrics"))
             .send()

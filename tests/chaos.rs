@@ -4,7 +4,7 @@
 //! its figures (sent, failed, time until lb stops using a bad backend, time
 //! until it is readmitted) and asserts them with tolerances derived below.
 //!
-//! The tests run one at a time (`SERIAL`): each runs lb, four apps and 200
+//! The tests run one at a time (`common::serial`): each runs lb, four apps and 200
 //! requests/s, and on a 2-core machine two of them at once would turn
 //! scheduling noise into latency failures.
 
@@ -39,14 +39,9 @@ const SLACK: Duration = Duration::from_secs(1);
 /// Hard limit on one test (each is designed to take 10–20 s).
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 /// Runs one chaos test alone and bounded in time.
 async fn chaos(test: impl Future<Output = ()>) {
-    let _serial = SERIAL.lock().await;
-    if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
-        panic!("chaos test exceeded {TEST_LIMIT:?}");
-    }
+    common::serial("chaos", TEST_LIMIT, test).await;
 }
 
 /// lb's config body for `apps` with the failure-handling settings above.

@@ -3,7 +3,7 @@
 //! that follow a killed and restarted backend, an exposition `promtool`
 //! accepts, and removed backends' series gone after a reload.
 //!
-//! The tests run one at a time (`SERIAL`): lb, four apps and the load share a
+//! The tests run one at a time (`common::serial`): lb, four apps and the load share a
 //! 2-core machine.
 
 mod common;
@@ -19,13 +19,8 @@ use serde_json::json;
 /// Hard limit on one test (each is designed to take well under 15 s).
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn serial(test: impl Future<Output = ()>) {
-    let _serial = SERIAL.lock().await;
-    if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
-        panic!("metrics test exceeded {TEST_LIMIT:?}");
-    }
+    common::serial("metrics", TEST_LIMIT, test).await;
 }
 
 const NAMES: [&str; 4] = ["app-1", "app-2", "app-3", "app-4"];

@@ -4,15 +4,13 @@
 //! removed ones finish what they hold and get nothing new, and remaining
 //! backends keep their operator state.
 //!
-//! The tests run one at a time (`SERIAL`): lb, four apps and the load share a
+//! The tests run one at a time (`common::serial`): lb, four apps and the load share a
 //! 2-core machine.
 
 mod common;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -26,13 +24,8 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// loaded 2-core machine).
 const SIGHUP_WITHIN: Duration = Duration::from_secs(5);
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn serial(test: impl Future<Output = ()>) {
-    let _serial = SERIAL.lock().await;
-    if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
-        panic!("reload test exceeded {TEST_LIMIT:?}");
-    }
+    common::serial("reload", TEST_LIMIT, test).await;
 }
 
 /// Config body: health checks and timeouts, then `backends` as
@@ -425,57 +418,16 @@ async fn reload_keeps_operator_state_unless_the_file_changes_it() {
     .await;
 }
 
-/// A DNS server on loopback answering every A query with 127.0.0.1 (AAAA:
-/// no records); counts A queries.
-async fn loopback_dns() -> (SocketAddr, Arc<AtomicUsize>) {
-    use hickory_proto::op::{Message, MessageType};
-    use hickory_proto::rr::rdata::A;
-    use hickory_proto::rr::{RData, Record, RecordType};
-    use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
-
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let queries = Arc::new(AtomicUsize::new(0));
-    let q2 = queries.clone();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 1500];
-        while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
-            let Ok(req) = Message::from_bytes(&buf[..n]) else {
-                continue;
-            };
-            let mut resp = Message::new();
-            resp.set_id(req.id())
-                .set_message_type(MessageType::Response)
-                .set_op_code(req.op_code())
-                .set_recursion_desired(req.recursion_desired())
-                .set_recursion_available(true)
-                .set_authoritative(true);
-            for q in req.queries() {
-                resp.add_query(q.clone());
-                if q.query_type() == RecordType::A {
-                    q2.fetch_add(1, Ordering::Relaxed);
-                    let ip = std::net::Ipv4Addr::LOCALHOST;
-                    resp.add_answer(Record::from_rdata(q.name().clone(), 0, RData::A(A(ip))));
-                }
-            }
-            if let Ok(bytes) = resp.to_bytes() {
-                let _ = sock.send_to(&bytes, peer).await;
-            }
-        }
-    });
-    (addr, queries)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn added_hostname_backend_is_resolved_at_reload() {
     serial(async {
         let apps = Apps::plain(2).await;
-        let (dns, queries) = loopback_dns().await;
+        let dns = TestDns::start(Some(std::net::Ipv4Addr::LOCALHOST)).await;
         // Re-resolution every 10 minutes: only the reload itself can resolve
         // the new name within this test.
-        let discovery = format!("[discovery]\ninterval = \"600s\"\nnameservers = [\"{dns}\"]\n\n");
+        let discovery = format!("[discovery]\ninterval = \"600s\"\nnameservers = [\"{}\"]\n\n", dns.addr);
         let lb = Lb::start(&format!("{discovery}{}", body(&pick(&apps, &[0], &[1])))).await;
-        let q0 = queries.load(Ordering::Relaxed);
+        let q0 = dns.queries();
         let port = apps.addrs[1].port();
         lb.write_config(&format!(
             "{discovery}{}[[backends]]\nname = \"app-2\"\naddr = \"app-2.lbtest:{port}\"\nweight = 1\n",
@@ -483,7 +435,7 @@ async fn added_hostname_backend_is_resolved_at_reload() {
         ));
         let r = lb.reload().await;
         assert_eq!(r.status, 200, "{}", r.text);
-        let q1 = queries.load(Ordering::Relaxed);
+        let q1 = dns.queries();
         let b = lb.backends().await;
         let first = route_seq(&lb, 4).await;
         println!(

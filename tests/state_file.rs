@@ -3,7 +3,7 @@
 //! service or the in-memory state; writers racing (admin API and SIGHUP
 //! reload) still leave one whole, current file.
 //!
-//! The tests run one at a time (`SERIAL`): each runs lb and four apps on a
+//! The tests run one at a time (`common::serial`): each runs lb and four apps on a
 //! 2-core machine.
 
 mod common;
@@ -19,13 +19,8 @@ use serde_json::{json, Value};
 /// Hard limit on one test (each is designed to take a few seconds).
 const TEST_LIMIT: Duration = Duration::from_secs(60);
 
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 async fn serial(test: impl Future<Output = ()>) {
-    let _serial = SERIAL.lock().await;
-    if tokio::time::timeout(TEST_LIMIT, test).await.is_err() {
-        panic!("state-file test exceeded {TEST_LIMIT:?}");
-    }
+    common::serial("state-file", TEST_LIMIT, test).await;
 }
 
 const NAMES: [&str; 4] = ["app-1", "app-2", "app-3", "app-4"];

@@ -218,3 +218,53 @@ pub(super) async fn reload(State(s): State<Shared>, ConnectInfo(peer): Peer) -> 
         Err(e) => failed(e),
     }
 }
+
+/// Escapes text for HTML (backend names and addresses are validated, but the
+/// page should not depend on that).
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// `GET /`: a read-only status page (same facts as `/metrics`, for people).
+pub(super) async fn status_page(State(s): State<Shared>) -> Response {
+    use std::fmt::Write;
+    let snap = s.control.state.load();
+    let now = Instant::now();
+    let mut rows = String::new();
+    for b in &snap.backends {
+        let v = view(b, &snap, now);
+        let _ = write!(
+            rows,
+            "<tr class=\"{h}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{h}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td></tr>",
+            esc(&v.name),
+            esc(&v.addr),
+            v.weight,
+            v.effective_weight,
+            v.circuit,
+            v.mode,
+            v.in_flight,
+            v.requests_total,
+            v.errors_total,
+            v.ewma_ms,
+            h = v.health,
+        );
+    }
+    let body = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+         <title>lb status</title><style>body{{font:14px system-ui,sans-serif;margin:2em}}\
+         table{{border-collapse:collapse}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}}\
+         tr.down td{{color:#b00}}</style></head><body><h1>lb</h1>\
+         <p>algorithm <b>{}</b> &middot; version {} &middot; {} backends</p>\
+         <table><tr><th>backend</th><th>addr</th><th>weight</th><th>effective</th><th>health</th>\
+         <th>circuit</th><th>mode</th><th>in flight</th><th>requests</th><th>errors</th><th>EWMA ms</th></tr>\
+         {rows}</table><p><a href=\"/metrics\">/metrics</a></p></body></html>",
+        snap.algorithm,
+        env!("CARGO_PKG_VERSION"),
+        snap.backends.len(),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
+}

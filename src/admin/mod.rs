@@ -1,4 +1,5 @@
-//! The admin server on `admin.listen`: `GET /health` and `GET /metrics` open,
+//! The admin server on `admin.listen`: `GET /health`, `GET /metrics` and the
+//! status page `GET /` open (read-only, the same facts as the metrics),
 //! everything under `/admin/` behind `Authorization: Bearer <token>` (compared
 //! in constant time). JSON in and out; responses carry an `ETag` (the state
 //! version) and mutations with a stale `If-Match` get `412`.
@@ -96,6 +97,7 @@ impl Admin {
             .route("/reload", post(handlers::reload))
             .layer(middleware::from_fn_with_state(self.shared.clone(), auth));
         Router::new()
+            .route("/", get(handlers::status_page))
             .route(
                 "/health",
                 get(|| async { Json(serde_json::json!({"status": "ok"})) }),

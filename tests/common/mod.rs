@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use app::{App, Options};
-// Globs: a test file that uses neither would otherwise warn.
+// Re-exports: a test file that uses none of one would otherwise warn.
+#[allow(unused_imports)]
+pub use dns::TestDns;
 #[allow(unused_imports)]
 pub use load::*;
 #[allow(unused_imports)]
@@ -20,6 +22,7 @@ pub use ops::*;
 #[allow(unused_imports)]
 pub use process::*;
 
+mod dns;
 mod load;
 mod ops;
 mod process;
@@ -367,5 +370,16 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs the tests of one file one at a time, each bounded by `limit`: they
+/// start several processes and drive load on a 2-core machine, so running
+/// them side by side would only measure each other.
+pub async fn serial(what: &str, limit: Duration, test: impl std::future::Future<Output = ()>) {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = SERIAL.lock().await;
+    if tokio::time::timeout(limit, test).await.is_err() {
+        panic!("{what} test exceeded {limit:?}");
     }
 }

@@ -2,20 +2,8 @@
 
 mod common;
 
-use std::process::Command;
-
 fn check(path: &std::path::Path) -> (i32, String, String) {
-    let out = Command::new(common::lb_bin())
-        .arg("check")
-        .arg("-c")
-        .arg(path)
-        .output()
-        .expect("run lb check");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::lb_check(path)
 }
 
 fn check_text(text: &str) -> (i32, String, String) {

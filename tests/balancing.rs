@@ -205,3 +205,55 @@ async fn header_stickiness_by_session_id() {
     // 50 sessions over 4 backends: all four used unless the hash is broken.
     assert_eq!(used.len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dynamic_shifts_weight_off_a_slow_backend() {
+    let mut slow = named("app-3");
+    slow.delay = Duration::from_millis(30);
+    let apps = Apps::start(vec![named("app-1"), named("app-2"), slow]).await;
+    let body = format!(
+        "[balancer]\nalgorithm = \"dynamic\"\n[dynamic]\ninterval = \"200ms\"\n\n{}",
+        apps.backends_toml(&[10, 10, 10])
+    );
+    let lb = Lb::start(&body).await;
+    // Keep load on until the slow backend's effective weight reaches the floor
+    // (10 × 0.05 → 1) or 10 s pass: 4 recompute intervals of 200 ms suffice
+    // (1000 → 750 → 500 → 250 → 50 in bounded steps of 250).
+    let effective = || async {
+        let v: serde_json::Value = client()
+            .get(format!("http://{}/admin/backends", lb.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["effective_weight"].as_u64().unwrap())
+            .collect::<Vec<u64>>()
+    };
+    let started = std::time::Instant::now();
+    let mut warm = Vec::new();
+    let mut eff = effective().await;
+    while eff[2] > 1 && started.elapsed() < Duration::from_secs(10) {
+        warm.extend(spread(&lb, "/api/whoami", 8, 20).await);
+        eff = effective().await;
+    }
+    println!("dynamic: floor reached after {:?}", started.elapsed());
+    let after = spread(&lb, "/api/whoami", 8, 60).await;
+    let c = tally(&after, &["app-1", "app-2", "app-3"]);
+    println!(
+        "dynamic: warm-up {:?}, effective weights {eff:?}, next 480 requests {c:?}",
+        tally(&warm, &["app-1", "app-2", "app-3"])
+    );
+    // The slow backend sits at the floor, the fast ones near full weight, and
+    // the balancer follows: at 1 of ~21 weight units its share is ~5% (~23 of
+    // 480); a quarter of a fast backend's count (~50) leaves room for the
+    // factors moving back up by one step while the next requests run.
+    assert_eq!(eff[2], 1, "{eff:?}");
+    assert!(eff[0] >= 7 && eff[1] >= 7, "{eff:?}");
+    assert!(c[2] * 4 <= c[0].min(c[1]), "{c:?}");
+}

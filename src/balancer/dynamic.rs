@@ -9,7 +9,10 @@
 //! target = clamp(fastest mean / own mean, MIN_FACTOR, 1) × (1 − error rate)²,
 //! so a backend twice as slow as the fastest drifts to half its weight and one
 //! failing half its requests to a quarter. A backend with no traffic in the
-//! interval targets 1: it is probed again and regains weight when it recovers.
+//! interval keeps its factor: nothing was learned (bursty or idle traffic must
+//! not undo what busy intervals measured). A demoted backend keeps an effective
+//! weight of at least 1, so it still gets requests and regains weight when they
+//! show it has recovered.
 
 /// Largest change of a factor per interval (in thousandths): 0.25, so a
 /// backend goes from full weight to the floor in four intervals, and one noisy
@@ -43,9 +46,10 @@ pub fn next_factor(inputs: &[DynamicInput]) -> Vec<u32> {
     inputs
         .iter()
         .map(|b| {
-            let target = if b.requests == 0 {
-                1000.0
-            } else {
+            if b.requests == 0 {
+                return b.factor;
+            }
+            let target = {
                 let speed = if b.mean_latency > 0.0 && fastest.is_finite() {
                     (fastest / b.mean_latency).min(1.0)
                 } else {
@@ -136,13 +140,14 @@ mod tests {
     }
 
     #[test]
-    fn idle_backend_drifts_back_up() {
+    fn idle_intervals_hold_the_factor() {
+        // No requests to b1 (or to anyone): nothing measured, nothing changes.
         let idle = |f: &[u32]| vec![input(100, 0, 5.0, f[0]), input(0, 0, 0.0, f[1])];
         let h = run(vec![1000, 100], 4, idle);
-        assert_eq!(
-            h.iter().map(|f| f[1]).collect::<Vec<_>>(),
-            vec![100, 350, 600, 850, 1000]
-        );
+        assert!(h.iter().all(|f| f[1] == 100), "{h:?}");
+        let all_idle = |f: &[u32]| vec![input(0, 0, 0.0, f[0]), input(0, 0, 0.0, f[1])];
+        let h = run(vec![400, 100], 3, all_idle);
+        assert!(h.iter().all(|f| f == &vec![400, 100]), "{h:?}");
     }
 
     #[test]

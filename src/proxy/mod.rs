@@ -41,6 +41,11 @@ impl Proxy {
     }
 }
 
+/// Milliseconds with microsecond precision, for the access log.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// The client IP as hash key bytes (4 or 16), written into `buf`.
 fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
     match ip {
@@ -338,10 +343,10 @@ impl ProxyHttp for Proxy {
             method = %req.method,
             path = %req.uri.path(),
             status,
-            backend,
+            backend = %backend,
             attempts = ctx.attempts,
-            upstream_ms = ctx.upstream_ttfb.map_or(-1.0, |d| d.as_secs_f64() * 1e3),
-            total_ms = total.as_secs_f64() * 1e3,
+            upstream_ms = ctx.upstream_ttfb.map_or(-1.0, ms),
+            total_ms = ms(total),
             bytes = session.body_bytes_sent(),
             request_id = %ctx.request_id,
             error = e.map(|e| e.etype().as_str()),

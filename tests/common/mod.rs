@@ -105,6 +105,8 @@ pub struct Lb {
     log: PathBuf,
     /// The generated `[server]` and `[admin]` sections (kept for rewrites).
     head: String,
+    /// `RUST_LOG` for lb (kept for restarts).
+    rust_log: String,
 }
 
 impl Lb {
@@ -117,15 +119,21 @@ impl Lb {
     /// Like [`Lb::start`], with `admin_extra` (e.g. `state_file = "..."`) as
     /// more lines of the generated `[admin]` section.
     pub async fn start_full(admin_extra: &str, body: &str) -> Lb {
+        Lb::start_logging(admin_extra, body, QUIET_LOG).await
+    }
+
+    /// Like [`Lb::start_full`], with lb's `RUST_LOG` (the default silences
+    /// the access log, which would otherwise dominate the log tests read).
+    pub async fn start_logging(admin_extra: &str, body: &str, rust_log: &str) -> Lb {
         for _ in 0..3 {
-            if let Some(lb) = Lb::try_start(admin_extra, body).await {
+            if let Some(lb) = Lb::try_start(admin_extra, body, rust_log).await {
                 return lb;
             }
         }
         panic!("lb did not start in three tries");
     }
 
-    async fn try_start(admin_extra: &str, body: &str) -> Option<Lb> {
+    async fn try_start(admin_extra: &str, body: &str, rust_log: &str) -> Option<Lb> {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -142,7 +150,7 @@ impl Lb {
         let cfg = dir.path().join("lb.toml");
         std::fs::write(&cfg, format!("{head}{body}")).unwrap();
         let log = dir.path().join("lb.log");
-        let child = spawn_lb(&cfg, &log, false);
+        let child = spawn_lb(&cfg, &log, false, rust_log);
         let mut lb = Lb {
             child,
             addr,
@@ -150,6 +158,7 @@ impl Lb {
             dir,
             log,
             head,
+            rust_log: rust_log.to_string(),
         };
         match lb.wait_listening(0, Duration::from_secs(20)).await {
             Ok(()) => Some(lb),
@@ -281,7 +290,10 @@ pub fn lb_bin() -> &'static str {
 
 /// Spawns lb on `cfg` with stderr to `log` (appended to when `append`, so a
 /// restarted lb's log follows the previous run's).
-fn spawn_lb(cfg: &std::path::Path, log: &std::path::Path, append: bool) -> Child {
+/// lb's `RUST_LOG` unless a test asks otherwise: no access log.
+pub const QUIET_LOG: &str = "info,access=off";
+
+fn spawn_lb(cfg: &std::path::Path, log: &std::path::Path, append: bool, rust_log: &str) -> Child {
     let logf = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -292,7 +304,7 @@ fn spawn_lb(cfg: &std::path::Path, log: &std::path::Path, append: bool) -> Child
     let mut cmd = Command::new(lb_bin());
     cmd.arg("-c")
         .arg(cfg)
-        .env("RUST_LOG", "info,access=off")
+        .env("RUST_LOG", rust_log)
         .env("LB_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -176,7 +176,7 @@ impl Lb {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let from = self.log_len();
-            self.child = spawn_lb(&self.config_path(), &self.log, true);
+            self.child = spawn_lb(&self.config_path(), &self.log, true, &self.rust_log);
             match self.wait_listening(from, Duration::from_secs(20)).await {
                 Ok(()) => return,
                 Err(log) if log.contains("cannot listen") && Instant::now() < deadline => {

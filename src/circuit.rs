@@ -7,9 +7,13 @@
 //! held by a [`Permit`] whose `Drop` releases the slot, so a probe that times out
 //! or whose client disconnects can never wedge the breaker half-open.
 //!
-//! State is one `AtomicU64`: 2 bits of state, 6 bits of re-open count, 56 bits
-//! of "opened at" (ms since the process clock's epoch). Probes in flight are a
-//! separate counter.
+//! Everything lives in one `AtomicU64`, so every transition is a single CAS:
+//! 2 bits of state, 6 bits of re-open count, 10 bits of probes in flight and 46
+//! bits of "opened at" (ms since the process clock's epoch). A half-open period
+//! is identified by (re-opens, opened at): a probe permit remembers the period
+//! it was issued in and only ever acts on that period, so a slow probe from an
+//! earlier period can neither close a re-opened circuit nor hold a slot of a
+//! later one.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,28 +47,53 @@ impl CircuitState {
 const CLOSED: u64 = 0;
 const OPEN: u64 = 1;
 const HALF_OPEN: u64 = 2;
+const PROBE: u64 = 1 << 8;
+const PROBE_MASK: u64 = 0x3ff << 8;
 
-fn pack(state: u64, reopens: u64, at_ms: u64) -> u64 {
-    state | (reopens.min(63) << 2) | (at_ms << 8)
+/// The packed state word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Word(u64);
+
+impl Word {
+    fn new(state: u64, reopens: u64, at_ms: u64) -> Word {
+        Word(state | (reopens.min(63) << 2) | ((at_ms & ((1 << 46) - 1)) << 18))
+    }
+    fn state(self) -> u64 {
+        self.0 & 3
+    }
+    fn reopens(self) -> u64 {
+        (self.0 >> 2) & 63
+    }
+    fn probes(self) -> u32 {
+        ((self.0 & PROBE_MASK) >> 8) as u32
+    }
+    fn at(self) -> u64 {
+        self.0 >> 18
+    }
+    /// The period this word belongs to: state, re-opens and opened-at (no probes).
+    fn period(self) -> u64 {
+        self.0 & !PROBE_MASK
+    }
 }
 
-fn unpack(v: u64) -> (u64, u64, u64) {
-    (v & 3, (v >> 2) & 63, v >> 8)
+fn open_period(cfg: &CircuitConfig, reopens: u64) -> Duration {
+    let factor = 1u32 << reopens.min(20);
+    cfg.open_for.saturating_mul(factor).min(cfg.max_open_for)
 }
 
 /// A backend's breaker.
 #[derive(Debug, Default)]
 pub struct Circuit {
-    state: AtomicU64,
+    word: Arc<AtomicU64>,
     consecutive_failures: AtomicU32,
-    probes: Arc<AtomicU32>,
 }
 
 /// Permission to send one request; hand it back via [`Circuit::on_success`] or
 /// [`Circuit::on_failure`]. Dropping a probe permit frees its slot.
 #[derive(Debug)]
 pub struct Permit {
-    probe: Option<Arc<AtomicU32>>,
+    /// For a probe: the breaker's word and the half-open period it belongs to.
+    probe: Option<(Arc<AtomicU64>, u64)>,
 }
 
 impl Permit {
@@ -74,130 +103,127 @@ impl Permit {
     }
 }
 
+/// Applies `f` to the word while it is still in half-open period `period`;
+/// returns whether `f`'s change was stored.
+fn in_period(word: &AtomicU64, period: u64, f: impl Fn(Word) -> Word) -> bool {
+    word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+        let w = Word(w);
+        (w.period() == period).then(|| f(w).0)
+    })
+    .is_ok()
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(p) = self.probe.take() {
-            p.fetch_sub(1, Ordering::AcqRel);
+        if let Some((word, period)) = self.probe.take() {
+            // Only this period's count; a later period started from zero.
+            in_period(&word, period, |w| Word(w.0 - PROBE));
         }
     }
 }
 
-fn open_period(cfg: &CircuitConfig, reopens: u64) -> Duration {
-    let factor = 1u32 << reopens.min(20);
-    cfg.open_for.saturating_mul(factor).min(cfg.max_open_for)
-}
-
 impl Circuit {
+    fn load(&self) -> Word {
+        Word(self.word.load(Ordering::Acquire))
+    }
+
+    fn reopen_due(cfg: &CircuitConfig, w: Word, now: Instant) -> bool {
+        clock::ms(now) >= w.at() + open_period(cfg, w.reopens()).as_millis() as u64
+    }
+
     /// The state at `now` (an open circuit whose period has passed reads as
     /// half-open; the transition itself happens on the next [`Self::acquire`]).
     pub fn state(&self, cfg: &CircuitConfig, now: Instant) -> CircuitState {
-        let (st, reopens, at) = unpack(self.state.load(Ordering::Acquire));
-        match st {
+        let w = self.load();
+        match w.state() {
             CLOSED => CircuitState::Closed,
-            OPEN if clock::ms(now) >= at + open_period(cfg, reopens).as_millis() as u64 => {
-                CircuitState::HalfOpen
-            }
+            OPEN if Self::reopen_due(cfg, w, now) => CircuitState::HalfOpen,
             OPEN => CircuitState::Open,
             _ => CircuitState::HalfOpen,
         }
     }
 
-    /// Could a request be admitted now? (Read-only; for eligibility masks.)
-    pub fn admits(&self, cfg: &CircuitConfig, now: Instant) -> bool {
-        match self.state(cfg, now) {
-            CircuitState::Closed => true,
-            CircuitState::Open => false,
-            CircuitState::HalfOpen => self.probes.load(Ordering::Acquire) < cfg.half_open_requests,
-        }
+    /// Does the breaker keep the backend out at `now`? True only while open;
+    /// a half-open backend stays schedulable and each request asks
+    /// [`Self::acquire`] for one of the probe slots.
+    pub fn blocks(&self, cfg: &CircuitConfig, now: Instant) -> bool {
+        self.state(cfg, now) == CircuitState::Open
     }
 
     /// Asks to send one request at `now`.
     pub fn acquire(&self, cfg: &CircuitConfig, now: Instant) -> Option<Permit> {
-        let cur = self.state.load(Ordering::Acquire);
-        let (st, reopens, at) = unpack(cur);
-        match st {
-            CLOSED => return Some(Permit { probe: None }),
-            OPEN => {
-                if clock::ms(now) < at + open_period(cfg, reopens).as_millis() as u64 {
-                    return None;
-                }
-                // Open period over: move to half-open (one racer wins; all continue).
-                let _ = self.state.compare_exchange(
-                    cur,
-                    pack(HALF_OPEN, reopens, at),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+        loop {
+            let w = self.load();
+            let next = match w.state() {
+                CLOSED => return Some(Permit { probe: None }),
+                OPEN if !Self::reopen_due(cfg, w, now) => return None,
+                // Open period over: half-open in the same period identity.
+                OPEN => Word::new(HALF_OPEN, w.reopens(), w.at()),
+                _ if w.probes() >= cfg.half_open_requests => return None,
+                _ => Word(w.0 + PROBE),
+            };
+            if self
+                .word
+                .compare_exchange(w.0, next.0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+                && next.state() == HALF_OPEN
+                && next.probes() > w.probes()
+            {
+                return Some(Permit {
+                    probe: Some((self.word.clone(), next.period())),
+                });
             }
-            _ => {}
+            // Lost a race or just moved open → half-open: look again.
         }
-        if unpack(self.state.load(Ordering::Acquire)).0 == CLOSED {
-            return Some(Permit { probe: None });
-        }
-        let max = cfg.half_open_requests;
-        self.probes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                (p < max).then_some(p + 1)
-            })
-            .ok()
-            .map(|_| Permit {
-                probe: Some(self.probes.clone()),
-            })
     }
 
     /// The request sent under `permit` succeeded.
-    pub fn on_success(&self, permit: Permit) {
-        self.consecutive_failures.store(0, Ordering::Release);
-        if permit.is_probe() {
-            let cur = self.state.load(Ordering::Acquire);
-            if unpack(cur).0 == HALF_OPEN {
-                let _ = self.state.compare_exchange(
-                    cur,
-                    pack(CLOSED, 0, 0),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
+    pub fn on_success(&self, mut permit: Permit) {
+        match permit.probe.take() {
+            // A probe closes the circuit, if its period is still current.
+            Some((word, period)) => {
+                if in_period(&word, period, |_| Word::new(CLOSED, 0, 0)) {
+                    self.consecutive_failures.store(0, Ordering::Release);
+                }
             }
+            None => self.consecutive_failures.store(0, Ordering::Release),
         }
     }
 
     /// The request sent under `permit` failed at `now`. Returns true if this
     /// failure opened (or re-opened) the circuit.
-    pub fn on_failure(&self, cfg: &CircuitConfig, permit: Permit, now: Instant) -> bool {
-        let cur = self.state.load(Ordering::Acquire);
-        let (st, reopens, _) = unpack(cur);
-        if permit.is_probe() {
-            // A failed probe re-opens with a doubled period.
-            return st == HALF_OPEN
-                && self
-                    .state
-                    .compare_exchange(
-                        cur,
-                        pack(OPEN, reopens + 1, clock::ms(now)),
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    )
-                    .is_ok();
+    pub fn on_failure(&self, cfg: &CircuitConfig, mut permit: Permit, now: Instant) -> bool {
+        if let Some((word, period)) = permit.probe.take() {
+            // A failed probe re-opens with a doubled period, if still current.
+            return in_period(&word, period, |w| {
+                Word::new(OPEN, w.reopens() + 1, clock::ms(now))
+            });
+        }
+        let w = self.load();
+        if w.state() != CLOSED {
+            return false; // admitted while closed, finished after it opened
         }
         let n = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if st == CLOSED && n >= cfg.failures {
-            self.consecutive_failures.store(0, Ordering::Release);
-            return self
-                .state
+        if n >= cfg.failures
+            && self
+                .word
                 .compare_exchange(
-                    cur,
-                    pack(OPEN, 0, clock::ms(now)),
+                    w.0,
+                    Word::new(OPEN, 0, clock::ms(now)).0,
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 )
-                .is_ok();
+                .is_ok()
+        {
+            self.consecutive_failures.store(0, Ordering::Release);
+            return true;
         }
         false
     }
 
     /// Probe slots currently held.
     pub fn probes_in_flight(&self) -> u32 {
-        self.probes.load(Ordering::Acquire)
+        self.load().probes()
     }
 }
 
@@ -233,7 +259,8 @@ mod tests {
         assert!(fail(&c, t));
         assert_eq!(c.state(&cfg(), t), CircuitState::Open);
         assert!(c.acquire(&cfg(), t + 4 * S).is_none());
-        assert!(!c.admits(&cfg(), t + 4 * S));
+        assert!(c.blocks(&cfg(), t + 4 * S));
+        assert!(!c.blocks(&cfg(), t + 5 * S), "half-open does not block");
     }
 
     #[test]
@@ -248,7 +275,7 @@ mod tests {
         let p2 = c.acquire(&cfg(), t1).unwrap();
         assert!(p1.is_probe() && p2.is_probe());
         assert!(c.acquire(&cfg(), t1).is_none(), "only 2 probes");
-        assert!(!c.admits(&cfg(), t1));
+        assert_eq!(c.probes_in_flight(), 2);
         c.on_success(p1);
         assert_eq!(c.state(&cfg(), t1), CircuitState::Closed);
         drop(p2);
@@ -306,5 +333,62 @@ mod tests {
         // A request admitted while closed finishes well after the circuit opened.
         c.on_success(slow);
         assert_eq!(c.state(&cfg(), t + S), CircuitState::Open);
+    }
+
+    #[test]
+    fn a_probe_from_an_earlier_period_cannot_close_or_hold_a_later_one() {
+        let (c, t) = (Circuit::default(), Instant::now());
+        for _ in 0..3 {
+            fail(&c, t);
+        }
+        let t1 = t + 5 * S;
+        let slow = c.acquire(&cfg(), t1).unwrap();
+        let quick = c.acquire(&cfg(), t1).unwrap();
+        // The quick probe fails: re-open for 10 s.
+        assert!(c.on_failure(&cfg(), quick, t1));
+        let t2 = t1 + 10 * S;
+        assert_eq!(c.state(&cfg(), t2), CircuitState::HalfOpen);
+        // The new period has both slots, although `slow` is still out.
+        let p1 = c.acquire(&cfg(), t2).unwrap();
+        let p2 = c.acquire(&cfg(), t2).unwrap();
+        assert!(c.acquire(&cfg(), t2).is_none());
+        // The slow probe of the old period succeeds late: no effect at all.
+        c.on_success(slow);
+        assert_eq!(c.state(&cfg(), t2), CircuitState::HalfOpen);
+        assert_eq!(c.probes_in_flight(), 2);
+        drop(p1);
+        assert_eq!(c.probes_in_flight(), 1);
+        c.on_success(p2);
+        assert_eq!(c.state(&cfg(), t2), CircuitState::Closed);
+    }
+
+    #[test]
+    fn concurrent_probes_never_exceed_the_limit_nor_leak() {
+        let c = Arc::new(Circuit::default());
+        let t = Instant::now();
+        for _ in 0..3 {
+            fail(&c, t);
+        }
+        let t1 = t + 5 * S;
+        let max_seen = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, max_seen) = (c.clone(), max_seen.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..2000 {
+                        if let Some(p) = c.acquire(&cfg(), t1) {
+                            max_seen.fetch_max(c.probes_in_flight(), Ordering::Relaxed);
+                            drop(p);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert!(max_seen.load(Ordering::Relaxed) <= 2);
+        assert_eq!(c.probes_in_flight(), 0);
+        assert_eq!(c.state(&cfg(), t1), CircuitState::HalfOpen);
     }
 }

@@ -65,6 +65,14 @@ pub struct SavedState {
     pub config_weights: BTreeMap<String, u32>,
 }
 
+/// Operator weights by name in `snap`.
+pub fn weights_of(snap: &state::Snapshot) -> BTreeMap<String, u32> {
+    snap.backends
+        .iter()
+        .map(|b| (b.stats.name.to_string(), b.weight))
+        .collect()
+}
+
 /// Parses a mode name.
 pub fn parse_mode(s: &str) -> Option<Mode> {
     match s {
@@ -99,13 +107,9 @@ impl Control {
         }
     }
 
-    /// Operator weights by name.
+    /// Operator weights by name, now.
     pub fn weights(&self) -> BTreeMap<String, u32> {
-        let snap = self.state.load();
-        snap.backends
-            .iter()
-            .map(|b| (b.stats.name.to_string(), b.weight))
-            .collect()
+        weights_of(&self.state.load())
     }
 
     fn audit(&self, kind: usize, what: &str, old: &str, new: &str, peer: &str) {
@@ -235,7 +239,7 @@ impl Control {
             .iter()
             .map(|b| b.stats.name.to_string())
             .collect();
-        self.state.try_update(None, |cur| {
+        let applied = self.state.try_update(None, |cur| {
             let previous: HashMap<Arc<str>, state::Backend> = cur
                 .backends
                 .iter()
@@ -253,8 +257,24 @@ impl Control {
                     b.addr = *a;
                 }
             }
-            Ok::<_, ControlError>(snap)
-        })?;
+            // Operator weights kept for unchanged backends can combine with the
+            // file's into all zeros, which PUT /admin/weights would refuse too.
+            if snap.backends.iter().all(|b| b.weight == 0) {
+                return Err(ControlError::Invalid(
+                    "reload would leave every weight at 0 (operator weights are kept for backends \
+                     whose weight the file did not change); raise one first"
+                        .into(),
+                ));
+            }
+            Ok(snap)
+        });
+        if let Err(e) = applied {
+            self.state
+                .counters
+                .reloads_failed
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(e.into());
+        }
         self.state
             .counters
             .reloads_ok
@@ -343,8 +363,12 @@ impl Control {
                 }
             }
             if backends.iter().all(|b| b.weight == 0) {
-                tracing::warn!("state file sets every weight to 0; using config weights");
-                return cur.with(cur.backends.clone(), cur.algorithm);
+                tracing::warn!(
+                    "state file sets every weight to 0; using config weights (modes applied)"
+                );
+                for (b, c) in backends.iter_mut().zip(&cur.backends) {
+                    b.weight = c.weight;
+                }
             }
             cur.with(backends, cur.algorithm)
         });
@@ -456,6 +480,34 @@ mod tests {
             edited.weights(),
             BTreeMap::from([("a".into(), 7), ("b".into(), 4)])
         );
+    }
+
+    #[tokio::test]
+    async fn reload_refuses_a_result_with_every_weight_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lb.toml");
+        let file = |a: u32, b: u32| {
+            format!(
+                "[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\nweight = {a}\n\
+                 [[backends]]\nname = \"b\"\naddr = \"127.0.0.1:2\"\nweight = {b}\n"
+            )
+        };
+        std::fs::write(&path, file(1, 1)).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let c = Control::new(Arc::new(State::new(config)), Some(path.clone()));
+        let zero_a = serde_json::json!({"a": 0});
+        c.set_weights(zero_a.as_object().unwrap(), None, "t")
+            .unwrap();
+        // The file now zeroes b; a keeps the operator's 0: refused, nothing changes.
+        std::fs::write(&path, file(1, 0)).unwrap();
+        let v = c.state.version();
+        assert!(matches!(c.reload("t").await, Err(ControlError::Invalid(_))));
+        assert_eq!(c.state.version(), v);
+        assert_eq!(
+            c.weights(),
+            BTreeMap::from([("a".into(), 0), ("b".into(), 1)])
+        );
+        assert_eq!(c.state.counters.reloads_failed.load(Ordering::Relaxed), 1);
     }
 
     #[test]

@@ -80,9 +80,8 @@ impl Discovery {
     /// `failing` remembers which names already logged a failure.
     pub async fn resolve_all(&self, r: &TokioResolver, failing: &mut HashSet<String>) {
         let snap = self.state.load_full();
-        let mut addrs: Vec<Option<SocketAddr>> = vec![None; snap.backends.len()];
-        let mut changed = false;
-        for (i, b) in snap.backends.iter().enumerate() {
+        let mut updates = Vec::new();
+        for b in &snap.backends {
             if b.configured_addr.parse::<SocketAddr>().is_ok() {
                 continue;
             }
@@ -93,9 +92,8 @@ impl Discovery {
                     }
                     if b.addr != Some(a) {
                         tracing::info!(backend = %b.stats.name, from = ?b.addr, to = %a, "dns: address changed");
-                        changed = true;
+                        updates.push((b.stats.name.clone(), b.configured_addr.clone(), a));
                     }
-                    addrs[i] = Some(a);
                 }
                 Err(e) => {
                     if failing.insert(b.configured_addr.clone()) {
@@ -105,8 +103,8 @@ impl Discovery {
                 }
             }
         }
-        if changed {
-            self.state.set_addrs(&addrs);
+        if !updates.is_empty() {
+            self.state.set_addrs(&updates);
         }
     }
 }

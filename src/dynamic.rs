@@ -43,12 +43,15 @@ impl DynamicWeights {
                 );
                 let before = prev.insert(s.name.clone(), now).unwrap_or(now);
                 let requests = now.0.saturating_sub(before.0);
+                let errors = now.1.saturating_sub(before.1);
+                // The latency sum covers successful attempts only.
+                let answered = requests.saturating_sub(errors);
                 let latency_us = now.2.saturating_sub(before.2);
                 DynamicInput {
                     requests,
-                    errors: now.1.saturating_sub(before.1),
-                    mean_latency: if requests > 0 {
-                        latency_us as f64 / 1e6 / requests as f64
+                    errors,
+                    mean_latency: if answered > 0 {
+                        latency_us as f64 / 1e6 / answered as f64
                     } else {
                         0.0
                     },

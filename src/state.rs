@@ -50,6 +50,8 @@ impl Mode {
 pub struct BackendStats {
     /// The backend's configured name.
     pub name: Arc<str>,
+    /// The name as a response header value, built once (`backend_header`).
+    pub name_header: http::HeaderValue,
     /// Opaque value of the sticky cookie pinning to this backend (hash of the name,
     /// so it survives restarts and reloads and reveals no address).
     pub sticky_id: String,
@@ -61,7 +63,7 @@ pub struct BackendStats {
     pub requests_total: AtomicU64,
     /// Attempts that failed (connect error, timeout, reset, 5xx).
     pub errors_total: AtomicU64,
-    /// Sum of upstream response times of completed attempts, µs (for `dynamic`).
+    /// Sum of upstream response times of successful attempts, µs (for `dynamic`).
     pub latency_sum_us: AtomicU64,
     /// Peak-EWMA of upstream response time (failures count as slow).
     pub ewma: PeakEwma,
@@ -87,6 +89,9 @@ impl BackendStats {
         let h = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
         BackendStats {
             name: name.into(),
+            // Names are validated to [A-Za-z0-9_.-], always a valid value.
+            name_header: http::HeaderValue::from_str(name)
+                .unwrap_or(http::HeaderValue::from_static("-")),
             sticky_id: format!("{h:016x}"),
             hash_seed: h,
             in_flight: AtomicI64::new(0),
@@ -177,12 +182,15 @@ impl Backend {
     fn reachable(&self, cb: &CircuitConfig, now: Instant) -> bool {
         self.addr.is_some()
             && self.stats.healthy.load(Ordering::Relaxed)
-            && self.stats.circuit.admits(cb, now)
+            && !self.stats.circuit.blocks(cb, now)
     }
 }
 
 /// An immutable view of everything routing depends on.
 pub struct Snapshot {
+    /// Bumped by every change: the admin API's ETag. Body and ETag of a
+    /// response come from the same snapshot, so they always agree.
+    pub version: u64,
     /// Backends in config order.
     pub backends: Vec<Backend>,
     /// Active algorithm.
@@ -233,6 +241,7 @@ impl Snapshot {
     /// A new snapshot with other backends or algorithm and the same settings.
     pub fn with(&self, backends: Vec<Backend>, algorithm: Algorithm) -> Snapshot {
         Snapshot {
+            version: self.version,
             backends,
             algorithm,
             balancer: balancer::for_algorithm(algorithm),
@@ -251,8 +260,6 @@ impl Snapshot {
 /// The shared, hot-swappable state.
 pub struct State {
     current: ArcSwap<Snapshot>,
-    /// Bumped on every change: the admin API's ETag.
-    version: AtomicU64,
     /// Process-wide counters (no backend, reloads, admin changes).
     pub counters: GlobalCounters,
     /// Serialises writers (admin, reload, DNS) so none loses another's change;
@@ -266,7 +273,6 @@ impl State {
         let snap = build(&config, &HashMap::new(), config.balancer.algorithm);
         State {
             current: ArcSwap::from_pointee(snap),
-            version: AtomicU64::new(1),
             counters: GlobalCounters::default(),
             writer: std::sync::Mutex::new(()),
         }
@@ -289,7 +295,7 @@ impl State {
 
     /// The current version (changes with every update).
     pub fn version(&self) -> u64 {
-        self.version.load(Ordering::Acquire)
+        self.current.load().version
     }
 
     /// Replaces the snapshot with `f(current)` if `f` accepts and, when
@@ -301,15 +307,15 @@ impl State {
         f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
     ) -> Result<u64, UpdateError<E>> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let version = self.version.load(Ordering::Acquire);
-        if expected.is_some_and(|v| v != version) {
-            return Err(UpdateError::Stale(version));
-        }
         let cur = self.current.load_full();
-        let next = f(&cur).map_err(UpdateError::Rejected)?;
+        if expected.is_some_and(|v| v != cur.version) {
+            return Err(UpdateError::Stale(cur.version));
+        }
+        let mut next = f(&cur).map_err(UpdateError::Rejected)?;
+        next.version = cur.version + 1;
+        let version = next.version;
         self.current.store(Arc::new(next));
-        self.version.store(version + 1, Ordering::Release);
-        Ok(version + 1)
+        Ok(version)
     }
 
     /// Switches algorithm keeping every backend's state.
@@ -317,16 +323,28 @@ impl State {
         self.update(|cur| cur.with(cur.backends.clone(), algorithm));
     }
 
-    /// Sets resolved addresses by backend index (DNS re-resolution).
-    pub fn set_addrs(&self, addrs: &[Option<SocketAddr>]) {
-        self.update(|cur| {
+    /// Applies resolved addresses (DNS re-resolution): each update names the
+    /// backend and the `host:port` it resolved, and applies only if the current
+    /// snapshot still has that backend with that configured address (a reload
+    /// may have changed either while the lookups ran).
+    pub fn set_addrs(&self, updates: &[(Arc<str>, String, SocketAddr)]) {
+        let _ = self.try_update(None, |cur| {
             let mut backends = cur.backends.clone();
-            for (b, a) in backends.iter_mut().zip(addrs) {
-                if a.is_some() {
-                    b.addr = *a;
+            let mut changed = false;
+            for (name, configured, addr) in updates {
+                if let Some(b) = backends
+                    .iter_mut()
+                    .find(|b| &b.stats.name == name && &b.configured_addr == configured)
+                {
+                    changed |= b.addr != Some(*addr);
+                    b.addr = Some(*addr);
                 }
             }
-            cur.with(backends, cur.algorithm)
+            if changed {
+                Ok(cur.with(backends, cur.algorithm))
+            } else {
+                Err(()) // nothing to swap
+            }
         });
     }
 }
@@ -373,6 +391,7 @@ pub fn build(
         })
         .collect();
     Snapshot {
+        version: 1,
         backends,
         algorithm,
         balancer: balancer::for_algorithm(algorithm),

@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 
 use super::{error, if_match, with_etag, Shared};
 use crate::config::Algorithm;
-use crate::control::{parse_mode, ControlError};
-use crate::state::Backend;
+use crate::control::{parse_mode, weights_of, ControlError};
+use crate::state::{Backend, Snapshot};
 
 type Peer = ConnectInfo<SocketAddr>;
 
@@ -60,8 +60,9 @@ fn view(b: &Backend, s: &crate::state::Snapshot, now: Instant) -> BackendView {
     }
 }
 
-fn ok(s: &Shared, body: Value) -> Response {
-    with_etag(Json(body).into_response(), s.control.state.version())
+/// A 200 whose body was built from `snap`, tagged with `snap`'s version.
+fn ok(snap: &Snapshot, body: Value) -> Response {
+    with_etag(Json(body).into_response(), snap.version)
 }
 
 fn failed(e: ControlError) -> Response {
@@ -122,7 +123,8 @@ pub(super) async fn metrics(State(s): State<Shared>) -> Response {
 }
 
 pub(super) async fn get_weights(State(s): State<Shared>) -> Response {
-    ok(&s, json!(s.control.weights()))
+    let snap = s.control.state.load();
+    ok(&snap, json!(weights_of(&snap)))
 }
 
 pub(super) async fn put_weights(
@@ -139,7 +141,10 @@ pub(super) async fn put_weights(
         .control
         .set_weights(&changes, if_match(&headers), &peer.to_string())
     {
-        Ok(w) => ok(&s, json!(w)),
+        Ok(_) => {
+            let snap = s.control.state.load();
+            ok(&snap, json!(weights_of(&snap)))
+        }
         Err(e) => failed(e),
     }
 }
@@ -148,7 +153,7 @@ pub(super) async fn get_backends(State(s): State<Shared>) -> Response {
     let snap = s.control.state.load();
     let now = Instant::now();
     let list: Vec<BackendView> = snap.backends.iter().map(|b| view(b, &snap, now)).collect();
-    ok(&s, json!(list))
+    ok(&snap, json!(list))
 }
 
 pub(super) async fn put_mode(
@@ -176,14 +181,14 @@ pub(super) async fn put_mode(
     }
     let snap = s.control.state.load();
     match snap.index_of(&name) {
-        Some(i) => ok(&s, json!(view(&snap.backends[i], &snap, Instant::now()))),
+        Some(i) => ok(&snap, json!(view(&snap.backends[i], &snap, Instant::now()))),
         None => failed(ControlError::NotFound(name)),
     }
 }
 
 pub(super) async fn get_algorithm(State(s): State<Shared>) -> Response {
-    let a = s.control.state.load().algorithm;
-    ok(&s, json!({ "algorithm": a.as_str() }))
+    let snap = s.control.state.load();
+    ok(&snap, json!({ "algorithm": snap.algorithm.as_str() }))
 }
 
 pub(super) async fn put_algorithm(
@@ -207,14 +212,17 @@ pub(super) async fn put_algorithm(
         .control
         .set_algorithm(a, if_match(&headers), &peer.to_string())
     {
-        Ok(()) => ok(&s, json!({ "algorithm": a.as_str() })),
+        Ok(()) => {
+            let snap = s.control.state.load();
+            ok(&snap, json!({ "algorithm": snap.algorithm.as_str() }))
+        }
         Err(e) => failed(e),
     }
 }
 
 pub(super) async fn reload(State(s): State<Shared>, ConnectInfo(peer): Peer) -> Response {
     match s.control.reload(&peer.to_string()).await {
-        Ok(()) => ok(&s, json!({ "status": "reloaded" })),
+        Ok(()) => ok(&s.control.state.load(), json!({ "status": "reloaded" })),
         Err(e) => failed(e),
     }
 }

@@ -115,45 +115,45 @@ impl Ctx {
             return;
         }
         self.recorded = true;
-        let (Some(stats), Some(snap)) = (self.backend_stats().cloned(), self.snapshot.clone())
-        else {
+        // Disjoint field borrows: no refcount traffic on the hot path.
+        let (Some(guard), Some(snap)) = (&self.in_flight, &self.snapshot) else {
             return;
         };
+        let stats = guard.stats();
         let now = Instant::now();
         let took = now.saturating_duration_since(self.attempt_started);
-        stats.requests_total.fetch_add(1, Ordering::Relaxed);
-        stats
-            .latency_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         // SPEC least_time: connect errors, timeouts, 5xx and 429 count as slow,
         // so a backend failing fast never attracts traffic.
         let (slow, failure) = match outcome {
             Outcome::Status(s) => (s >= 500 || s == 429, s >= 500),
             Outcome::Connect | Outcome::Timeout | Outcome::Reset => (true, true),
         };
-        let kind = match outcome {
-            Outcome::Status(_) => ErrorKind::Status,
-            Outcome::Connect => ErrorKind::Connect,
-            Outcome::Timeout => ErrorKind::Timeout,
-            Outcome::Reset => ErrorKind::Reset,
-        };
+        stats.requests_total.fetch_add(1, Ordering::Relaxed);
         if failure {
-            stats.metrics.error(kind);
+            stats.errors_total.fetch_add(1, Ordering::Relaxed);
+            stats.metrics.error(match outcome {
+                Outcome::Status(_) => ErrorKind::Status,
+                Outcome::Connect => ErrorKind::Connect,
+                Outcome::Timeout => ErrorKind::Timeout,
+                Outcome::Reset => ErrorKind::Reset,
+            });
+        } else {
+            // `dynamic` compares the latency of answers, not of fast failures.
+            stats
+                .latency_sum_us
+                .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         }
         self.last_timed_out = outcome == Outcome::Timeout;
-        stats.ewma.observe(
-            if slow {
-                took.max(FAILURE_PENALTY)
-            } else {
-                took
-            },
-            now,
-        );
+        let sample = if slow {
+            took.max(FAILURE_PENALTY)
+        } else {
+            took
+        };
+        stats.ewma.observe(sample, now);
         let Some(permit) = self.permit.take() else {
             return;
         };
         if failure {
-            stats.errors_total.fetch_add(1, Ordering::Relaxed);
             let cb = &snap.config.circuit_breaker;
             if stats.circuit.on_failure(cb, permit, now) {
                 tracing::warn!(backend = %stats.name, after = cb.failures, "circuit opened");

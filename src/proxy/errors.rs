@@ -14,6 +14,9 @@ fn classify(e: &Error, ctx: &Ctx) -> (u16, &'static str) {
     match e.etype() {
         HTTPStatus(503) if ctx.no_backend => (503, "no eligible backend"),
         HTTPStatus(400) => (400, "bad request"),
+        HTTPStatus(431) => (431, "request header fields too large"),
+        HTTPStatus(504) => (504, "upstream timed out"),
+        HTTPStatus(503) => (503, "no eligible backend"),
         HTTPStatus(code) => (*code, "upstream failed"),
         ConnectTimedout | ReadTimedout | WriteTimedout => (504, "upstream timed out"),
         _ => match e.esource() {

@@ -100,10 +100,17 @@ pub fn too_large(req: &RequestHeader, max_headers: usize, max_bytes: usize) -> b
 pub fn forwarding(req: &mut RequestHeader, client: Option<IpAddr>, request_id: &str) -> Result<()> {
     if let Some(ip) = client {
         let ip = ip.to_string();
-        let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-            Some(Ok(prev)) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-            _ => ip.clone(),
-        };
+        // Keep every earlier hop, whatever its bytes and however many header
+        // lines carried it, then append ours.
+        let mut xff = Vec::with_capacity(64);
+        for prev in req.headers.get_all("x-forwarded-for") {
+            let prev = prev.as_bytes().trim_ascii();
+            if !prev.is_empty() {
+                xff.extend_from_slice(prev);
+                xff.extend_from_slice(b", ");
+            }
+        }
+        xff.extend_from_slice(ip.as_bytes());
         req.insert_header("x-forwarded-for", xff)?;
         req.insert_header("x-real-ip", ip)?;
     }
@@ -174,5 +181,18 @@ mod tests {
         assert_eq!(h("x-forwarded-proto"), "http");
         assert_eq!(h("x-forwarded-host"), "example.test");
         assert_eq!(h("x-request-id"), "rid");
+
+        // Several earlier header lines and non-ASCII bytes are kept as they are.
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        req.append_header("x-forwarded-for", "10.0.0.1").unwrap();
+        req.append_header(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"10.0.0.2 \xe9").unwrap(),
+        )
+        .unwrap();
+        forwarding(&mut req, Some("::1".parse().unwrap()), "rid").unwrap();
+        let all: Vec<_> = req.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].as_bytes(), b"10.0.0.1, 10.0.0.2 \xe9, ::1");
     }
 }

@@ -74,7 +74,9 @@ impl Proxy {
             // At most one refusal per backend: the loop is bounded by their number.
             for _ in 0..=snap.backends.len() {
                 let excluded = ctx.refused | if excluded_tried { ctx.tried } else { 0 };
-                let choice = sticky::choose(snap, headers, excluded, key, now)?;
+                let Some(choice) = sticky::choose(snap, headers, excluded, key, now) else {
+                    break; // nothing untried left: a retry may reuse a tried backend
+                };
                 let stats = &snap.backends[choice.index].stats;
                 match stats.circuit.acquire(cb, now) {
                     Some(permit) => {
@@ -134,9 +136,13 @@ impl ProxyHttp for Proxy {
                 "request header fields too large",
             ));
         }
-        // Idle limit before the next request on this connection (0 = close).
-        let idle = server.keepalive_timeout.as_secs();
-        session.set_keepalive((idle > 0).then_some(idle));
+        // Idle limit before the next request on this connection, in whole
+        // seconds rounded up (0 = close). Only where keep-alive is on already:
+        // an HTTP/1.0 client or `Connection: close` must still get its close.
+        if session.get_keepalive().is_some() {
+            let idle = server.keepalive_timeout.as_secs_f64().ceil() as u64;
+            session.set_keepalive((idle > 0).then_some(idle));
+        }
         if headers::has_cl_and_te(session) {
             // Request smuggling vector: refuse before any backend sees it.
             return Err(Error::explain(
@@ -156,11 +162,11 @@ impl ProxyHttp for Proxy {
             .get_or_insert_with(|| self.state.load_full())
             .clone();
 
-        if ctx.attempts > 0 {
-            if let Some(stats) = ctx.backend_stats() {
-                stats.retries_total.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        // The backend whose failure caused this retry (counted once a new
+        // attempt is actually made).
+        let retried_from = (ctx.attempts > 0)
+            .then(|| ctx.backend_stats().cloned())
+            .flatten();
         let Some(choice) = self.select(&snap, session, ctx) else {
             if ctx.attempts > 0 {
                 // All attempts failed and nothing is left: report the last failure.
@@ -182,6 +188,9 @@ impl ProxyHttp for Proxy {
                 "backend address unresolved",
             ));
         };
+        if let Some(stats) = retried_from {
+            stats.retries_total.fetch_add(1, Ordering::Relaxed);
+        }
         ctx.tried |= 1 << choice.index;
         ctx.attempts += 1;
         ctx.backend = Some(choice.index);
@@ -208,6 +217,7 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.record(Outcome::Connect);
+        ctx.last_timed_out = matches!(e.etype(), ConnectTimedout);
         // Nothing reached the backend: any method may go elsewhere.
         e.set_retry(Self::may_retry(session, ctx));
         e
@@ -265,7 +275,7 @@ impl ProxyHttp for Proxy {
         };
         let stats = &snap.backends[i].stats;
         if let Some(h) = &snap.backend_header {
-            resp.insert_header(h.clone(), &*stats.name)?;
+            resp.insert_header(h.clone(), stats.name_header.clone())?;
         }
         if ctx.set_cookie {
             if let crate::config::Sticky::Cookie(name) = &snap.sticky {
@@ -283,6 +293,15 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
+        // A pooled connection the backend had already closed fails while lb
+        // writes the request header: nothing reached the backend, so even a POST
+        // may go elsewhere. Any other failure may have reached it. (Checked
+        // before `more_context`, which moves Pingora's context into the cause.)
+        let nothing_sent = client_reused
+            && matches!(e.etype(), WriteError | ConnectionClosed)
+            && e.context
+                .as_ref()
+                .is_some_and(|c| c.as_str().contains("writing request header"));
         let mut e = e.more_context(format!("peer: {peer}"));
         if std::mem::take(&mut ctx.status_retry) {
             return e; // already decided in upstream_response_filter
@@ -299,14 +318,6 @@ impl ProxyHttp for Proxy {
             Outcome::Reset
         });
         let idempotent = session.req_header().method.is_idempotent();
-        // A pooled connection the backend had already closed fails while lb
-        // writes the request header: nothing reached the backend, so even a POST
-        // may go elsewhere. Any other failure may have reached it.
-        let nothing_sent = client_reused
-            && matches!(e.etype(), WriteError | ConnectionClosed)
-            && e.context
-                .as_ref()
-                .is_some_and(|c| c.as_str().contains("writing request header"));
         e.set_retry((idempotent || nothing_sent) && Self::may_retry(session, ctx));
         e
     }

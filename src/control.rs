@@ -137,8 +137,10 @@ impl Control {
                 })?;
             parsed.insert(name.as_str(), w as u32);
         }
-        let old = self.weights();
+        let mut old = BTreeMap::new();
+        let mut new = BTreeMap::new();
         self.state.try_update(if_match, |cur| {
+            old = weights_of(cur);
             let mut backends = cur.backends.clone();
             for name in parsed.keys() {
                 if cur.index_of(name).is_none() {
@@ -155,9 +157,10 @@ impl Control {
                     "every weight would be 0; at least one backend needs weight > 0".into(),
                 ));
             }
-            Ok(cur.with(backends, cur.algorithm))
+            let next = cur.with(backends, cur.algorithm);
+            new = weights_of(&next);
+            Ok(next)
         })?;
-        let new = self.weights();
         self.audit(0, "weights", &format!("{old:?}"), &format!("{new:?}"), peer);
         self.persist();
         Ok(new)

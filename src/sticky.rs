@@ -51,7 +51,8 @@ pub fn choose(
     key: &[u8],
     now: Instant,
 ) -> Option<Choice> {
-    let pinnable = snap.sticky_ok(now) & !excluded;
+    // Only sticky modes need the (drain-inclusive) mask.
+    let pinnable = || snap.sticky_ok(now) & !excluded;
     match &snap.sticky {
         Sticky::None => snap.pick(key, excluded, now).map(|index| Choice {
             index,
@@ -64,7 +65,7 @@ pub fn choose(
                     .position(|b| b.stats.sticky_id.as_bytes() == id)
             });
             match pinned {
-                Some(index) if has(pinnable, index) => Some(Choice {
+                Some(index) if has(pinnable(), index) => Some(Choice {
                     index,
                     set_cookie: false,
                 }),
@@ -77,12 +78,13 @@ pub fn choose(
         Sticky::Header(header) => match header_key(headers, header) {
             Some(value) => {
                 // Draining backends keep their sessions; weight 0 takes none.
-                rendezvous_pick(&snap.backends, pinnable, value, |i| snap.backends[i].weight).map(
-                    |index| Choice {
-                        index,
-                        set_cookie: false,
-                    },
-                )
+                rendezvous_pick(&snap.backends, pinnable(), value, |i| {
+                    snap.backends[i].weight
+                })
+                .map(|index| Choice {
+                    index,
+                    set_cookie: false,
+                })
             }
             None => snap.pick(key, excluded, now).map(|index| Choice {
                 index,

@@ -72,22 +72,25 @@ pub fn schedule(weights: &[u32]) -> Vec<u8> {
 }
 
 impl SmoothWeighted {
-    fn schedule_for(&self, pool: &Pool<'_>) -> Option<Arc<Schedule>> {
-        let n = pool.backends.len();
-        let weight = |i: usize| {
-            if has(pool.available, i) {
-                pool.weight(i)
-            } else {
-                0
-            }
-        };
-        let cached = self.cache.load_full();
-        if let Some(s) = cached {
-            if s.weights.len() == n && (0..n).all(|i| s.weights[i] == weight(i)) {
-                return Some(s);
-            }
+    /// The weight backend `i` has in the schedule for `pool` (0 = left out).
+    fn weight(pool: &Pool<'_>, i: usize) -> u32 {
+        if has(pool.available, i) {
+            pool.weight(i)
+        } else {
+            0
         }
-        let weights: Vec<u32> = (0..n).map(weight).collect();
+    }
+
+    fn fits(s: &Schedule, pool: &Pool<'_>) -> bool {
+        let n = pool.backends.len();
+        s.weights.len() == n && (0..n).all(|i| s.weights[i] == Self::weight(pool, i))
+    }
+
+    /// Builds and caches the schedule for `pool`'s weights.
+    fn rebuild(&self, pool: &Pool<'_>) -> Option<Arc<Schedule>> {
+        let weights: Vec<u32> = (0..pool.backends.len())
+            .map(|i| Self::weight(pool, i))
+            .collect();
         let order = schedule(&weights);
         if order.is_empty() {
             return None;
@@ -100,7 +103,16 @@ impl SmoothWeighted {
 
 impl Balancer for SmoothWeighted {
     fn pick(&self, pool: &Pool<'_>, _key: &[u8], _now: Instant) -> Option<usize> {
-        let s = self.schedule_for(pool)?;
+        // The common case borrows the cached schedule: no refcount traffic.
+        let cached = self.cache.load();
+        let fresh;
+        let s: &Schedule = match cached.as_deref() {
+            Some(s) if Self::fits(s, pool) => s,
+            _ => {
+                fresh = self.rebuild(pool)?;
+                &fresh
+            }
+        };
         let len = s.order.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         // Retries walk forward past backends this request already tried.

@@ -100,6 +100,12 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> ExitCode {
+    // SIGHUP means "reload" to lb; until the reload handler is installed its
+    // default action would kill the process, so ignore it from the start.
+    // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => match load(&cli.run) {

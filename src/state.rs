@@ -400,3 +400,49 @@ pub fn build(
         config: config.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        let text = "[[backends]]\nname = \"a\"\naddr = \"a.test:80\"\n\
+                    [[backends]]\nname = \"b\"\naddr = \"b.test:80\"\n";
+        State::new(Arc::new(Config::from_toml(text).unwrap()))
+    }
+
+    #[test]
+    fn dns_updates_apply_by_name_and_configured_address_only() {
+        let s = state();
+        let ip: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let v0 = s.version();
+        // A lookup for a host the backend no longer has (changed by a reload
+        // meanwhile) and one for an unknown backend: ignored, no swap.
+        s.set_addrs(&[
+            ("a".into(), "old.test:80".into(), ip),
+            ("zz".into(), "a.test:80".into(), ip),
+        ]);
+        assert_eq!(s.version(), v0);
+        assert!(s.load().backends.iter().all(|b| b.addr.is_none()));
+        s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);
+        assert_eq!(s.load().backends[1].addr, Some(ip));
+        assert_eq!(s.load().backends[0].addr, None);
+        // The same answer again: nothing to swap.
+        let v1 = s.version();
+        s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);
+        assert_eq!(s.version(), v1);
+    }
+
+    #[test]
+    fn try_update_checks_the_expected_version() {
+        let s = state();
+        let v = s.version();
+        assert!(s
+            .try_update::<()>(Some(v + 7), |c| Ok(c.with(c.backends.clone(), c.algorithm)))
+            .is_err());
+        assert_eq!(s.version(), v);
+        let next = s.try_update::<()>(Some(v), |c| Ok(c.with(c.backends.clone(), c.algorithm)));
+        assert_eq!(next.ok(), Some(v + 1));
+        assert_eq!(s.load().version, v + 1);
+    }
+}

@@ -166,3 +166,30 @@ async fn idle_keepalive_connections_are_closed() {
     );
     assert!(t.elapsed() >= Duration::from_millis(900));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_and_connection_close_clients_get_their_close() {
+    // The keep-alive idle timeout must not turn keep-alive on for a client
+    // that did not ask for it: lb answers and closes.
+    let apps = Apps::plain(1).await;
+    let lb = Lb::start(&apps.backends_toml(&[1])).await;
+    for head in [
+        "GET /api/whoami HTTP/1.0\r\nHost: x\r\n\r\n",
+        "GET /api/whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut all = Vec::new();
+        // Reading to EOF ends only if lb closes the connection.
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all))
+            .await
+            .unwrap_or_else(|_| panic!("connection left open for {head:?}"))
+            .unwrap();
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.contains(" 200 "), "{text}");
+        assert!(
+            !text.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{text}"
+        );
+    }
+}

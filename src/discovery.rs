@@ -112,20 +112,27 @@ impl Discovery {
 #[async_trait]
 impl BackgroundService for Discovery {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let cfg = self.state.load().config.discovery.clone();
-        let r = match resolver(&cfg) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "dns: no resolver; hostnames keep their start-up addresses");
-                return;
-            }
-        };
+        // The resolver follows the config: a reload that changes
+        // `discovery.nameservers` takes effect at the next round.
+        let mut current: Option<(Vec<std::net::SocketAddr>, TokioResolver)> = None;
         let mut failing = HashSet::new();
         loop {
-            self.resolve_all(&r, &mut failing).await;
-            let interval = self.state.load().config.discovery.interval;
+            let cfg = self.state.load().config.discovery.clone();
+            if current
+                .as_ref()
+                .is_none_or(|(ns, _)| *ns != cfg.nameservers)
+            {
+                match resolver(&cfg) {
+                    Ok(r) => current = Some((cfg.nameservers.clone(), r)),
+                    Err(e) => tracing::error!(error = %e,
+                        "dns: no resolver; hostnames keep their last addresses"),
+                }
+            }
+            if let Some((_, r)) = &current {
+                self.resolve_all(r, &mut failing).await;
+            }
             tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(cfg.interval) => {}
                 _ = shutdown.changed() => return,
             }
         }

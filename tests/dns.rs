@@ -65,3 +65,48 @@ async fn hostname_moving_to_a_new_ip_is_followed_without_reload() {
     let log = lb.log_text();
     assert_eq!(log.matches("cannot resolve").count(), 1, "log:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_switches_to_new_nameservers() {
+    let l_a = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
+    let port = l_a.local_addr().unwrap().port();
+    let l_b = tokio::net::TcpListener::bind(("127.0.0.3", port))
+        .await
+        .unwrap();
+    tokio::spawn(app::serve(
+        l_a,
+        App::new(named("via-dns-1")),
+        std::future::pending(),
+    ));
+    tokio::spawn(app::serve(
+        l_b,
+        App::new(named("via-dns-2")),
+        std::future::pending(),
+    ));
+    // Two DNS servers that disagree about app.lbtest.
+    let dns1 = TestDns::start(Some(Ipv4Addr::new(127, 0, 0, 2))).await;
+    let dns2 = TestDns::start(Some(Ipv4Addr::new(127, 0, 0, 3))).await;
+    let body = |ns: std::net::SocketAddr| {
+        format!(
+            "[discovery]\ninterval = \"100ms\"\nnameservers = [\"{ns}\"]\n\n\
+             [[backends]]\nname = \"app\"\naddr = \"app.lbtest:{port}\"\n"
+        )
+    };
+    let lb = Lb::start(&body(dns1.addr)).await;
+    let c = client();
+    assert_eq!(who(&c, &lb).await, "via-dns-1");
+    lb.write_config(&body(dns2.addr));
+    assert_eq!(lb.reload().await.status, 200);
+    let t = Instant::now();
+    let mut switched = None;
+    while t.elapsed() < Duration::from_secs(5) {
+        if who(&c, &lb).await == "via-dns-2" {
+            switched = Some(t.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let switched = switched.expect("the reloaded nameservers were not used within 5 s");
+    println!("dns: new nameservers in use {switched:?} after the reload (interval 100 ms)");
+    assert!(dns2.queries() > 0);
+}

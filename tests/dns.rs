@@ -16,6 +16,18 @@ async fn who(c: &reqwest::Client, lb: &Lb) -> String {
     v["container"].as_str().unwrap().to_string()
 }
 
+/// Polls (for at most 5 s) until the app called `id` answers; how long it took.
+async fn until_served_by(c: &reqwest::Client, lb: &Lb, id: &str) -> Option<Duration> {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if who(c, lb).await == id {
+            return Some(t.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostname_moving_to_a_new_ip_is_followed_without_reload() {
     // Two apps on the same port of two loopback addresses: the "old" and the
@@ -43,16 +55,9 @@ async fn hostname_moving_to_a_new_ip_is_followed_without_reload() {
 
     // The container is recreated with a new IP.
     dns.set(Some(Ipv4Addr::new(127, 0, 0, 3)));
-    let moved = Instant::now();
-    let mut followed = None;
-    while moved.elapsed() < Duration::from_secs(5) {
-        if who(&c, &lb).await == "new" {
-            followed = Some(moved.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let followed = followed.expect("lb did not follow the new address within 5 s");
+    let followed = until_served_by(&c, &lb, "new")
+        .await
+        .expect("lb did not follow the new address within 5 s");
     println!("dns: followed the new address after {followed:?} (interval 100 ms)");
 
     // DNS breaks: the last good address keeps serving, and the failure is
@@ -97,16 +102,9 @@ async fn reload_switches_to_new_nameservers() {
     assert_eq!(who(&c, &lb).await, "via-dns-1");
     lb.write_config(&body(dns2.addr));
     assert_eq!(lb.reload().await.status, 200);
-    let t = Instant::now();
-    let mut switched = None;
-    while t.elapsed() < Duration::from_secs(5) {
-        if who(&c, &lb).await == "via-dns-2" {
-            switched = Some(t.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let switched = switched.expect("the reloaded nameservers were not used within 5 s");
+    let switched = until_served_by(&c, &lb, "via-dns-2")
+        .await
+        .expect("the reloaded nameservers were not used within 5 s");
     println!("dns: new nameservers in use {switched:?} after the reload (interval 100 ms)");
     assert!(dns2.queries() > 0);
 }

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run test lint deps build images bench clean
+.PHONY: run test lint deps build images bench bench-peers clean
 
 CARGO ?= cargo
 
@@ -41,3 +41,10 @@ images: deps
 ## lb vs nginx on loopback (needs wrk and nginx: apt-get install wrk nginx).
 bench: build
 	@scripts/bench.sh
+
+## lb side by side with nginx and HAProxy, one pinned worker each (issue 8): req/s,
+## latency, CPU and syscalls per request, memory per idle connection, a fixed-rate
+## run and threads = 2. Installs nginx, haproxy, wrk when missing (root); writes
+## target/bench-peers.md. BENCH_QUICK=1: one 3 s round; see the script for knobs.
+bench-peers: build
+	@scripts/bench-peers.sh

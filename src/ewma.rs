@@ -87,6 +87,15 @@ impl PeakEwma {
             });
     }
 
+    /// A lower bound on a latency (an attempt the client abandoned after
+    /// `floor`): raises the estimate to it when higher, else changes nothing,
+    /// so a backend that hangs never looks cheaper for being waited on.
+    pub fn observe_floor(&self, floor: Duration, now: Instant) {
+        if floor > self.get(now) {
+            self.observe(floor, now);
+        }
+    }
+
     /// The estimate at `now`, decayed for the time since the last sample.
     pub fn get(&self, now: Instant) -> Duration {
         let (cost, then) = unpack(self.state.load(Ordering::Acquire));
@@ -112,6 +121,25 @@ mod tests {
         e.observe(10 * MS, t0);
         e.observe(500 * MS, t0);
         assert_eq!(e.get(t0).as_millis(), 500);
+    }
+
+    #[test]
+    fn a_floor_only_ever_raises_the_estimate() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(t0);
+        e.observe(100 * MS, t0);
+        e.observe_floor(20 * MS, t0);
+        assert_eq!(
+            e.get(t0).as_millis(),
+            100,
+            "a lower bound below the estimate says nothing"
+        );
+        e.observe_floor(2000 * MS, t0);
+        assert_eq!(
+            e.get(t0).as_millis(),
+            2000,
+            "a hang seen by an abandoning client counts"
+        );
     }
 
     #[test]

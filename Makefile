@@ -18,6 +18,13 @@ test: deps
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
 	 else echo "no Docker engine reachable: the compose end-to-end test will be skipped"; fi
 	$(CARGO) test --workspace --no-fail-fast
+	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
+	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
+
+# Integration tests that also run with every request on the Pingora path: all
+# but tests/http1.rs (behaviours only the fast path has: pipelining, header
+# timeout, HTTP/1.0 de-chunking) and the compose end-to-end test.
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:

@@ -68,11 +68,17 @@ pub struct Conn<'a> {
     client_ip: Option<IpAddr>,
     accepted: Instant,
     served: u64,
+    pingora_only: bool,
 }
 
 impl<'a> Conn<'a> {
     /// A connection just accepted.
-    pub fn new(stream: Stream, state: &'a Arc<State>, active: &'a Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        stream: Stream,
+        state: &'a Arc<State>,
+        active: &'a Arc<AtomicUsize>,
+        pingora_only: bool,
+    ) -> Self {
         let client_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
@@ -84,6 +90,7 @@ impl<'a> Conn<'a> {
             client_ip,
             accepted: Instant::now(),
             served: 0,
+            pingora_only,
         }
     }
 
@@ -105,7 +112,7 @@ impl<'a> Conn<'a> {
                     return None;
                 }
             };
-            if head.route == Route::Fallback {
+            if head.route == Route::Fallback || self.pingora_only {
                 return rewound(self.stream, &self.buf);
             }
             let shutting_down = *shutdown.borrow();

@@ -40,16 +40,24 @@ pub struct FrontDoor {
     state: Arc<State>,
     active: Arc<AtomicUsize>,
     fallback: Arc<HttpProxy<Proxy>>,
+    /// `LB_PATH=pingora`: every request goes to the Pingora path once its head
+    /// is validated (so `make test` runs the integration suite through both).
+    pingora_only: bool,
 }
 
 impl FrontDoor {
     /// A front door routing by `state`, counting live requests in `active`;
     /// `fallback` serves what the fast path hands over.
     pub fn new(state: Arc<State>, active: Arc<AtomicUsize>, fallback: HttpProxy<Proxy>) -> Self {
+        let pingora_only = std::env::var("LB_PATH").is_ok_and(|p| p == "pingora");
+        if pingora_only {
+            tracing::info!("LB_PATH=pingora: every request is served by the Pingora path");
+        }
         FrontDoor {
             state,
             active,
             fallback: Arc::new(fallback),
+            pingora_only,
         }
     }
 }
@@ -61,7 +69,7 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let conn = conn::Conn::new(stream, &self.state, &self.active);
+        let conn = conn::Conn::new(stream, &self.state, &self.active, self.pingora_only);
         let mut next = conn.serve(shutdown).await;
         // Handed over: Pingora serves the rest of this connection.
         while let Some(stream) = next {

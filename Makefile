@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run test lint deps build images bench clean
+.PHONY: run test lint deps build images bench bench-peers clean
 
 CARGO ?= cargo
 
@@ -18,6 +18,13 @@ test: deps
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
 	 else echo "no Docker engine reachable: the compose end-to-end test will be skipped"; fi
 	$(CARGO) test --workspace --no-fail-fast
+	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
+	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
+
+# Integration tests that also run with every request on the Pingora path: all
+# but tests/http1.rs (behaviours only the fast path has: pipelining, header
+# timeout, HTTP/1.0 de-chunking) and the compose end-to-end test.
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:
@@ -41,3 +48,10 @@ images: deps
 ## lb vs nginx on loopback (needs wrk and nginx: apt-get install wrk nginx).
 bench: build
 	@scripts/bench.sh
+
+## lb side by side with nginx and HAProxy, one pinned worker each (issue 8): req/s,
+## latency, CPU and syscalls per request, memory per idle connection, a fixed-rate
+## run and threads = 2. Installs nginx, haproxy, wrk when missing (root); writes
+## target/bench-peers.md. BENCH_QUICK=1: one 3 s round; see the script for knobs.
+bench-peers: build
+	@scripts/bench-peers.sh

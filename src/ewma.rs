@@ -164,6 +164,22 @@ impl PeakEwma {
             });
     }
 
+    /// A lower bound on a latency (an attempt the client abandoned after
+    /// `floor`): raises the estimate to it when higher, else changes nothing,
+    /// so a backend that hangs never looks cheaper for being waited on. Not an
+    /// answer: the failure rate is left as it is.
+    pub fn observe_floor(&self, floor: Duration, now: Instant) {
+        let floor_us = floor.as_secs_f64() * 1e6;
+        let t = stamp(now);
+        let _ = self
+            .latency
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                let (cost, then) = unpack(old);
+                let current = cost as f64 * decay_weight(elapsed_ms(t, then), DECAY);
+                (cost == NONE || floor_us > current).then(|| pack(to_us(floor_us), t))
+            });
+    }
+
     /// The latency estimate at `now`, decayed for the time since the last sample;
     /// zero before the first sample (what the admin API and metrics show).
     pub fn get(&self, now: Instant) -> Duration {
@@ -226,6 +242,25 @@ mod tests {
     }
 
     #[test]
+    fn a_floor_only_ever_raises_the_estimate() {
+        let t0 = Instant::now();
+        let e = PeakEwma::new(t0);
+        e.observe(100 * MS, t0);
+        e.observe_floor(20 * MS, t0);
+        assert_eq!(
+            e.get(t0).as_millis(),
+            100,
+            "a lower bound below the estimate says nothing"
+        );
+        e.observe_floor(2000 * MS, t0);
+        assert_eq!(
+            e.get(t0).as_millis(),
+            2000,
+            "a hang seen by an abandoning client counts"
+        );
+    }
+
+    #[test]
     fn fast_samples_blend_in_by_elapsed_time() {
         let t0 = Instant::now();
         let e = PeakEwma::new(t0);
@@ -283,6 +318,9 @@ mod tests {
         // Without attempts the rate decays with FAILURE_DECAY: e^-1 after one.
         let r = e.failure_rate(t1 + FAILURE_DECAY);
         assert!((r - 0.4375 / std::f64::consts::E).abs() < 1e-3, "got {r}");
+        // A latency floor (an abandoned attempt) is no answer: the rate stays.
+        e.observe_floor(2000 * MS, t1);
+        assert!((e.failure_rate(t1) - 0.4375).abs() < 1e-6);
     }
 
     #[test]

@@ -83,20 +83,30 @@ fn load(args: &RunArgs) -> Result<Config, ExitCode> {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Installs the log subscriber. Lines go through a bounded queue to a writer
+/// thread, so a slow stderr (a pipe nobody reads fast enough) never blocks a
+/// proxy thread; the returned guard flushes the queue when `main` returns.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal; files and log collectors get
     // plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(64 * 1024)
+        .lossy(true)
+        .thread_name("lb-log")
+        .finish(std::io::stderr());
+    let _ = lb::metrics::LOG_DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+    guard
 }
 
 fn main() -> ExitCode {
@@ -154,7 +164,7 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    init_logging(config.log.format);
+    let _log = init_logging(config.log.format);
     match lb::server::Lb::build(config, Some(args.config.clone())) {
         Ok(lb) => {
             lb.run();

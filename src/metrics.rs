@@ -4,8 +4,18 @@
 //! one-hot circuit gauges) is built at scrape time by `admin::metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use prometheus::{Histogram, HistogramOpts};
+
+/// Log lines dropped because the log writer fell behind (set by `main` when
+/// it installs the non-blocking writer).
+pub static LOG_DROPPED: OnceLock<tracing_appender::non_blocking::ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped so far (`lb_log_dropped_total`).
+pub fn log_dropped() -> u64 {
+    LOG_DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
 
 /// Request duration buckets (seconds): 0.5 ms to 10 s, for a proxy whose
 /// backends answer in about a millisecond on a good day and time out in seconds.

@@ -25,8 +25,11 @@ use crate::control::Control;
 use crate::discovery::Discovery;
 use crate::dynamic::DynamicWeights;
 use crate::health::HealthChecker;
+use crate::proxy::fast::FrontDoor;
 use crate::proxy::Proxy;
 use crate::state::State;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::services::listening::Service;
 
 /// Why lb could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,11 +119,23 @@ impl Lb {
         server.bootstrap();
 
         let active: ActiveRequests = Arc::new(AtomicUsize::new(0));
-        let mut proxy = pingora::proxy::http_proxy_service(
+        // lb's HTTP/1 path in front, Pingora's proxy for what it hands over
+        // (upgrades, chunked or large request bodies). The listener does no
+        // buffering of its own: the front door reads into one buffer per
+        // connection (and Pingora's 64 KiB per-connection read buffer was most
+        // of an idle connection's memory).
+        let fallback = pingora::proxy::http_proxy(
             &server.configuration,
             Proxy::new(state.clone(), active.clone()),
         );
-        proxy.add_tcp(&config.server.listen.to_string());
+        let mut proxy = Service::new(
+            "lb".to_string(),
+            FrontDoor::new(state.clone(), active.clone(), fallback),
+        );
+        proxy.add_listener(
+            ListenerConfig::tcp(config.server.listen.to_string())
+                .l4_buffer(L4BufferSettings::unbuffered()),
+        );
         server.add_service(proxy);
         server.add_service(background_service("dns", Discovery::new(state.clone())));
         server.add_service(background_service(

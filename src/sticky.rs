@@ -19,13 +19,29 @@ use crate::state::Snapshot;
 
 /// The value of cookie `name` in the request's `Cookie` headers.
 pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|v| {
-        v.as_bytes().split(|&b| b == b';').find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|&b| b == b'=')?;
-            (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
-        })
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .find_map(|v| cookie_in(v.as_bytes(), name))
+}
+
+/// The value of cookie `name` in one `Cookie` field value.
+pub fn cookie_in<'a>(field: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    field.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
     })
+}
+
+/// What the sticky mode reads from the request: the sticky cookie's value or
+/// the sticky header's (non-empty) value; `None` when not sticky or absent.
+pub fn sticky_value<'a>(snap: &Snapshot, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+    match &snap.sticky {
+        Sticky::None => None,
+        Sticky::Cookie(name) => cookie_value(headers, name),
+        Sticky::Header(header) => header_key(headers, header),
+    }
 }
 
 /// The `Set-Cookie` value pinning a client to the backend with `id`.
@@ -43,10 +59,11 @@ pub struct Choice {
 }
 
 /// Chooses a backend for a request: stickiness first, then the algorithm.
-/// `excluded` are backends this request already tried; `key` the client IP bytes.
+/// `value` is the request's [`sticky_value`]; `excluded` are backends this
+/// request already tried; `key` the client IP bytes.
 pub fn choose(
     snap: &Snapshot,
-    headers: &HeaderMap,
+    value: Option<&[u8]>,
     excluded: Mask,
     key: &[u8],
     now: Instant,
@@ -58,8 +75,8 @@ pub fn choose(
             index,
             set_cookie: false,
         }),
-        Sticky::Cookie(name) => {
-            let pinned = cookie_value(headers, name).and_then(|id| {
+        Sticky::Cookie(_) => {
+            let pinned = value.and_then(|id| {
                 snap.backends
                     .iter()
                     .position(|b| b.stats.sticky_id.as_bytes() == id)
@@ -75,7 +92,7 @@ pub fn choose(
                 }),
             }
         }
-        Sticky::Header(header) => match header_key(headers, header) {
+        Sticky::Header(_) => match value {
             Some(value) => {
                 // Draining backends keep their sessions; weight 0 takes none.
                 rendezvous_pick(&snap.backends, pinnable(), value, |i| {

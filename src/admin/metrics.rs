@@ -144,6 +144,14 @@ pub fn render(state: &State) -> String {
     no_backend
         .with_label_values(&[] as &[&str])
         .inc_by(c.no_backend.load(Ordering::Relaxed));
+    counter(
+        &r,
+        "lb_log_dropped_total",
+        "Log lines dropped because the log writer fell behind",
+        &[],
+    )
+    .with_label_values(&[] as &[&str])
+    .inc_by(crate::metrics::log_dropped());
     let reloads = counter(&r, "lb_config_reloads_total", "Config reloads", &["result"]);
     reloads
         .with_label_values(&["success"])

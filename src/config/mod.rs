@@ -100,6 +100,10 @@ pub struct ServerConfig {
     /// Idle time allowed between requests on a client connection (default 60 s;
     /// 0 = close after each response).
     pub keepalive_timeout: Duration,
+    /// The whole request head must arrive within this, counted from accept on a
+    /// new connection and from the first byte of the next request on a kept-alive
+    /// one (default 10 s); otherwise `408` and close.
+    pub header_timeout: Duration,
     /// Largest request head (request line + headers) accepted; above → 431 (default 32 KiB).
     pub max_header_bytes: usize,
     /// Most header fields accepted; above → 431 (default 100).
@@ -176,6 +180,9 @@ pub struct TimeoutConfig {
     pub connect: Duration,
     /// Waiting for the upstream response header (default 30 s).
     pub response: Duration,
+    /// How long a pooled idle upstream connection is kept (default 4 s, below
+    /// the 5 s keep-alive of common app servers; 0 = no reuse).
+    pub upstream_idle: Duration,
 }
 
 /// `[discovery]`: re-resolution of backend hostnames.

@@ -29,6 +29,7 @@ pub struct RawServer {
     pub threads: i64,
     pub grace_period: String,
     pub keepalive_timeout: String,
+    pub header_timeout: String,
     pub max_header_bytes: i64,
     pub max_headers: i64,
 }
@@ -40,6 +41,7 @@ impl Default for RawServer {
             threads: 2,
             grace_period: "5s".into(),
             keepalive_timeout: "60s".into(),
+            header_timeout: "10s".into(),
             max_header_bytes: 32 * 1024,
             max_headers: 100,
         }
@@ -173,6 +175,7 @@ impl Default for RawRetry {
 pub struct RawTimeouts {
     pub connect: String,
     pub response: String,
+    pub upstream_idle: String,
 }
 
 impl Default for RawTimeouts {
@@ -180,6 +183,7 @@ impl Default for RawTimeouts {
         Self {
             connect: "1s".into(),
             response: "30s".into(),
+            upstream_idle: "4s".into(),
         }
     }
 }

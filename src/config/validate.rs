@@ -186,6 +186,7 @@ impl TryFrom<RawConfig> for Config {
                 Duration::ZERO,
                 HOUR,
             )?,
+            header_timeout: duration("server.header_timeout", &r.server.header_timeout, MS, HOUR)?,
             max_header_bytes: int_in(
                 "server.max_header_bytes",
                 r.server.max_header_bytes,
@@ -230,6 +231,12 @@ impl TryFrom<RawConfig> for Config {
                 Duration::from_secs(60),
             )?,
             response: duration("timeouts.response", &r.timeouts.response, MS, HOUR)?,
+            upstream_idle: duration(
+                "timeouts.upstream_idle",
+                &r.timeouts.upstream_idle,
+                Duration::ZERO,
+                HOUR,
+            )?,
         };
         let dynamic_interval = duration(
             "dynamic.interval",

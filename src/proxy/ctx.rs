@@ -22,6 +22,9 @@ pub enum Outcome {
     Timeout,
     /// Connection reset or closed mid-request.
     Reset,
+    /// The client went away before the response: the elapsed time is a lower
+    /// bound on the backend's latency (least_time), not a verdict on it.
+    Abandoned,
 }
 
 /// Counts a request as active for graceful shutdown until the context drops.
@@ -68,6 +71,8 @@ pub struct Ctx {
     /// Whether the last failed attempt timed out (504 rather than 502).
     pub(super) last_timed_out: bool,
     pub(super) upstream_ttfb: Option<Duration>,
+    /// The status relayed to the client (fast path).
+    pub(super) final_status: u16,
 }
 
 impl Ctx {
@@ -93,6 +98,7 @@ impl Ctx {
             no_backend: false,
             last_timed_out: false,
             upstream_ttfb: None,
+            final_status: 0,
         }
     }
 
@@ -122,11 +128,18 @@ impl Ctx {
         let stats = guard.stats();
         let now = Instant::now();
         let took = now.saturating_duration_since(self.attempt_started);
+        if outcome == Outcome::Abandoned {
+            // Only a latency floor: no counters, no breaker verdict (the permit
+            // is released with the request).
+            stats.ewma.observe_floor(took, now);
+            return;
+        }
         // SPEC least_time: connect errors, timeouts, 5xx and 429 count as slow,
         // so a backend failing fast never attracts traffic.
         let (slow, failure) = match outcome {
             Outcome::Status(s) => (s >= 500 || s == 429, s >= 500),
             Outcome::Connect | Outcome::Timeout | Outcome::Reset => (true, true),
+            Outcome::Abandoned => (false, false),
         };
         stats.requests_total.fetch_add(1, Ordering::Relaxed);
         if failure {
@@ -135,7 +148,7 @@ impl Ctx {
                 Outcome::Status(_) => ErrorKind::Status,
                 Outcome::Connect => ErrorKind::Connect,
                 Outcome::Timeout => ErrorKind::Timeout,
-                Outcome::Reset => ErrorKind::Reset,
+                Outcome::Reset | Outcome::Abandoned => ErrorKind::Reset,
             });
         } else {
             // `dynamic` compares the latency of answers, not of fast failures.

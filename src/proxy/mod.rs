@@ -9,6 +9,7 @@
 
 mod ctx;
 mod errors;
+pub mod fast;
 mod headers;
 
 use std::net::IpAddr;
@@ -61,39 +62,39 @@ fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
     }
 }
 
-impl Proxy {
-    /// Chooses a backend whose circuit admits the request: stickiness, then the
-    /// algorithm; a backend not yet tried when one exists, else any eligible one.
-    fn select(&self, snap: &Snapshot, session: &Session, ctx: &mut Ctx) -> Option<Choice> {
-        let now = Instant::now();
-        let mut buf = [0u8; 16];
-        let key = ip_key(ctx.client_ip, &mut buf);
-        let headers = &session.req_header().headers;
-        let cb = &snap.config.circuit_breaker;
-        for excluded_tried in [true, false] {
-            // At most one refusal per backend: the loop is bounded by their number.
-            for _ in 0..=snap.backends.len() {
-                let excluded = ctx.refused | if excluded_tried { ctx.tried } else { 0 };
-                let Some(choice) = sticky::choose(snap, headers, excluded, key, now) else {
-                    break; // nothing untried left: a retry may reuse a tried backend
-                };
-                let stats = &snap.backends[choice.index].stats;
-                match stats.circuit.acquire(cb, now) {
-                    Some(permit) => {
-                        ctx.permit = Some(permit);
-                        return Some(choice);
-                    }
-                    // Lost a race for the last half-open probe slot.
-                    None => ctx.refused |= 1 << choice.index,
+/// Chooses a backend whose circuit admits the request: stickiness (`sticky` is
+/// the request's [`sticky::sticky_value`]), then the algorithm; a backend not yet
+/// tried when one exists, else any eligible one.
+fn select(snap: &Snapshot, sticky: Option<&[u8]>, ctx: &mut Ctx) -> Option<Choice> {
+    let now = Instant::now();
+    let mut buf = [0u8; 16];
+    let key = ip_key(ctx.client_ip, &mut buf);
+    let cb = &snap.config.circuit_breaker;
+    for excluded_tried in [true, false] {
+        // At most one refusal per backend: the loop is bounded by their number.
+        for _ in 0..=snap.backends.len() {
+            let excluded = ctx.refused | if excluded_tried { ctx.tried } else { 0 };
+            let Some(choice) = sticky::choose(snap, sticky, excluded, key, now) else {
+                break; // nothing untried left: a retry may reuse a tried backend
+            };
+            let stats = &snap.backends[choice.index].stats;
+            match stats.circuit.acquire(cb, now) {
+                Some(permit) => {
+                    ctx.permit = Some(permit);
+                    return Some(choice);
                 }
-            }
-            if ctx.attempts == 0 {
-                break;
+                // Lost a race for the last half-open probe slot.
+                None => ctx.refused |= 1 << choice.index,
             }
         }
-        None
+        if ctx.attempts == 0 {
+            break;
+        }
     }
+    None
+}
 
+impl Proxy {
     /// Whether a failed attempt may be retried: attempts left, nothing sent to
     /// the client yet, and the request body (if any) fully buffered for replay.
     fn may_retry(session: &Session, ctx: &Ctx) -> bool {
@@ -101,13 +102,13 @@ impl Proxy {
             && session.response_written().is_none()
             && !session.as_ref().retry_buffer_truncated()
     }
+}
 
-    /// Does an eligible backend this request has not tried yet exist?
-    fn untried_left(ctx: &Ctx) -> bool {
-        ctx.snapshot
-            .as_ref()
-            .is_some_and(|s| s.schedulable(Instant::now()) & !(ctx.tried | ctx.refused) != 0)
-    }
+/// Does an eligible backend this request has not tried yet exist?
+fn untried_left(ctx: &Ctx) -> bool {
+    ctx.snapshot
+        .as_ref()
+        .is_some_and(|s| s.schedulable(Instant::now()) & !(ctx.tried | ctx.refused) != 0)
 }
 
 #[async_trait]
@@ -167,7 +168,8 @@ impl ProxyHttp for Proxy {
         let retried_from = (ctx.attempts > 0)
             .then(|| ctx.backend_stats().cloned())
             .flatten();
-        let Some(choice) = self.select(&snap, session, ctx) else {
+        let sticky = sticky::sticky_value(&snap, &session.req_header().headers);
+        let Some(choice) = select(&snap, sticky, ctx) else {
             if ctx.attempts > 0 {
                 // All attempts failed and nothing is left: report the last failure.
                 let code = if ctx.last_timed_out { 504 } else { 502 };
@@ -251,7 +253,7 @@ impl ProxyHttp for Proxy {
         if retry_status
             && session.req_header().method.is_idempotent()
             && Self::may_retry(session, ctx)
-            && Self::untried_left(ctx)
+            && untried_left(ctx)
         {
             // Nothing has been sent downstream yet: drop this response and let
             // Pingora call upstream_peer again (PINGORA.md §1, PR #872).
@@ -335,32 +337,88 @@ impl ProxyHttp for Proxy {
             .snapshot
             .clone()
             .unwrap_or_else(|| self.state.load_full());
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let total = ctx.started.elapsed();
-        if let Some(i) = ctx.backend {
-            snap.backends[i]
-                .stats
-                .metrics
-                .observe(status, total.as_secs_f64());
-        }
-        if !snap.config.log.access {
-            return;
-        }
-        let backend = ctx.backend.map_or("-", |i| &*snap.backends[i].stats.name);
+        // No response written: the client went away first (nginx's 499).
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
         let req = session.req_header();
-        tracing::info!(
-            target: "access",
-            client = %ctx.client_ip.map_or_else(|| "-".to_string(), |ip| ip.to_string()),
-            method = %req.method,
-            path = %req.uri.path(),
+        log_request(
+            &snap,
+            ctx,
             status,
-            backend = %backend,
-            attempts = ctx.attempts,
-            upstream_ms = ctx.upstream_ttfb.map_or(-1.0, ms),
-            total_ms = ms(total),
-            bytes = session.body_bytes_sent(),
-            request_id = %ctx.request_id,
-            error = e.map(|e| e.etype().as_str()),
+            req.method.as_str(),
+            req.uri.path(),
+            session.body_bytes_sent() as u64,
+            e.map(|e| e.etype().as_str()),
         );
     }
+
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {
+        // No compression module (Pingora adds a disabled one per request).
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        // Per-request failures are reported once, in the access log (SPEC "Logs").
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Ctx,
+        _error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        true
+    }
+}
+
+/// `-` for a request without a client IP (a Unix socket), else the IP.
+struct ClientIp(Option<IpAddr>);
+
+impl std::fmt::Display for ClientIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// Ends a request's accounting, on either path: the backend's request metrics
+/// and the one access-log event.
+fn log_request(
+    snap: &Snapshot,
+    ctx: &Ctx,
+    status: u16,
+    method: &str,
+    path: &str,
+    bytes: u64,
+    error: Option<&str>,
+) {
+    let total = ctx.started.elapsed();
+    if let Some(i) = ctx.backend {
+        snap.backends[i]
+            .stats
+            .metrics
+            .observe(status, total.as_secs_f64());
+    }
+    if !snap.config.log.access {
+        return;
+    }
+    let backend = ctx.backend.map_or("-", |i| &*snap.backends[i].stats.name);
+    tracing::info!(
+        target: "access",
+        client = %ClientIp(ctx.client_ip),
+        method = %method,
+        path = %path,
+        status,
+        backend = %backend,
+        attempts = ctx.attempts,
+        upstream_ms = ctx.upstream_ttfb.map_or(-1.0, ms),
+        total_ms = ms(total),
+        bytes,
+        request_id = %ctx.request_id,
+        error,
+    );
 }

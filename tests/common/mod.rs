@@ -125,15 +125,31 @@ impl Lb {
     /// Like [`Lb::start_full`], with lb's `RUST_LOG` (the default silences
     /// the access log, which would otherwise dominate the log tests read).
     pub async fn start_logging(admin_extra: &str, body: &str, rust_log: &str) -> Lb {
+        Lb::start_server("", admin_extra, body, rust_log).await
+    }
+
+    /// Like [`Lb::start_logging`], with `server_extra` as more lines of the
+    /// generated `[server]` section.
+    pub async fn start_server(
+        server_extra: &str,
+        admin_extra: &str,
+        body: &str,
+        rust_log: &str,
+    ) -> Lb {
         for _ in 0..3 {
-            if let Some(lb) = Lb::try_start(admin_extra, body, rust_log).await {
+            if let Some(lb) = Lb::try_start(server_extra, admin_extra, body, rust_log).await {
                 return lb;
             }
         }
         panic!("lb did not start in three tries");
     }
 
-    async fn try_start(admin_extra: &str, body: &str, rust_log: &str) -> Option<Lb> {
+    async fn try_start(
+        server_extra: &str,
+        admin_extra: &str,
+        body: &str,
+        rust_log: &str,
+    ) -> Option<Lb> {
         let dir = tempfile::tempdir().unwrap();
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -144,7 +160,7 @@ impl Lb {
             format!("{extra}\n")
         };
         let head = format!(
-            "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"1s\"\n\n\
+            "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"1s\"\n{server_extra}\n\
              [admin]\nlisten = \"{admin}\"\n{extra}\n"
         );
         let cfg = dir.path().join("lb.toml");

@@ -1,0 +1,416 @@
+#!/usr/bin/env bash
+# `make bench-peers`: lb side by side with nginx and HAProxy (issue 8), each in
+# front of the same four tiny backends, configured alike: one worker/thread,
+# upstream keep-alive, no access log — plus "lb as shipped" (lb.toml defaults:
+# access log on, health checks, metrics). Prints markdown tables and writes
+# them to target/bench-peers.md with the date, the machine and the command.
+#
+# Layout (needs >= 2 CPUs to pin; with fewer nothing is pinned and it says so):
+#   CPU A (first allowed CPU): the balancer under test, alone, one worker.
+#   CPU B (second):            the backends — one extra nginx, 1 worker,
+#                              `return 200 "ok"` on 4 loopback ports — and the
+#                              load generator (wrk -t1).
+# All balancers run at once on ephemeral loopback ports; rounds are interleaved
+# (round 1: nginx, HAProxy, lb access log off, lb as shipped; round 2: ...) and
+# every figure is the median over rounds. Only ratios from one run mean much:
+# absolute figures on a shared VM drift between days.
+#
+# Per balancer:
+#   req/s, p50, p99      wrk -t1 -c$BENCH_CONNECTIONS -d$BENCH_DURATION --latency
+#                        (closed loop).
+#   CPU µs/request       utime and stime deltas from /proc/PID/stat of the
+#                        balancer's processes (nginx: master + workers) over the
+#                        wrk run, divided by the requests wrk completed.
+#   syscalls/request     `perf stat -e raw_syscalls:sys_enter -p PIDS` over a
+#                        separate short wrk run (in-kernel counter, far cheaper
+#                        than strace, which would change what it measures);
+#                        n/a without perf (Debian: linux-perf). BENCH_SYSCALLS=0
+#                        skips it.
+#   RSS @2000 idle       VmRSS of the balancer's processes before and after a
+#                        helper (scripts/bench/peers.py, asyncio) opens 2,000
+#                        connections, sends one keep-alive GET on each, reads the
+#                        answer and holds them open; KiB/conn = growth / 2,000.
+# Fixed rate: an open-loop run at 50 % of nginx's measured req/s, same rounds.
+#   Debian 12 packages no open-loop HTTP generator (no wrk2, vegeta or oha; hey
+#   -q and wrk's delay() are rate-limited closed loops that hide queueing —
+#   coordinated omission; h2load's rate is connections per second), so the
+#   script compiles scripts/bench/openloop.c with cc: requests are due on a
+#   fixed schedule and each one's latency runs from when it was due, over a pool
+#   of $BENCH_CONNECTIONS keep-alive connections (like wrk2).
+# threads = 2: lb (access log off, and as shipped) against nginx
+#   worker_processes 2, nothing pinned: balancer, backends and wrk -t2 share
+#   both cores, so this row is the box's throughput, not a per-core figure.
+#
+# Knobs: BENCH_ROUNDS (3), BENCH_DURATION (10s, seconds), BENCH_CONNECTIONS
+# (64), BENCH_IDLE_CONNECTIONS (2000), BENCH_SYSCALLS (1), BENCH_QUICK=1 (one
+# round of 3 s: a smoke run), BENCH_BIN (target/release), BENCH_KEEP=1 (keep
+# the work directory with configs and logs).
+# Tools: nginx, haproxy, wrk, cc, python3, taskset; installed with apt-get when
+# missing and run as root, otherwise the script says what to install. Debian's
+# nginx/haproxy services are kept from starting during the install; the
+# script runs the binaries itself with its own configs in a temp directory.
+# Loopback only; bounded in time; every process it starts is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+bin=${BENCH_BIN:-target/release}
+if [ "${BENCH_QUICK:-0}" = 1 ]; then
+  rounds=${BENCH_ROUNDS:-1}
+  duration=${BENCH_DURATION:-3s}
+else
+  rounds=${BENCH_ROUNDS:-3}
+  duration=${BENCH_DURATION:-10s}
+fi
+secs=${duration%s}
+case $secs in '' | *[!0-9]*)
+  echo "BENCH_DURATION must be whole seconds (e.g. 10s), not '$duration'" >&2
+  exit 2
+  ;;
+esac
+duration=${secs}s
+conns=${BENCH_CONNECTIONS:-64}
+idle_conns=${BENCH_IDLE_CONNECTIONS:-2000}
+sys_secs=$((secs < 5 ? secs : 5))
+helper=$root/scripts/bench/peers.py
+
+# --- tools --------------------------------------------------------------------
+for f in "$bin/lb"; do
+  [ -x "$f" ] || { echo "bench-peers needs $f (make build)" >&2; exit 1; }
+done
+missing=()
+for t in nginx haproxy wrk; do command -v "$t" >/dev/null || missing+=("$t"); done
+command -v cc >/dev/null || missing+=(gcc)
+command -v taskset >/dev/null || missing+=(util-linux)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "bench-peers: installing ${missing[*]}" >&2
+    # Debian's maintainer scripts would start system nginx/haproxy on :80; a
+    # policy-rc.d that says 101 keeps them from starting any service.
+    added_policy=
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+      chmod +x /usr/sbin/policy-rc.d
+      added_policy=1
+    fi
+    rc=0
+    aptlog=$(mktemp)
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      -o Dpkg::Use-Pty=0 "${missing[@]}"; } >"$aptlog" 2>&1 || rc=$?
+    [ -n "$added_policy" ] && rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || { cat "$aptlog" >&2; echo "apt-get install ${missing[*]} failed" >&2; exit 1; }
+    rm -f "$aptlog"
+  else
+    echo "bench-peers needs: ${missing[*]} (as root: apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+syscalls=${BENCH_SYSCALLS:-1}
+if [ "$syscalls" = 1 ] && ! { command -v perf >/dev/null &&
+  perf stat -x, -e raw_syscalls:sys_enter -o /dev/null -- true >/dev/null 2>&1; }; then
+  echo "bench-peers: no usable perf (apt-get install linux-perf): syscalls/req will be n/a" >&2
+  syscalls=0
+fi
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+nofile=$(ulimit -n)
+[ "$nofile" = unlimited ] && nofile=65536
+if [ "$nofile" -lt $((idle_conns * 2 + 1000)) ]; then
+  echo "bench-peers: ulimit -n $nofile is too low for $idle_conns idle connections" >&2
+  exit 1
+fi
+maxconn=$(((nofile - 200) / 2 < 20000 ? (nofile - 200) / 2 : 20000))
+
+read -r -a cpus <<<"$(python3 "$helper" cpus)"
+if [ ${#cpus[@]} -ge 2 ]; then
+  bal_cpu=${cpus[0]} load_cpu=${cpus[1]}
+  pin_bal=(taskset -c "$bal_cpu") pin_load=(taskset -c "$load_cpu")
+  layout="balancer alone on CPU $bal_cpu; backends and load generator on CPU $load_cpu"
+else
+  pin_bal=() pin_load=()
+  layout="only ${#cpus[@]} CPU: nothing pinned, everything shares it"
+  echo "bench-peers: $layout" >&2
+fi
+all_cpus=$(IFS=,; echo "${cpus[*]}")
+
+# --- processes ----------------------------------------------------------------
+work=$(mktemp -d "${TMPDIR:-/tmp}/bench-peers.XXXXXX")
+declare -A pid=()
+fgpid=
+ok=0
+cleanup() {
+  trap - EXIT INT TERM
+  [ -n "$fgpid" ] && kill "$fgpid" 2>/dev/null || true
+  for name in "${!pid[@]}"; do kill -TERM -- "-${pid[$name]}" 2>/dev/null || true; done
+  sleep 0.3
+  for name in "${!pid[@]}"; do kill -KILL -- "-${pid[$name]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ "$ok" = 1 ] && [ "${BENCH_KEEP:-0}" != 1 ]; then
+    rm -rf "$work"
+  else
+    echo "bench-peers: configs and logs kept in $work" >&2
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME CPU-PIN... -- CMD...: own session (so its process group is killed
+# whole), output appended to $work/NAME.log.
+start() {
+  local name=$1
+  shift
+  local pin=()
+  while [ "$1" != -- ]; do pin+=("$1"); shift; done
+  shift
+  setsid "${pin[@]}" "$@" >>"$work/$name.log" 2>&1 </dev/null &
+  pid[$name]=$!
+}
+stop() {
+  kill -TERM -- "-${pid[$1]}" 2>/dev/null || true
+  wait "${pid[$1]}" 2>/dev/null || true
+  unset "pid[$1]"
+}
+# Run a command in the background and wait for it, so a signal is handled at once.
+fg() {
+  "$@" &
+  fgpid=$!
+  local rc=0
+  wait "$fgpid" || rc=$?
+  fgpid=
+  return "$rc"
+}
+ready() { # NAME PORT
+  python3 "$helper" wait "$2" 20 "${pid[$1]}" || {
+    echo "bench-peers: $1 did not come up; its log:" >&2
+    tail -20 "$work/$1.log" >&2
+    exit 1
+  }
+}
+
+cc -O2 -o "$work/openloop" scripts/bench/openloop.c
+cp "$bin/lb" "$work/lb" # a rebuild during the run must not swap the binary
+
+read -r -a port <<<"$(python3 "$helper" ports 14)"
+be=("${port[@]:0:4}")
+p_nginx=${port[4]} p_haproxy=${port[5]}
+p_lbn=${port[6]} a_lbn=${port[7]} p_lbs=${port[8]} a_lbs=${port[9]}
+p_nginx2=${port[10]} p_lb2n=${port[11]} a_lb2n=${port[12]} p_lb2s=${port[13]}
+a_lb2s=$(python3 "$helper" ports 1)
+
+temp_paths() {
+  local d=$1
+  echo "client_body_temp_path $d/cb; proxy_temp_path $d/px; fastcgi_temp_path $d/fc;"
+  echo "uwsgi_temp_path $d/uw; scgi_temp_path $d/sc;"
+}
+nginx_conf() { # DIR WORKERS BODY...
+  local d=$1 w=$2
+  shift 2
+  mkdir -p "$d"
+  cat >"$d/nginx.conf" <<NGINX
+worker_processes $w;
+worker_rlimit_nofile $nofile;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+events { worker_connections 16384; }
+http {
+  access_log off;
+  # nginx alone closes a client connection after 1000 requests by default;
+  # lb and HAProxy have no such cap, so lift it to compare like with like.
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  $(temp_paths "$d")
+  $*
+}
+NGINX
+}
+
+# Backends: one nginx, one worker, four ports.
+servers=""
+for p in "${be[@]}"; do servers+="server { listen 127.0.0.1:$p; return 200 \"ok\"; } "; done
+nginx_conf "$work/backends" 1 "$servers"
+start backends "${pin_load[@]}" -- nginx -p "$work/backends" -e "$work/backends/error.log" \
+  -c "$work/backends/nginx.conf"
+
+proxy_nginx() { # NAME WORKERS PORT
+  local ups=""
+  for p in "${be[@]}"; do ups+="server 127.0.0.1:$p; "; done
+  nginx_conf "$work/$1" "$2" "
+  upstream apps { $ups keepalive 128; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$3;
+    location / {
+      proxy_pass http://apps;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Real-IP \$remote_addr;
+    }
+  }"
+}
+proxy_nginx nginx 1 "$p_nginx"
+proxy_nginx nginx2 2 "$p_nginx2"
+
+{
+  cat <<HAPROXY
+global
+  nbthread 1
+  maxconn $maxconn
+defaults
+  mode http
+  maxconn $maxconn
+  option forwardfor
+  http-reuse always
+  timeout connect 1s
+  timeout client 60s
+  timeout server 30s
+  timeout http-keep-alive 60s
+frontend fe
+  bind 127.0.0.1:$p_haproxy
+  default_backend apps
+backend apps
+  balance roundrobin
+HAPROXY
+  i=0
+  for p in "${be[@]}"; do i=$((i + 1)); echo "  server app-$i 127.0.0.1:$p"; done
+} >"$work/haproxy.cfg"
+
+lb_conf() { # FILE THREADS PORT ADMIN [extra TOML]: only keys without a default
+  {
+    printf '[server]\nlisten = "127.0.0.1:%s"\nthreads = %s\n\n' "$3" "$2"
+    printf '[admin]\nlisten = "127.0.0.1:%s"\n\n' "$4"
+    [ -n "${5:-}" ] && printf '%s\n\n' "$5"
+    i=0
+    for p in "${be[@]}"; do
+      i=$((i + 1))
+      printf '[[backends]]\nname = "app-%s"\naddr = "127.0.0.1:%s"\n\n' "$i" "$p"
+    done
+  } >"$1"
+}
+lb_conf "$work/lb-nolog.toml" 1 "$p_lbn" "$a_lbn" $'[log]\naccess = false'
+lb_conf "$work/lb-shipped.toml" 1 "$p_lbs" "$a_lbs"
+lb_conf "$work/lb2-nolog.toml" 2 "$p_lb2n" "$a_lb2n" $'[log]\naccess = false'
+lb_conf "$work/lb2-shipped.toml" 2 "$p_lb2s" "$a_lb2s"
+for c in lb-nolog lb-shipped lb2-nolog lb2-shipped; do
+  "$work/lb" check -c "$work/$c.toml" >/dev/null
+done
+
+start_one_thread() {
+  start nginx "${pin_bal[@]}" -- nginx -p "$work/nginx" -e "$work/nginx/error.log" \
+    -c "$work/nginx/nginx.conf"
+  start haproxy "${pin_bal[@]}" -- haproxy -db -f "$work/haproxy.cfg"
+  start lb-nolog "${pin_bal[@]}" -- env -u RUST_LOG "$work/lb" -c "$work/lb-nolog.toml"
+  start lb-shipped "${pin_bal[@]}" -- env -u RUST_LOG "$work/lb" -c "$work/lb-shipped.toml"
+}
+start_one_thread
+for p in "${be[@]}"; do ready backends "$p"; done
+declare -A port_of=([nginx]=$p_nginx [haproxy]=$p_haproxy [lb-nolog]=$p_lbn
+  [lb-shipped]=$p_lbs [nginx2]=$p_nginx2 [lb2-nolog]=$p_lb2n [lb2-shipped]=$p_lb2s)
+one=(nginx haproxy lb-nolog lb-shipped)
+two=(nginx2 lb2-nolog lb2-shipped)
+for b in "${one[@]}"; do ready "$b" "${port_of[$b]}"; done
+
+raw=$work/raw.tsv
+: >"$raw"
+bound=$((secs + 30))
+# measure SECTION NAME ROUND KIND [--perf] -- CMD...: one row of raw.tsv
+measure() {
+  local sec=$1 name=$2 round=$3 kind=$4
+  shift 4
+  fg "${pin_load_now[@]}" python3 "$helper" measure "$kind" "${pid[$name]}" \
+    "$work/$sec-$name-$round.out" "$@" >"$work/line" || {
+    echo "bench-peers: $sec run of $name failed:" >&2
+    cat "$work/$sec-$name-$round.out" >&2
+    exit 1
+  }
+  printf '%s\t%s\t%s\t%s\n' "$sec" "$name" "$round" "$(cat "$work/line")" >>"$raw"
+  # lb's warnings are kept; the shipped access log (~100 MB a run) is emptied
+  # (the file is open with O_APPEND)
+  if [[ $name == lb* ]]; then
+    grep -E ' (WARN|ERROR) ' "$work/$name.log" >>"$work/$name.warn" || true
+    : >"$work/$name.log"
+  fi
+}
+wrk_url() { echo "http://127.0.0.1:${port_of[$1]}/"; }
+progress() { printf 'bench-peers: %s\n' "$*" >&2; }
+pin_load_now=("${pin_load[@]}")
+
+progress "$layout; $rounds round(s) of $duration, wrk -c$conns"
+for b in "${one[@]}"; do # warm-up
+  fg "${pin_load[@]}" timeout 30 wrk -t1 -c"$conns" -d2s "$(wrk_url "$b")" >/dev/null
+done
+for r in $(seq "$rounds"); do
+  for b in "${one[@]}"; do
+    progress "closed loop, round $r: $b"
+    measure closed "$b" "$r" wrk -- timeout "$bound" wrk -t1 -c"$conns" -d"$duration" \
+      --latency "$(wrk_url "$b")"
+  done
+done
+
+rate=$(python3 -c "import sys; print(int(float(sys.argv[1]) * 0.5))" \
+  "$(python3 "$helper" median "$raw" closed nginx rps)")
+for r in $(seq "$rounds"); do
+  for b in "${one[@]}"; do
+    progress "fixed rate $rate req/s, round $r: $b"
+    measure fixed "$b" "$r" openloop -- timeout "$bound" "$work/openloop" 127.0.0.1 \
+      "${port_of[$b]}" / "$rate" "$secs" "$conns"
+    sed -i '$ s/$/ target='"$rate"'/' "$raw"
+  done
+done
+
+if [ "$syscalls" = 1 ]; then
+  for b in "${one[@]}"; do
+    progress "syscalls (perf stat, ${sys_secs}s): $b"
+    measure sys "$b" 1 wrk --perf -- timeout "$bound" wrk -t1 -c"$conns" -d"${sys_secs}s" \
+      "$(wrk_url "$b")"
+  done
+fi
+
+for b in "${one[@]}"; do
+  progress "RSS with $idle_conns idle connections: $b"
+  fg "${pin_load[@]}" timeout 120 python3 "$helper" idle "${port_of[$b]}" "$idle_conns" \
+    "${pid[$b]}" >"$work/line"
+  printf 'rss\t%s\t1\t%s\n' "$b" "$(cat "$work/line")" >>"$raw"
+  sleep 1
+done
+
+# threads = 2: nothing pinned.
+for b in "${one[@]}"; do stop "$b"; done
+for p in $(python3 "$helper" pids "${pid[backends]}" | tr , ' '); do
+  taskset -a -p -c "$all_cpus" "$p" >/dev/null
+done
+start nginx2 -- nginx -p "$work/nginx2" -e "$work/nginx2/error.log" -c "$work/nginx2/nginx.conf"
+start lb2-nolog -- env -u RUST_LOG "$work/lb" -c "$work/lb2-nolog.toml"
+start lb2-shipped -- env -u RUST_LOG "$work/lb" -c "$work/lb2-shipped.toml"
+for b in "${two[@]}"; do ready "$b" "${port_of[$b]}"; done
+pin_load_now=()
+for b in "${two[@]}"; do
+  fg timeout 30 wrk -t2 -c"$conns" -d2s "$(wrk_url "$b")" >/dev/null
+done
+for r in $(seq "$rounds"); do
+  for b in "${two[@]}"; do
+    progress "threads=2, round $r: $b"
+    measure t2 "$b" "$r" wrk -- timeout "$bound" wrk -t2 -c"$conns" -d"$duration" \
+      --latency "$(wrk_url "$b")"
+  done
+done
+
+# --- report -------------------------------------------------------------------
+lb_warn=""
+for b in lb-nolog lb-shipped lb2-nolog lb2-shipped; do
+  grep -E ' (WARN|ERROR) ' "$work/$b.log" >>"$work/$b.warn" 2>/dev/null || true
+  n=$(wc -l <"$work/$b.warn" 2>/dev/null || echo 0)
+  lb_warn+="$b $n, "
+  if [ "$n" -gt 0 ]; then
+    echo "bench-peers: $b logged $n WARN/ERROR lines, e.g.:" >&2
+    head -3 "$work/$b.warn" | cut -c1-300 >&2
+  fi
+done
+lb_errors=${lb_warn%, }
+settings=$(env | grep '^BENCH_' | sort | tr '\n' ' ' || true)
+mkdir -p target
+python3 "$helper" report "$raw" target/bench-peers.md \
+  "**$(date -u '+%Y-%m-%d %H:%M UTC')** · \`${settings}${MAKELEVEL:+make bench-peers → }scripts/bench-peers.sh\` · lb $(git describe --always --dirty 2>/dev/null || echo '?') · $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r) · $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1 " " $2}')" \
+  "" \
+  "Closed loop: wrk -t1 -c$conns -d$duration --latency, GET / answered \`200 ok\` by 4 backends (one nginx, 1 worker); $layout; one worker/thread, upstream keep-alive, access log off except *lb as shipped* (lb.toml defaults: access log on, written to a file; health checks; metrics); medians of $rounds interleaved round(s). CPU = the balancer's utime+stime (/proc) ÷ requests served. Syscalls: perf stat raw_syscalls:sys_enter over a separate ${sys_secs} s run. RSS: VmRSS with $idle_conns idle kept-alive connections (one GET each); KiB/conn = growth ÷ $idle_conns. Fixed rate: scripts/bench/openloop.c (open loop, $conns keep-alive connections, latency counted from when each request was due). threads=2: nothing pinned, wrk -t2. lb WARN/ERROR log lines during the run: $lb_errors."
+ok=1

@@ -1,0 +1,234 @@
+/* openloop: a fixed-rate (open-loop) HTTP/1.1 keep-alive load generator for
+ * scripts/bench-peers.sh (Debian has no wrk2/vegeta/oha).
+ *
+ *   openloop HOST PORT PATH RATE SECONDS CONNS
+ *
+ * Request i is due at t0 + i/RATE whatever happened before it; it goes out on
+ * the first idle connection of a fixed pool of CONNS keep-alive connections (no
+ * pipelining). Its latency runs from the moment it was due, not from when it
+ * could be sent, so a balancer that falls behind pays for the queue it causes
+ * (no coordinated omission, as in wrk2). Requests still unanswered 3 s after
+ * the run count with the latency they had reached by then. One thread, epoll;
+ * sub-millisecond send times via epoll_pwait2 (Linux >= 5.11).
+ *
+ * Prints one line of key=value: due, completed, errors, non2xx, unfinished,
+ * rate (achieved, completed/s) and latency percentiles in ms (p50 p90 p99 p999
+ * max).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BUFSZ 16384
+
+typedef struct {
+  int fd;
+  int busy;
+  uint64_t due; /* intended send time of the request in flight */
+  size_t len;
+  char buf[BUFSZ];
+} conn_t;
+
+static struct sockaddr_in addr;
+static char req[512];
+static size_t reqlen;
+static conn_t *conns;
+static int *idle, nidle, epfd;
+static uint32_t *lat; /* microseconds */
+static uint64_t ncompleted, nerrors, nnon2xx;
+
+static uint64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void die(const char *what) {
+  perror(what);
+  exit(2);
+}
+
+static void open_conn(int i) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) die("socket");
+  if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("connect");
+  int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
+  conns[i].fd = fd;
+  conns[i].busy = 0;
+  conns[i].len = 0;
+  idle[nidle++] = i;
+}
+
+static void record(uint64_t due, uint64_t t) {
+  uint64_t us = t > due ? (t - due) / 1000 : 0;
+  lat[ncompleted++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+}
+
+/* A whole response in c->buf? Returns its length, 0 if not yet, -1 if garbage. */
+static long response_len(conn_t *c, int *status) {
+  c->buf[c->len] = 0;
+  char *end = strstr(c->buf, "\r\n\r\n");
+  if (!end) return c->len >= BUFSZ - 1 ? -1 : 0;
+  if (c->len < 12 || strncmp(c->buf, "HTTP/1.", 7) != 0) return -1;
+  *status = atoi(c->buf + 9);
+  size_t head = (size_t)(end - c->buf) + 4;
+  long clen = -1;
+  int chunked = 0;
+  for (char *l = strstr(c->buf, "\r\n"); l && l < end; l = strstr(l + 2, "\r\n")) {
+    if (strncasecmp(l + 2, "content-length:", 15) == 0) clen = atol(l + 17);
+    if (strncasecmp(l + 2, "transfer-encoding:", 18) == 0 && strcasestr(l + 2, "chunked") &&
+        strcasestr(l + 2, "chunked") < strstr(l + 2, "\r\n"))
+      chunked = 1;
+  }
+  if (chunked) { /* small bodies only: find the last chunk */
+    char *z = strstr(c->buf + head - 2, "\r\n0\r\n\r\n");
+    return z ? (long)(z - c->buf) + 7 : 0;
+  }
+  if (clen < 0) clen = 0;
+  return (size_t)clen + head <= c->len ? (long)(head + (size_t)clen) : 0;
+}
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double pct(uint64_t n, double p) {
+  if (n == 0) return 0;
+  uint64_t k = (uint64_t)(p * (double)n);
+  if (k >= n) k = n - 1;
+  return lat[k] / 1000.0;
+}
+
+int main(int argc, char **argv) {
+  if (argc != 7) {
+    fprintf(stderr, "usage: %s HOST PORT PATH RATE SECONDS CONNS\n", argv[0]);
+    return 2;
+  }
+  double rate = atof(argv[4]), secs = atof(argv[5]);
+  int nconn = atoi(argv[6]);
+  if (rate <= 0 || secs <= 0 || nconn <= 0) return 2;
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons((uint16_t)atoi(argv[2]));
+  if (inet_pton(AF_INET, argv[1], &addr.sin_addr) != 1) die("inet_pton");
+  reqlen = (size_t)snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%s\r\n\r\n", argv[3],
+                            argv[1], argv[2]);
+  uint64_t total = (uint64_t)(rate * secs);
+  conns = calloc((size_t)nconn, sizeof *conns);
+  idle = calloc((size_t)nconn, sizeof *idle);
+  lat = calloc(total + 1, sizeof *lat);
+  if (!conns || !idle || !lat) die("calloc");
+  epfd = epoll_create1(0);
+  if (epfd < 0) die("epoll_create1");
+  for (int i = 0; i < nconn; i++) open_conn(i);
+
+  double interval = 1e9 / rate;
+  uint64_t t0 = now_ns() + 20000000ull, sent = 0, inflight = 0;
+  uint64_t deadline = t0 + (uint64_t)(secs * 1e9) + 3000000000ull, last_done = t0;
+  struct epoll_event evs[256];
+  for (;;) {
+    uint64_t now = now_ns();
+    while (sent < total && nidle > 0) {
+      uint64_t due = t0 + (uint64_t)((double)sent * interval);
+      if (due > now) break;
+      conn_t *c = &conns[idle[--nidle]];
+      c->due = due;
+      c->busy = 1;
+      if (write(c->fd, req, reqlen) != (ssize_t)reqlen) die("write");
+      sent++;
+      inflight++;
+    }
+    if (sent == total && inflight == 0) break;
+    if (now >= deadline) break;
+    uint64_t wake = deadline;
+    if (sent < total && nidle > 0) {
+      uint64_t due = t0 + (uint64_t)((double)sent * interval);
+      if (due < wake) wake = due;
+    }
+    struct timespec ts = {0, 0};
+    if (wake > now) {
+      ts.tv_sec = (time_t)((wake - now) / 1000000000ull);
+      ts.tv_nsec = (long)((wake - now) % 1000000000ull);
+    }
+    int n = epoll_pwait2(epfd, evs, 256, &ts, NULL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      die("epoll_pwait2");
+    }
+    now = now_ns();
+    for (int k = 0; k < n; k++) {
+      int i = (int)evs[k].data.u32;
+      conn_t *c = &conns[i];
+      ssize_t r = read(c->fd, c->buf + c->len, BUFSZ - 1 - c->len);
+      if (r < 0 && errno == EAGAIN) continue;
+      int status = 0;
+      long whole = 0;
+      if (r > 0) {
+        c->len += (size_t)r;
+        whole = response_len(c, &status);
+        if (whole == 0) continue;
+      }
+      if (r > 0 && whole > 0 && c->busy) {
+        record(c->due, now);
+        last_done = now;
+        if (status < 200 || status > 299) nnon2xx++;
+        c->busy = 0;
+        inflight--;
+        size_t rest = c->len - (size_t)whole;
+        memmove(c->buf, c->buf + whole, rest);
+        c->len = rest;
+        idle[nidle++] = i;
+        continue;
+      }
+      /* closed, reset or garbage: the request in flight failed; reconnect */
+      if (c->busy) {
+        nerrors++;
+        inflight--;
+      }
+      epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+      close(c->fd);
+      for (int j = 0; j < nidle; j++)
+        if (idle[j] == i) idle[j] = idle[--nidle];
+      open_conn(i);
+    }
+  }
+  uint64_t end = now_ns();
+  uint64_t unfinished = 0;
+  for (int i = 0; i < nconn; i++)
+    if (conns[i].busy) {
+      record(conns[i].due, end);
+      unfinished++;
+    }
+  for (; sent < total; sent++) { /* due but never sent: lower bound of their latency */
+    uint64_t due = t0 + (uint64_t)((double)sent * interval);
+    if (due < end) {
+      record(due, end);
+      unfinished++;
+    }
+  }
+  uint64_t done = ncompleted - unfinished;
+  qsort(lat, ncompleted, sizeof *lat, cmp_u32);
+  double span = (double)(last_done - t0) / 1e9;
+  printf("due=%llu completed=%llu errors=%llu non2xx=%llu unfinished=%llu rate=%.1f "
+         "p50=%.3f p90=%.3f p99=%.3f p999=%.3f max=%.3f\n",
+         (unsigned long long)(done + unfinished), (unsigned long long)done,
+         (unsigned long long)nerrors, (unsigned long long)nnon2xx,
+         (unsigned long long)unfinished, span > 0 ? (double)done / span : 0.0,
+         pct(ncompleted, 0.50), pct(ncompleted, 0.90), pct(ncompleted, 0.99),
+         pct(ncompleted, 0.999), ncompleted ? lat[ncompleted - 1] / 1000.0 : 0.0);
+  return 0;
+}

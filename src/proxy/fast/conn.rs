@@ -1,0 +1,663 @@
+//! One client connection on the fast path: the request loop, one exchange per
+//! request (with retries), and the responses lb writes itself.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::pool;
+use super::request::{self, Head, Limits, Route, StickyLookup};
+use super::response::{self, Chunked, ClientSide, Framing, RespHead};
+use crate::config::Sticky;
+use crate::proxy::ctx::{Ctx, Outcome};
+use crate::proxy::{errors, headers, log_request, select, untried_left};
+use crate::state::{InFlight, Snapshot, State};
+
+/// Per-read limit while a request body arrives (Pingora's default).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest backend response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Upstream read buffer, allocated per exchange (bodies stream through it).
+const READ_CHUNK: usize = 16 * 1024;
+/// Initial client read buffer (grows up to `server.max_header_bytes` + body).
+const CLIENT_BUF: usize = 4 * 1024;
+
+/// Why reading a request head ended without a request.
+enum End {
+    /// Close silently (EOF, idle timeout, shutdown, I/O error).
+    Close,
+    /// Answer with this status and message, then close.
+    Reply(u16, &'static str),
+}
+
+/// How one attempt at a backend ended.
+enum Trip {
+    /// The response was sent to the client; keep the client connection?
+    Answered { keep_alive: bool },
+    /// The response was already under way when it broke: nothing more can be sent.
+    Broken,
+    /// A reused connection turned out closed before any response byte.
+    Stale,
+    /// Failed before any response byte reached the client.
+    Failed {
+        outcome: Outcome,
+        error: &'static str,
+    },
+    /// A retry status from the backend: try another.
+    RetryStatus,
+    /// The client went away while waiting.
+    ClientGone,
+}
+
+/// A client connection.
+pub struct Conn<'a> {
+    stream: Stream,
+    state: &'a Arc<State>,
+    active: &'a Arc<AtomicUsize>,
+    /// Bytes read from the client not yet consumed: the current request, then
+    /// any pipelined ones.
+    buf: Vec<u8>,
+    client_ip: Option<IpAddr>,
+    accepted: Instant,
+    served: u64,
+    pingora_only: bool,
+}
+
+impl<'a> Conn<'a> {
+    /// A connection just accepted.
+    pub fn new(
+        stream: Stream,
+        state: &'a Arc<State>,
+        active: &'a Arc<AtomicUsize>,
+        pingora_only: bool,
+    ) -> Self {
+        let client_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        Conn {
+            stream,
+            state,
+            active,
+            buf: Vec::new(),
+            client_ip,
+            accepted: Instant::now(),
+            served: 0,
+            pingora_only,
+        }
+    }
+
+    /// Serves requests until the connection ends; returns the stream (with
+    /// every unconsumed byte put back) when the rest goes to the Pingora path.
+    pub async fn serve(mut self, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let mut shutdown = shutdown.clone();
+        let mut up = Vec::new();
+        loop {
+            let snap = self.state.load_full();
+            let head = match self.read_head(&snap, &mut up, &mut shutdown).await {
+                Ok(head) => head,
+                Err(End::Close) => return None,
+                Err(End::Reply(code, message)) => {
+                    let rid = headers::new_request_id();
+                    self.reply(code, message, &rid, false, false).await;
+                    let ctx = Ctx::new(self.active);
+                    log_request(&snap, &ctx, code, "-", "-", 0, Some(message));
+                    return None;
+                }
+            };
+            if head.route == Route::Fallback || self.pingora_only {
+                return rewound(self.stream, &self.buf);
+            }
+            let shutting_down = *shutdown.borrow();
+            if !self.exchange(&head, snap, &mut up, shutting_down).await {
+                return None;
+            }
+            self.buf.drain(..head.len + head.body_len);
+            self.served += 1;
+        }
+    }
+
+    /// Reads until a whole request head is buffered and valid.
+    async fn read_head(
+        &mut self,
+        snap: &Snapshot,
+        up: &mut Vec<u8>,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<Head, End> {
+        let server = &snap.config.server;
+        let limits = Limits {
+            max_headers: server.max_headers,
+            max_header_bytes: server.max_header_bytes,
+        };
+        let sticky = match &snap.sticky {
+            Sticky::None => StickyLookup::None,
+            Sticky::Cookie(name) => StickyLookup::Cookie(name),
+            Sticky::Header(name) => StickyLookup::Header(name.as_str()),
+        };
+        // A new connection's head is due `header_timeout` after accept; a kept-alive
+        // one's after the first byte of the next request.
+        let mut deadline = (self.served == 0).then(|| self.accepted + server.header_timeout);
+        loop {
+            if !self.buf.is_empty() {
+                let d = *deadline.get_or_insert_with(|| Instant::now() + server.header_timeout);
+                match request::parse(&self.buf, limits, sticky, up, self.client_ip) {
+                    Ok(Some(head)) => return self.read_body(head, d).await,
+                    Ok(None) if self.buf.len() >= server.max_header_bytes => {
+                        return Err(End::Reply(431, "request header fields too large"));
+                    }
+                    Ok(None) => {}
+                    Err(request::Reject::TooLarge) => {
+                        return Err(End::Reply(431, "request header fields too large"));
+                    }
+                    Err(request::Reject::Bad(why)) => return Err(End::Reply(400, why)),
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 512 {
+                self.buf.reserve(CLIENT_BUF);
+            }
+            let read = match deadline {
+                Some(d) => {
+                    match tokio::time::timeout_at(d.into(), self.stream.read_buf(&mut self.buf))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => return Err(End::Reply(408, "request header timeout")),
+                    }
+                }
+                None => {
+                    let idle = server.keepalive_timeout;
+                    tokio::select! {
+                        r = timeout(idle, self.stream.read_buf(&mut self.buf)) => match r {
+                            Ok(r) => r,
+                            Err(_) => return Err(End::Close),
+                        },
+                        _ = shutdown_signal(shutdown) => return Err(End::Close),
+                    }
+                }
+            };
+            match read {
+                Ok(0) | Err(_) => return Err(End::Close),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Makes sure a fast-path request's body is buffered (answering
+    /// `Expect: 100-continue` first when it is not).
+    async fn read_body(&mut self, head: Head, _deadline: Instant) -> Result<Head, End> {
+        let need = head.len + head.body_len;
+        if head.route != Route::Fast || self.buf.len() >= need {
+            return Ok(head);
+        }
+        if head.expect_continue {
+            let _ = self
+                .stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await;
+            let _ = self.stream.flush().await;
+        }
+        self.buf.reserve(need - self.buf.len());
+        while self.buf.len() < need {
+            match timeout(BODY_READ_TIMEOUT, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(End::Close),
+            }
+        }
+        Ok(head)
+    }
+
+    /// One request: choose, forward (retrying as policy allows), answer, log.
+    /// Returns whether the client connection stays open.
+    async fn exchange(
+        &mut self,
+        head: &Head,
+        snap: Arc<Snapshot>,
+        up: &mut Vec<u8>,
+        shutting_down: bool,
+    ) -> bool {
+        let mut ctx = Ctx::new(self.active);
+        ctx.client_ip = self.client_ip;
+        ctx.request_id = match head.request_id {
+            // Sane ids are ASCII.
+            Some((s, e)) => String::from_utf8_lossy(&self.buf[s..e]).into_owned(),
+            None => headers::new_request_id(),
+        };
+        ctx.snapshot = Some(snap.clone());
+        let sticky: Option<Vec<u8>> = head.sticky.map(|(s, e)| self.buf[s..e].to_vec());
+        let server = &snap.config.server;
+        let keep_alive = head.keep_alive && !shutting_down && !server.keepalive_timeout.is_zero();
+        let base = up.len();
+        let mut error: Option<&'static str> = None;
+        let mut bytes = 0u64;
+
+        let (status, keep) = loop {
+            let Some(choice) = select(&snap, sticky.as_deref(), &mut ctx) else {
+                let (code, message) = if ctx.attempts > 0 {
+                    if ctx.last_timed_out {
+                        (504, "upstream timed out")
+                    } else {
+                        (502, "upstream failed")
+                    }
+                } else {
+                    ctx.no_backend = true;
+                    self.state
+                        .counters
+                        .no_backend
+                        .fetch_add(1, Ordering::Relaxed);
+                    (503, "no eligible backend")
+                };
+                error = error.or(Some(message));
+                let keep = self
+                    .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
+                    .await;
+                break (code, keep);
+            };
+            let backend = &snap.backends[choice.index];
+            let Some(addr) = backend.addr else {
+                let keep = self
+                    .reply(
+                        503,
+                        "no eligible backend",
+                        &ctx.request_id,
+                        keep_alive,
+                        head.head_method,
+                    )
+                    .await;
+                break (503, keep);
+            };
+            if ctx.attempts > 0 {
+                if let Some(stats) = ctx.backend_stats() {
+                    stats.retries_total.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            ctx.tried |= 1 << choice.index;
+            ctx.attempts += 1;
+            ctx.backend = Some(choice.index);
+            ctx.set_cookie = choice.set_cookie;
+            ctx.in_flight = Some(InFlight::start(&backend.stats));
+            ctx.attempt_started = Instant::now();
+            ctx.recorded = false;
+
+            up.truncate(base);
+            let host = head.missing_host.then(|| addr.to_string());
+            let body = &self.buf[head.len..head.len + head.body_len];
+            request::finish(up, &ctx.request_id, host.as_deref(), body);
+
+            match self
+                .attempt(addr, up, head, &snap, &mut ctx, keep_alive, &mut bytes)
+                .await
+            {
+                Trip::Answered { keep_alive } => break (ctx.final_status, keep_alive),
+                Trip::Broken => break (ctx.final_status, false),
+                Trip::RetryStatus => continue,
+                Trip::ClientGone => {
+                    ctx.record(Outcome::Abandoned);
+                    error = Some("client closed");
+                    break (499, false);
+                }
+                Trip::Stale => unreachable!("attempt() replaces stale connections"),
+                Trip::Failed { outcome, error: e } => {
+                    ctx.record(outcome);
+                    error = Some(e);
+                    let sent = !matches!(outcome, Outcome::Connect);
+                    let retry = ctx.attempts < ctx.max_attempts() && (head.idempotent || !sent);
+                    if retry {
+                        continue;
+                    }
+                    let (code, message) = if outcome == Outcome::Timeout {
+                        (504, "upstream timed out")
+                    } else {
+                        (502, "upstream failed")
+                    };
+                    let keep = self
+                        .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
+                        .await;
+                    break (code, keep);
+                }
+            }
+        };
+        ctx.in_flight = None;
+        ctx.permit = None;
+        let method = std::str::from_utf8(&self.buf[head.method.0..head.method.1]).unwrap_or("-");
+        let path = std::str::from_utf8(&self.buf[head.path.0..head.path.1]).unwrap_or("-");
+        log_request(
+            &snap,
+            &ctx,
+            status,
+            method,
+            path,
+            bytes,
+            if status >= 400 { error } else { None },
+        );
+        keep
+    }
+
+    /// One attempt at `addr`: a pooled connection (replaced by a fresh one if it
+    /// turns out closed before any response byte), then the round trip.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &mut self,
+        addr: SocketAddr,
+        req: &[u8],
+        head: &Head,
+        snap: &Snapshot,
+        ctx: &mut Ctx,
+        keep_alive: bool,
+        bytes: &mut u64,
+    ) -> Trip {
+        let t = &snap.config.timeouts;
+        let mut pooled = pool::take(addr, t.upstream_idle);
+        loop {
+            let reused = pooled.is_some();
+            let upc = match pooled.take() {
+                Some(c) => c,
+                None => match connect(addr, t.connect).await {
+                    Ok(c) => c,
+                    Err(timed_out) => {
+                        ctx.last_timed_out = timed_out;
+                        return Trip::Failed {
+                            outcome: Outcome::Connect,
+                            error: if timed_out {
+                                "ConnectTimedout"
+                            } else {
+                                "ConnectRefused"
+                            },
+                        };
+                    }
+                },
+            };
+            match self
+                .round_trip(upc, addr, req, head, snap, ctx, keep_alive, bytes)
+                .await
+            {
+                // The backend closed an idle pooled connection: it never saw this
+                // request, so any method goes again on a fresh connection.
+                Trip::Stale if reused => continue,
+                Trip::Stale => {
+                    return Trip::Failed {
+                        outcome: Outcome::Reset,
+                        error: "ConnectionClosed",
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends the request on `upc` and relays the response.
+    #[allow(clippy::too_many_arguments)]
+    async fn round_trip(
+        &mut self,
+        mut upc: TcpStream,
+        addr: SocketAddr,
+        req: &[u8],
+        head: &Head,
+        snap: &Snapshot,
+        ctx: &mut Ctx,
+        keep_alive: bool,
+        bytes: &mut u64,
+    ) -> Trip {
+        let t = &snap.config.timeouts;
+        match timeout(t.response, upc.write_all(req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Trip::Stale,
+            Err(_) => {
+                return Trip::Failed {
+                    outcome: Outcome::Timeout,
+                    error: "WriteTimedout",
+                }
+            }
+        }
+        let stats = &snap.backends[ctx.backend.unwrap_or(0)].stats;
+        let cookie = match (&snap.sticky, ctx.set_cookie) {
+            (Sticky::Cookie(name), true) => Some(crate::sticky::set_cookie(name, &stats.sticky_id)),
+            _ => None,
+        };
+        let client = ClientSide {
+            http10: head.http10,
+            head_method: head.head_method,
+            keep_alive,
+            request_id: &ctx.request_id,
+            backend: snap
+                .backend_header
+                .as_ref()
+                .map(|h| (h.as_str(), stats.name_header.as_bytes())),
+            set_cookie: cookie.as_deref(),
+        };
+        let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut out: Vec<u8> = Vec::with_capacity(1024);
+        let Conn { stream, buf, .. } = self;
+        // While waiting, the client is read too: pipelined requests are kept,
+        // an EOF means it went away (499).
+        let mut watch_client = buf.len() < 2 * MAX_RESPONSE_HEAD;
+        let resp: RespHead = loop {
+            match response::parse(&rbuf, client, &mut out) {
+                Ok(Some(h)) if (100..200).contains(&h.status) => {
+                    rbuf.drain(..h.len);
+                    continue;
+                }
+                Ok(Some(h)) => break h,
+                Ok(None) if rbuf.len() < MAX_RESPONSE_HEAD => {}
+                _ => {
+                    return Trip::Failed {
+                        outcome: Outcome::Reset,
+                        error: "InvalidHTTPHeader",
+                    }
+                }
+            }
+            if rbuf.capacity() - rbuf.len() < 1024 {
+                rbuf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                r = timeout(t.response, upc.read_buf(&mut rbuf)) => match r {
+                    Err(_) => {
+                        return Trip::Failed { outcome: Outcome::Timeout, error: "ReadTimedout" };
+                    }
+                    Ok(Ok(0)) | Ok(Err(_)) if rbuf.is_empty() => return Trip::Stale,
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        return Trip::Failed { outcome: Outcome::Reset, error: "ConnectionClosed" };
+                    }
+                    Ok(Ok(_)) => {}
+                },
+                r = stream.read_buf(buf), if watch_client => match r {
+                    Ok(0) | Err(_) => return Trip::ClientGone,
+                    Ok(_) => watch_client = buf.len() < 2 * MAX_RESPONSE_HEAD,
+                },
+            }
+        };
+        ctx.upstream_ttfb = Some(ctx.attempt_started.elapsed());
+        ctx.record(Outcome::Status(resp.status));
+        if snap.config.retry.statuses.contains(&resp.status)
+            && head.idempotent
+            && ctx.attempts < ctx.max_attempts()
+            && untried_left(ctx)
+        {
+            return Trip::RetryStatus;
+        }
+        ctx.final_status = resp.status;
+        let complete = relay(
+            stream, &mut upc, &mut rbuf, &mut out, resp, t.response, bytes,
+        )
+        .await;
+        match complete {
+            Relay::Done { upstream_clean } => {
+                if upstream_clean && resp.reusable {
+                    pool::put(addr, upc, t.upstream_idle);
+                }
+                Trip::Answered {
+                    keep_alive: resp.keep_alive,
+                }
+            }
+            Relay::Broken => Trip::Broken,
+        }
+    }
+
+    /// Writes a response lb makes itself (JSON error body). Returns whether the
+    /// connection stays open.
+    async fn reply(
+        &mut self,
+        code: u16,
+        message: &str,
+        request_id: &str,
+        keep_alive: bool,
+        head_method: bool,
+    ) -> bool {
+        use std::io::Write;
+        let body = errors::body(message, request_id);
+        let reason = http::StatusCode::from_u16(code)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        let mut out = Vec::with_capacity(256 + body.len());
+        let _ = write!(
+            out,
+            "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\ncache-control: no-store\r\n",
+            body.len()
+        );
+        if code == 503 {
+            out.extend_from_slice(b"retry-after: 1\r\n");
+        }
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_method {
+            out.extend_from_slice(&body);
+        }
+        let ok = self.stream.write_all(&out).await.is_ok() && self.stream.flush().await.is_ok();
+        ok && keep_alive
+    }
+}
+
+/// How relaying a body ended.
+enum Relay {
+    /// The whole body reached the client; the backend sent nothing beyond it.
+    Done { upstream_clean: bool },
+    /// The backend or the client failed mid-body.
+    Broken,
+}
+
+/// Sends the encoded head in `out` with the body bytes already in `rbuf` (from
+/// `resp.len`), then streams the rest of the body as it arrives.
+async fn relay(
+    client: &mut Stream,
+    upc: &mut TcpStream,
+    rbuf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    resp: RespHead,
+    read_timeout: Duration,
+    bytes: &mut u64,
+) -> Relay {
+    let mut chunked = Chunked::default();
+    let mut remaining = match resp.upstream {
+        Framing::Length(n) => n,
+        _ => 0,
+    };
+    let mut start = resp.len;
+    let mut first = true;
+    loop {
+        // Move this read's body bytes into `out` (after the head on the first
+        // round) and note whether the body ended.
+        let avail = &rbuf[start..];
+        let (done, extra) = match resp.upstream {
+            Framing::Empty => (true, !avail.is_empty()),
+            Framing::Length(_) => {
+                let n = (avail.len() as u64).min(remaining) as usize;
+                out.extend_from_slice(&avail[..n]);
+                *bytes += n as u64;
+                remaining -= n as u64;
+                (remaining == 0, avail.len() > n)
+            }
+            Framing::Chunked => {
+                let before = out.len();
+                let fed = if resp.dechunk {
+                    chunked.feed(avail, |d| out.extend_from_slice(d))
+                } else {
+                    chunked
+                        .feed(avail, |_| {})
+                        .inspect(|&(n, _)| out.extend_from_slice(&avail[..n]))
+                };
+                let Ok((n, done)) = fed else {
+                    return Relay::Broken;
+                };
+                *bytes += (out.len() - before) as u64;
+                (done, avail.len() > n)
+            }
+            Framing::Close => {
+                out.extend_from_slice(avail);
+                *bytes += avail.len() as u64;
+                (false, false)
+            }
+        };
+        if !out.is_empty() || first {
+            if client.write_all(out).await.is_err() {
+                return Relay::Broken;
+            }
+            out.clear();
+        }
+        first = false;
+        if done {
+            let _ = client.flush().await;
+            return Relay::Done {
+                upstream_clean: !extra,
+            };
+        }
+        rbuf.clear();
+        start = 0;
+        match timeout(read_timeout, upc.read_buf(rbuf)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            // Until-close bodies end here.
+            Ok(Ok(_)) if resp.upstream == Framing::Close => {
+                let _ = client.flush().await;
+                return Relay::Done {
+                    upstream_clean: false,
+                };
+            }
+            _ => return Relay::Broken,
+        }
+    }
+}
+
+/// `stream` with `data` put back in front of what is still to be read, so the
+/// Pingora path parses the request as if nothing had been read yet. (Only
+/// Pingora's TCP stream supports this; the listener makes nothing else.)
+fn rewound(stream: Stream, data: &[u8]) -> Option<Stream> {
+    match stream.into_any().downcast::<L4Stream>() {
+        Ok(mut s) => {
+            s.rewind(data);
+            Some(s)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Opens a fresh upstream connection; `Err(true)` when it timed out.
+async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, bool> {
+    match timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(c)) => {
+            let _ = c.set_nodelay(true);
+            Ok(c)
+        }
+        Ok(Err(_)) => Err(false),
+        Err(_) => Err(true),
+    }
+}
+
+/// Resolves once the server is shutting down.
+async fn shutdown_signal(rx: &mut ShutdownWatch) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}

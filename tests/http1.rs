@@ -1,0 +1,403 @@
+//! HTTP/1.1 details real clients hit (RFC 9112): requests a server must reject,
+//! pipelining, HTTP/1.0 framing, slow clients, client aborts, and upstream
+//! keep-alive with backends that close idle connections.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Sends `raw` on a new connection and reads until lb closes it (bounded).
+async fn exchange_raw(lb: &Lb, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What a raw backend does with the n-th request (0-based) on a connection.
+type Script = dyn Fn(&str, usize) -> Option<Vec<u8>> + Send + Sync;
+
+/// A hand-written HTTP/1.1 backend: records each request head, answers as
+/// `script` says (`None`: close without answering), and closes connections
+/// idle longer than `idle_close`.
+struct RawBackend {
+    addr: std::net::SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    /// Connections that ended (either side closed).
+    closed: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    async fn start(idle_close: Duration, script: Arc<Script>) -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (h, c, a) = (heads.clone(), closed.clone(), accepted.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let (h, c, script) = (h.clone(), c.clone(), script.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut n = 0;
+                    'conn: loop {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match tokio::time::timeout(idle_close, s.read(&mut chunk)).await {
+                                Ok(Ok(k)) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+                                _ => break 'conn,
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < end + len {
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(k) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+                                _ => break 'conn,
+                            }
+                        }
+                        buf.drain(..end + len);
+                        let Some(resp) = script(&head, n) else {
+                            break 'conn;
+                        };
+                        h.lock().unwrap().push(head);
+                        if s.write_all(&resp).await.is_err() {
+                            break;
+                        }
+                        n += 1;
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        RawBackend {
+            addr,
+            heads,
+            closed,
+            accepted,
+        }
+    }
+
+    fn toml(&self) -> String {
+        format!(
+            "[health]\npath = \"/health\"\n\n[[backends]]\nname = \"raw\"\naddr = \"{}\"\n",
+            self.addr
+        )
+    }
+
+    /// Request heads seen for paths other than /health.
+    fn requests(&self) -> Vec<String> {
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| !h.contains(" /health "))
+            .cloned()
+            .collect()
+    }
+}
+
+fn ok(body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_rfc_9112_forbids_get_400_and_never_reach_a_backend() {
+    let apps = Apps::plain(1).await;
+    let lb = Lb::start(&apps.backends_toml(&[1])).await;
+    let bad: &[&[u8]] = &[
+        b"GET /api/whoami HTTP/1.1\r\n\r\n",
+        b"GET /api/whoami HTTP/1.1\n\nHost: x\r\n\r\n",
+        b"GET /api/whoami HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET ! HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"Extra lineGET /api/whoami HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET api/whoami HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /api/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    ];
+    for raw in bad {
+        let out = exchange_raw(&lb, raw).await;
+        assert!(
+            out.starts_with("HTTP/1.1 400 "),
+            "{:?} → {out}",
+            String::from_utf8_lossy(raw)
+        );
+    }
+    assert_eq!(
+        apps.apps[0].api_requests_total(),
+        0,
+        "a rejected request reached the app"
+    );
+    // The same connection-level checks let a valid request through.
+    let out = exchange_raw(
+        &lb,
+        b"GET /api/whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert_eq!(apps.apps[0].api_requests_total(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_all_answered_in_order() {
+    let apps = Apps::plain(2).await;
+    let lb = Lb::start(&apps.backends_toml(&[1, 1])).await;
+    let mut raw = Vec::new();
+    for i in 0..10 {
+        let close = if i == 9 { "Connection: close\r\n" } else { "" };
+        raw.extend_from_slice(
+            format!("GET /api/whoami?i={i} HTTP/1.1\r\nHost: x\r\nX-Request-Id: pipe-{i}\r\n{close}\r\n").as_bytes(),
+        );
+    }
+    let out = exchange_raw(&lb, &raw).await;
+    let ids: Vec<&str> = out
+        .split("\r\n")
+        .filter_map(|l| l.strip_prefix("x-request-id: "))
+        .collect();
+    let want: Vec<String> = (0..10).map(|i| format!("pipe-{i}")).collect();
+    assert_eq!(ids, want, "{out}");
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 10);
+    let served: u64 = apps.apps.iter().map(|a| a.api_requests_total()).sum();
+    assert_eq!(served, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_never_see_chunked_and_get_a_host_upstream() {
+    let script: Arc<Script> = Arc::new(|head: &str, _| {
+        Some(if head.contains(" /health ") {
+            ok("ok")
+        } else {
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec()
+        })
+    });
+    let raw = RawBackend::start(Duration::from_secs(30), script).await;
+    let lb = Lb::start(&raw.toml()).await;
+    let out = exchange_raw(&lb, b"GET /stream HTTP/1.0\r\n\r\n").await;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{out}");
+    assert!(!head.to_lowercase().contains("chunked"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert_eq!(body, "hello world", "close-delimited, de-chunked body");
+    let seen = raw.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].starts_with("GET /stream HTTP/1.1\r\n"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[0].contains(&format!("host: {}\r\n", raw.addr)),
+        "{}",
+        seen[0]
+    );
+    // HTTP/1.1 clients get the chunked body as the backend sent it.
+    let out = exchange_raw(
+        &lb,
+        b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+    assert!(
+        out.ends_with("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_closes_slow_and_silent_clients() {
+    let apps = Apps::plain(1).await;
+    let lb = Lb::start_server(
+        "header_timeout = \"1s\"",
+        "",
+        &apps.backends_toml(&[1]),
+        QUIET_LOG,
+    )
+    .await;
+    // A trickling client: one byte every 100 ms never completes its head.
+    let started = Instant::now();
+    let mut slow = TcpStream::connect(lb.addr).await.unwrap();
+    let trickle = b"GET /api/whoami HTTP/1.1\r\nHost: x\r\nX-Pad: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let mut answer = Vec::new();
+    for b in trickle {
+        if slow.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+    let closed_after = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    // 1 s limit; the trickle alone would take 7.6 s. Up to 1 s of slack for a
+    // loaded CI machine, and never before the limit.
+    assert!(
+        closed_after >= Duration::from_millis(950) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    // A connection that sends nothing is closed too.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(lb.addr).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut out)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "silent client kept {:?}",
+        started.elapsed()
+    );
+    assert_eq!(apps.apps[0].api_requests_total(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_go_away_are_logged_as_499_without_error_lines() {
+    let mut o = named("app-1");
+    o.delay = Duration::from_millis(500);
+    let apps = Apps::start(vec![o]).await;
+    let body = format!("[log]\naccess = true\n\n{}", apps.backends_toml(&[1]));
+    let lb = Lb::start_logging("", &body, "info").await;
+    const N: usize = 20;
+    for i in 0..N {
+        let mut s = TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(
+            format!("GET /api/whoami HTTP/1.1\r\nHost: x\r\nX-Request-Id: gone-{i}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            drop(s);
+        });
+    }
+    let mut lines = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        lines = lb
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("request_id=gone-"))
+            .map(str::to_string)
+            .collect();
+        lines.len() >= N
+    })
+    .await;
+    assert_eq!(lines.len(), N, "one access event per request: {lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("status=499")), "{lines:#?}");
+    let log = lb.log_text();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+    assert!(loud.is_empty(), "lines above info: {loud:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_is_resent_when_a_pooled_connection_was_closed_by_the_backend() {
+    // Case 1: the backend closes idle connections after 300 ms (Node-style).
+    let script: Arc<Script> = Arc::new(|_, _| Some(ok("done")));
+    let raw = RawBackend::start(Duration::from_millis(300), script).await;
+    let lb = Lb::start(&raw.toml()).await;
+    let c = client();
+    for _ in 0..3 {
+        let r = c
+            .post(lb.url("/api/session"))
+            .body("x=1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    let posts = raw
+        .requests()
+        .iter()
+        .filter(|h| h.starts_with("POST "))
+        .count();
+    assert_eq!(posts, 3, "each POST processed exactly once");
+
+    // Case 2: the race itself — the backend takes the request on a reused
+    // connection and closes it without answering (it never processed it).
+    let script: Arc<Script> =
+        Arc::new(|head: &str, n| (head.contains(" /health ") || n == 0).then(|| ok("done")));
+    let raw = RawBackend::start(Duration::from_secs(30), script).await;
+    let lb = Lb::start(&format!(
+        "[health]\ninterval = \"1h\"\n\n[[backends]]\nname = \"raw\"\naddr = \"{}\"\n",
+        raw.addr
+    ))
+    .await;
+    let c = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        let r = c
+            .post(lb.url("/api/session"))
+            .body("x=1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "POST {i}");
+    }
+    let posts = raw
+        .requests()
+        .iter()
+        .filter(|h| h.starts_with("POST "))
+        .count();
+    assert_eq!(posts, 3, "answered POSTs");
+    // POST 1 and 2 each met a reused connection that was closed: resent fresh.
+    assert!(raw.accepted.load(Ordering::SeqCst) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_upstream_connections_close_after_upstream_idle() {
+    let script: Arc<Script> = Arc::new(|_, _| Some(ok("ok")));
+    let raw = RawBackend::start(Duration::from_secs(60), script).await;
+    let lb = Lb::start(&format!(
+        "[health]\ninterval = \"1h\"\n\n[timeouts]\nupstream_idle = \"300ms\"\n\n[[backends]]\nname = \"raw\"\naddr = \"{}\"\n",
+        raw.addr
+    ))
+    .await;
+    let r = client().get(lb.url("/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let closed_before = raw.closed.load(Ordering::SeqCst);
+    let started = Instant::now();
+    // The backend itself would keep it 60 s; lb closes it after 300 ms (the
+    // sweeper ticks every 150 ms: allow a second on a loaded machine).
+    assert!(
+        eventually(Duration::from_secs(3), || raw.closed.load(Ordering::SeqCst)
+            > closed_before)
+        .await,
+        "pooled connection still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+}

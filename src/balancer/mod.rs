@@ -17,7 +17,7 @@ use std::time::Instant;
 
 pub use dynamic::{next_factor, DynamicInput, MAX_STEP};
 pub use least_conn::LeastConn;
-pub use least_time::{LeastTime, FAILURE_PENALTY};
+pub use least_time::LeastTime;
 pub use rendezvous::{rendezvous_pick, IpHash};
 pub use round_robin::SmoothWeighted;
 

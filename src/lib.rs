@@ -11,6 +11,7 @@
 //!   per-backend breaker; [`health`] the active checker; [`clock`] their time origin.
 //! - [`config`] parses and validates `lb.toml`.
 
+pub mod access_log;
 pub mod admin;
 pub mod balancer;
 pub mod circuit;

@@ -260,9 +260,12 @@ impl Control {
                     b.addr = *a;
                 }
             }
+            // Pool members are not in the file: they stay as they are.
+            snap.backends
+                .extend(cur.backends.iter().filter(|b| b.pool).cloned());
             // Operator weights kept for unchanged backends can combine with the
             // file's into all zeros, which PUT /admin/weights would refuse too.
-            if snap.backends.iter().all(|b| b.weight == 0) {
+            if !snap.backends.is_empty() && snap.backends.iter().all(|b| b.weight == 0) {
                 return Err(ControlError::Invalid(
                     "reload would leave every weight at 0 (operator weights are kept for backends \
                      whose weight the file did not change); raise one first"
@@ -296,18 +299,17 @@ impl Control {
         let Some(path) = snap.config.admin.state_file.clone() else {
             return;
         };
+        // Pool members come and go with new names: nothing to restore.
+        let from_file = || snap.backends.iter().filter(|b| !b.pool);
         let by_name = |f: &dyn Fn(&state::Backend) -> u32| {
-            snap.backends
-                .iter()
+            from_file()
                 .map(|b| (b.stats.name.to_string(), f(b)))
                 .collect()
         };
         let saved = SavedState {
             weights: by_name(&|b| b.weight),
             config_weights: by_name(&|b| b.config_weight),
-            modes: snap
-                .backends
-                .iter()
+            modes: from_file()
                 .map(|b| (b.stats.name.to_string(), b.mode.as_str().to_string()))
                 .collect(),
         };
@@ -386,6 +388,11 @@ fn restart_only_changes(old: &Config, new: &Config) {
     {
         tracing::warn!(
             "reload: server.listen, server.threads and admin.listen apply at the next restart"
+        );
+    }
+    if old.pool != new.pool {
+        tracing::warn!(
+            "reload: [pool] changes apply at the next restart (new versions: POST /admin/pool/rollout)"
         );
     }
 }

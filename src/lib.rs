@@ -9,6 +9,8 @@
 //! - [`sticky`] layers cookie/header stickiness over [`balancer`]'s algorithms.
 //! - [`ewma`] is the lock-free peak-EWMA used by `least_time`; [`circuit`] the
 //!   per-backend breaker; [`health`] the active checker; [`clock`] their time origin.
+//! - [`pool`] starts, watches, recycles, scales and stops backends lb owns
+//!   (child processes or containers), as ordinary members of the snapshot.
 //! - [`config`] parses and validates `lb.toml`.
 
 pub mod access_log;
@@ -24,6 +26,7 @@ pub mod dynamic;
 pub mod ewma;
 pub mod health;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod state;

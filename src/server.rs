@@ -25,6 +25,7 @@ use crate::control::Control;
 use crate::discovery::Discovery;
 use crate::dynamic::DynamicWeights;
 use crate::health::HealthChecker;
+use crate::pool::Pool;
 use crate::proxy::fast::FrontDoor;
 use crate::proxy::Proxy;
 use crate::state::State;
@@ -53,6 +54,9 @@ pub enum StartError {
     /// The admin token could not be determined.
     #[error("{0}")]
     Token(String),
+    /// The pool's provider cannot run members (e.g. no Docker engine).
+    #[error("[pool]: {0}")]
+    Pool(crate::pool::ProviderError),
 }
 
 /// Requests currently inside the proxy (all stages), for graceful shutdown.
@@ -65,6 +69,8 @@ pub struct Lb {
     pub state: Arc<State>,
     /// Operator actions (admin API, SIGHUP).
     pub control: Arc<Control>,
+    /// The `[pool]`, if configured (its members are already ready).
+    pub pool: Option<Arc<Pool>>,
     active: ActiveRequests,
     grace: Duration,
 }
@@ -102,11 +108,21 @@ impl Lb {
         let control = Arc::new(Control::new(state.clone(), config_path));
         control.load_state_file();
         resolve_at_start(&state);
+        // SPEC: lb accepts traffic once the pool's members are healthy, so
+        // the pool starts (and waits) before the listeners exist.
+        let pool = match config.pool {
+            Some(_) => Some(Pool::start(state.clone()).map_err(StartError::Pool)?),
+            None => None,
+        };
+        // At SIGTERM members stop after lb's own requests finished: give
+        // Pingora's grace period room for both.
+        let grace_total = config.server.grace_period
+            + pool.as_ref().map_or(Duration::ZERO, |p| p.shutdown_time());
 
         let conf = ServerConf {
             threads: config.server.threads,
             // Whole seconds, rounded up; the drain watcher exits earlier.
-            grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+            grace_period_seconds: Some(grace_total.as_secs_f64().ceil() as u64),
             graceful_shutdown_timeout_seconds: Some(1),
             // One runtime per worker thread, connections never migrate: ~15% more
             // requests per core than tokio's work stealing in `make bench`.
@@ -148,7 +164,7 @@ impl Lb {
         ));
         server.add_service(background_service(
             "admin",
-            Admin::new(control.clone(), token, config.admin.listen),
+            Admin::new(control.clone(), pool.clone(), token, config.admin.listen),
         ));
         server.add_service(background_service(
             "sighup",
@@ -158,6 +174,7 @@ impl Lb {
             server,
             state,
             control,
+            pool,
             active,
             grace: config.server.grace_period,
         })
@@ -168,6 +185,7 @@ impl Lb {
     pub fn run_with(self, signal: Box<dyn ShutdownSignalWatch>) {
         let cfg = self.state.load().config.clone();
         tracing::info!(listen = %cfg.server.listen, backends = cfg.backends.len(),
+            pool = cfg.pool.as_ref().map(|p| p.name.as_str()),
             algorithm = %cfg.balancer.algorithm, "lb started");
         self.server.run(RunArgs {
             shutdown_signal: signal,
@@ -179,6 +197,7 @@ impl Lb {
         let signal = Box::new(GracefulOnSignal {
             active: self.active.clone(),
             grace: self.grace,
+            pool: self.pool.clone(),
         });
         self.run_with(signal);
     }
@@ -218,6 +237,7 @@ fn resolve_at_start(state: &Arc<State>) {
 struct GracefulOnSignal {
     active: ActiveRequests,
     grace: Duration,
+    pool: Option<Arc<Pool>>,
 }
 
 #[async_trait]
@@ -237,28 +257,36 @@ impl ShutdownSignalWatch for GracefulOnSignal {
         }
         let active = self.active.clone();
         let deadline = Instant::now() + self.grace;
-        std::thread::spawn(move || drain_then_exit(active, deadline));
+        let pool = self.pool.clone();
+        std::thread::spawn(move || drain_then_exit(active, deadline, pool));
         ShutdownSignal::GracefulTerminate
     }
 }
 
 /// Exits the process once no request is active (or at the deadline, when
-/// Pingora's own grace period ends anyway).
-fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
+/// Pingora's own grace period ends anyway), after stopping the pool's members.
+fn drain_then_exit(active: ActiveRequests, deadline: Instant, pool: Option<Arc<Pool>>) {
     // Give Pingora a moment to close its listeners before we sample.
     std::thread::sleep(Duration::from_millis(50));
+    let mut drained = false;
     while Instant::now() < deadline {
         if active.load(Ordering::Acquire) == 0 {
             tracing::info!("all requests finished; exiting");
-            std::process::exit(0);
+            drained = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let left = active.load(Ordering::Acquire);
-    tracing::warn!(
-        left,
-        "grace period over; exiting with requests still in flight"
-    );
+    if !drained {
+        let left = active.load(Ordering::Acquire);
+        tracing::warn!(
+            left,
+            "grace period over; exiting with requests still in flight"
+        );
+    }
+    if let Some(pool) = pool {
+        pool.shutdown(pool.shutdown_time());
+    }
     std::process::exit(0);
 }
 

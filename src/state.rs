@@ -155,6 +155,9 @@ pub struct Backend {
     pub mode: Mode,
     /// Counters that survive snapshot swaps.
     pub stats: Arc<BackendStats>,
+    /// Started and owned by the `[pool]`: kept across reloads (which rebuild
+    /// only the file's backends), never written to the state file.
+    pub pool: bool,
 }
 
 impl Backend {
@@ -387,6 +390,7 @@ pub fn build(
                     || Arc::new(BackendStats::new(&bc.name)),
                     |p| p.stats.clone(),
                 ),
+                pool: false,
             }
         })
         .collect();

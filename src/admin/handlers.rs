@@ -117,7 +117,7 @@ pub(super) async fn metrics(State(s): State<Shared>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        super::metrics::render(&s.control.state),
+        super::metrics::render_with_pool(&s.control.state, s.pool.as_deref()),
     )
         .into_response()
 }
@@ -236,6 +236,44 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The pool's part of the status page: size, counters, one row per member.
+fn pool_section(p: &crate::pool::Pool) -> String {
+    use std::fmt::Write;
+    let v = p.view();
+    let mut rows = String::new();
+    for m in &v.members {
+        let mem = m
+            .memory_bytes
+            .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{mem}</td><td>{}</td><td>{}</td></tr>",
+            esc(&m.name),
+            esc(&m.addr),
+            m.state.as_str(),
+            m.age_s,
+            m.in_flight,
+            m.requests_total,
+        );
+    }
+    let rollout = v.rollout.as_ref().map_or(String::new(), |r| {
+        format!(" &middot; rollout {:?} {}/{}", r.state, r.done, r.total)
+    });
+    format!(
+        "<h2>pool ({})</h2><p>size <b>{}</b> ({}..={}) &middot; started {} &middot; replaced {}          &middot; recycled age {} memory {} &middot; scaled up {} down {}{rollout}</p>         <table><tr><th>member</th><th>addr</th><th>state</th><th>age s</th><th>MiB</th>         <th>in flight</th><th>requests</th></tr>{rows}</table>",
+        v.provider,
+        v.size,
+        v.min_size,
+        v.max_size,
+        v.started_total,
+        v.replaced_total,
+        v.recycled_total.age,
+        v.recycled_total.memory,
+        v.scaled_up_total,
+        v.scaled_down_total,
+    )
+}
+
 /// `GET /`: a read-only status page (same facts as `/metrics`, for people).
 pub(super) async fn status_page(State(s): State<Shared>) -> Response {
     use std::fmt::Write;
@@ -261,6 +299,7 @@ pub(super) async fn status_page(State(s): State<Shared>) -> Response {
             h = v.health,
         );
     }
+    let pool = s.pool.as_deref().map(pool_section).unwrap_or_default();
     let body = format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
          <title>lb status</title><style>body{{font:14px system-ui,sans-serif;margin:2em}}\
@@ -269,7 +308,7 @@ pub(super) async fn status_page(State(s): State<Shared>) -> Response {
          <p>algorithm <b>{}</b> &middot; version {} &middot; {} backends</p>\
          <table><tr><th>backend</th><th>addr</th><th>weight</th><th>effective</th><th>health</th>\
          <th>circuit</th><th>mode</th><th>in flight</th><th>requests</th><th>errors</th><th>EWMA ms</th></tr>\
-         {rows}</table><p><a href=\"/metrics\">/metrics</a></p></body></html>",
+         {rows}</table>{pool}<p><a href=\"/metrics\">/metrics</a></p></body></html>",
         snap.algorithm,
         env!("CARGO_PKG_VERSION"),
         snap.backends.len(),

@@ -6,6 +6,7 @@
 
 mod handlers;
 pub mod metrics;
+mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use crate::control::Control;
+use crate::pool::Pool;
 
 /// Where the admin token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +62,7 @@ pub fn resolve_token(
 #[derive(Clone)]
 pub(crate) struct Shared {
     control: Arc<Control>,
+    pool: Option<Arc<Pool>>,
     token: Arc<str>,
 }
 
@@ -70,11 +73,18 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// An admin server for `control` on `listen`, accepting `token`.
-    pub fn new(control: Arc<Control>, token: String, listen: SocketAddr) -> Self {
+    /// An admin server for `control` (and `pool`, if any) on `listen`,
+    /// accepting `token`.
+    pub fn new(
+        control: Arc<Control>,
+        pool: Option<Arc<Pool>>,
+        token: String,
+        listen: SocketAddr,
+    ) -> Self {
         Admin {
             shared: Shared {
                 control,
+                pool,
                 token: token.into(),
             },
             listen,
@@ -95,6 +105,9 @@ impl Admin {
                 get(handlers::get_algorithm).put(handlers::put_algorithm),
             )
             .route("/reload", post(handlers::reload))
+            .route("/pool", get(pool::get_pool))
+            .route("/pool/size", put(pool::put_size))
+            .route("/pool/rollout", post(pool::post_rollout))
             .layer(middleware::from_fn_with_state(self.shared.clone(), auth));
         Router::new()
             .route("/", get(handlers::status_page))

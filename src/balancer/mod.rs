@@ -107,6 +107,7 @@ pub(crate) mod testing {
                 config_weight: w,
                 mode: Mode::Active,
                 stats: Arc::new(BackendStats::new(&format!("b{i}"))),
+                pool: false,
             })
             .collect()
     }

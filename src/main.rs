@@ -50,7 +50,6 @@ enum Command {
     },
     /// Call the admin API: `lb admin PUT /admin/weights '{"app-1": 0}'`, or
     /// `lb admin pool rollout --image lb-app:v2`.
-    #[command(args_conflicts_with_subcommands = true)]
     Admin {
         /// Admin base URL.
         #[arg(long, default_value = lb::client::DEFAULT_ADMIN_URL, global = true)]

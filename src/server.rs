@@ -271,7 +271,7 @@ fn drain_then_exit(active: ActiveRequests, deadline: Instant, pool: Option<Arc<P
     let mut drained = false;
     while Instant::now() < deadline {
         if active.load(Ordering::Acquire) == 0 {
-            tracing::info!("all requests finished; exiting");
+            tracing::info!("all requests finished");
             drained = true;
             break;
         }
@@ -287,6 +287,10 @@ fn drain_then_exit(active: ActiveRequests, deadline: Instant, pool: Option<Arc<P
     if let Some(pool) = pool {
         pool.shutdown(pool.shutdown_time());
     }
+    tracing::info!("exiting");
+    // The log writer is a thread draining a queue: give it a moment to write
+    // the last lines, which `exit` would otherwise drop.
+    std::thread::sleep(Duration::from_millis(30));
     std::process::exit(0);
 }
 

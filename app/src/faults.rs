@@ -35,11 +35,18 @@ pub fn validate_error_rate(r: f64) -> Result<f64, String> {
     }
 }
 
+/// Most memory `/fault` may leak in total: enough to cross any demo's
+/// `max_memory`, not enough to take the machine down.
+pub const MAX_LEAK_MB: u64 = 4096;
+
 /// The run-time fault knobs; atomics so the hot path never takes a lock.
 pub(crate) struct Faults {
     delay_ns: AtomicU64,
     /// `f64::to_bits` of the error rate.
     error_rate: AtomicU64,
+    /// Memory held on purpose (`leak_mb`), never freed: a leaking app for the
+    /// pool's memory recycling.
+    leaked: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl Faults {
@@ -47,6 +54,7 @@ impl Faults {
         let f = Faults {
             delay_ns: AtomicU64::new(0),
             error_rate: AtomicU64::new(0),
+            leaked: std::sync::Mutex::new(Vec::new()),
         };
         f.set_delay(delay);
         f.set_error_rate(error_rate);
@@ -70,6 +78,22 @@ impl Faults {
 
     pub(crate) fn error_rate(&self) -> f64 {
         f64::from_bits(self.error_rate.load(Ordering::Relaxed))
+    }
+
+    /// MiB leaked so far.
+    pub(crate) fn leaked_mb(&self) -> u64 {
+        let held = self.leaked.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().map(|b| b.len() as u64 >> 20).sum()
+    }
+
+    /// Allocates `mb` MiB more and keeps it. The bytes are written (not
+    /// zero pages the kernel never backs), so resident memory grows.
+    pub(crate) fn leak(&self, mb: u64) {
+        let block = vec![0xA5u8; (mb as usize) << 20];
+        self.leaked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(block);
     }
 }
 
@@ -134,6 +158,8 @@ pub(crate) async fn inject(State(app): State<Arc<App>>, req: Request, next: Next
 struct FaultUpdate {
     delay_ms: Option<u64>,
     error_rate: Option<f64>,
+    /// MiB to allocate and hold (adds to earlier leaks).
+    leak_mb: Option<u64>,
 }
 
 /// The fault knobs now in force.
@@ -142,6 +168,7 @@ fn current(app: &App) -> Response {
         "container": app.id,
         "delay_ms": u64::try_from(app.faults.delay().as_millis()).unwrap_or(u64::MAX),
         "error_rate": app.faults.error_rate(),
+        "leaked_mb": app.faults.leaked_mb(),
     }))
     .into_response()
 }
@@ -179,8 +206,20 @@ pub(crate) async fn put_fault(State(app): State<Arc<App>>, body: Bytes) -> Respo
             );
         }
     }
+    if let Some(mb) = update.leak_mb {
+        if app.faults.leaked_mb() + mb > MAX_LEAK_MB {
+            return json_error(
+                &app,
+                StatusCode::BAD_REQUEST,
+                format!("leak_mb: at most {MAX_LEAK_MB} MiB in total may leak"),
+            );
+        }
+    }
     if let Some(ms) = update.delay_ms {
         app.faults.set_delay(Duration::from_millis(ms));
+    }
+    if let Some(mb) = update.leak_mb {
+        app.faults.leak(mb);
     }
     if let Some(r) = update.error_rate {
         app.faults.set_error_rate(r);
@@ -189,6 +228,7 @@ pub(crate) async fn put_fault(State(app): State<Arc<App>>, body: Bytes) -> Respo
         container = %app.id,
         delay_ms = ?update.delay_ms,
         error_rate = ?update.error_rate,
+        leak_mb = ?update.leak_mb,
         "faults changed"
     );
     current(&app)
@@ -214,6 +254,14 @@ mod tests {
         assert_eq!(f.error_rate(), 0.25);
         f.set_delay(Duration::MAX);
         assert_eq!(f.delay(), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn leaks_are_held_and_resident() {
+        let f = Faults::new(Duration::ZERO, 0.0);
+        f.leak(2);
+        f.leak(1);
+        assert_eq!(f.leaked_mb(), 3);
     }
 
     #[test]

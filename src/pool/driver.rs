@@ -120,15 +120,19 @@ impl Driver {
                     self.apply(&mut core, ev, now, &mut out);
                 }
                 out.extend(core.tick(now, |n| sample(&snap, n), queued(&self.state)));
+                out
+            };
+            for a in actions {
+                self.execute(a, &snap);
+            }
+            // Booted once `size` members serve (their snapshot entries exist).
+            if self.boot.is_some() {
+                let core = lock(&pool.core);
                 if core.ready_keepers() >= core.config().size as usize {
                     if let Some(b) = self.boot.take() {
                         let _ = b.send(Ok(()));
                     }
                 }
-                out
-            };
-            for a in actions {
-                self.execute(a, &snap);
             }
             self.probe_starting(now, &snap);
             self.watch_liveness(now).await;

@@ -110,6 +110,14 @@ impl Provider for ProcessProvider {
             }
             tracing::info!(pid, pool = %self.pool, owner = %owner,
                 "pool: killing a member left by an earlier lb");
+            // The process itself (an orphan is rarely its group's leader),
+            // then the group it may lead.
+            if let Ok(p) = libc::pid_t::try_from(pid) {
+                // SAFETY: plain kill(2) of a process found by its marker.
+                unsafe {
+                    libc::kill(p, libc::SIGKILL);
+                }
+            }
             signal_group(pid, libc::SIGKILL);
             killed += 1;
         }

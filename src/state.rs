@@ -188,8 +188,10 @@ impl Backend {
 
 /// An immutable view of everything routing depends on.
 pub struct Snapshot {
-    /// Bumped by every change: the admin API's ETag. Body and ETag of a
-    /// response come from the same snapshot, so they always agree.
+    /// Bumped by every change an operator makes or sees (weights, modes,
+    /// algorithm, reload), but not by DNS re-resolution: the admin API's ETag,
+    /// so a moved container never costs an operator a `412`. Body and ETag of a
+    /// response come from the same snapshot.
     pub version: u64,
     /// Backends in config order.
     pub backends: Vec<Backend>,
@@ -306,13 +308,24 @@ impl State {
         expected: Option<u64>,
         f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
     ) -> Result<u64, UpdateError<E>> {
+        self.swap(expected, 1, f)
+    }
+
+    /// The one writer path: `bump` is added to the version (0 for changes that
+    /// are not operator state, see [`Snapshot::version`]).
+    fn swap<E>(
+        &self,
+        expected: Option<u64>,
+        bump: u64,
+        f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
+    ) -> Result<u64, UpdateError<E>> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current.load_full();
         if expected.is_some_and(|v| v != cur.version) {
             return Err(UpdateError::Stale(cur.version));
         }
         let mut next = f(&cur).map_err(UpdateError::Rejected)?;
-        next.version = cur.version + 1;
+        next.version = cur.version + bump;
         let version = next.version;
         self.current.store(Arc::new(next));
         Ok(version)
@@ -326,9 +339,9 @@ impl State {
     /// Applies resolved addresses (DNS re-resolution): each update names the
     /// backend and the `host:port` it resolved, and applies only if the current
     /// snapshot still has that backend with that configured address (a reload
-    /// may have changed either while the lookups ran).
+    /// may have changed either while the lookups ran). Keeps the version.
     pub fn set_addrs(&self, updates: &[(Arc<str>, String, SocketAddr)]) {
-        let _ = self.try_update(None, |cur| {
+        let _ = self.swap(None, 0, |cur| {
             let mut backends = cur.backends.clone();
             let mut changed = false;
             for (name, configured, addr) in updates {
@@ -427,6 +440,12 @@ mod tests {
         s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);
         assert_eq!(s.load().backends[1].addr, Some(ip));
         assert_eq!(s.load().backends[0].addr, None);
+        // Applied, yet the admin ETag stays: an operator's If-Match still holds.
+        assert_eq!(s.version(), v0);
+        let moved: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        s.set_addrs(&[("b".into(), "b.test:80".into(), moved)]);
+        assert_eq!(s.load().backends[1].addr, Some(moved));
+        assert_eq!(s.version(), v0);
         // The same answer again: nothing to swap.
         let v1 = s.version();
         s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);

@@ -255,6 +255,28 @@ async fn stale_if_match_gets_412() {
         a.get("/admin/algorithm").await.2["algorithm"],
         "round_robin"
     );
+    // RFC 9110 strong comparison: the weak form of the current ETag never
+    // matches, for any endpoint.
+    let weak = format!("W/{etag3}");
+    let (st, _, v) = a
+        .call(
+            "PUT",
+            "/admin/weights",
+            Some(r#"{"app-1": 9}"#),
+            Some(&weak),
+        )
+        .await;
+    assert_eq!(st, 412, "weak ETag accepted: {v}");
+    // POST /admin/reload honours If-Match too: stale or weak → 412, nothing
+    // reloaded (the ETag stays); current → reloaded.
+    for stale in [etag.as_str(), weak.as_str()] {
+        let (st, _, v) = a.call("POST", "/admin/reload", None, Some(stale)).await;
+        assert_eq!(st, 412, "reload with If-Match {stale}: {v}");
+    }
+    assert_eq!(a.get("/admin/weights").await.1, etag3);
+    let (st, etag4, _) = a.call("POST", "/admin/reload", None, Some(&etag3)).await;
+    assert_eq!(st, 200);
+    assert_ne!(etag4, etag3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

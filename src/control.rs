@@ -661,4 +661,67 @@ mod tests {
         assert_eq!(c.weights()["a"], 5);
         assert_eq!(c.state.version(), v + 1);
     }
+
+    #[test]
+    fn concurrent_weight_changes_never_expose_a_torn_map() {
+        // 4 writers install one-hot maps over 4 backends, each one set_weights
+        // of all four (as one PUT); 2 readers load snapshots in a tight loop.
+        // Every map a reader sees must be the initial one or one-hot in full.
+        // Writers go on until the readers have checked 20,000 snapshots, so
+        // the race is exercised however the threads are scheduled.
+        let text: String = (0..4)
+            .map(|i| {
+                format!(
+                    "[[backends]]\nname = \"b{i}\"\naddr = \"127.0.0.1:{}\"\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let config = Arc::new(Config::from_toml(&text).unwrap());
+        let c = Arc::new(Control::new(Arc::new(State::new(config)), None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, stop, seen) = (c.clone(), stop.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let w: Vec<u32> =
+                            c.state.load().backends.iter().map(|b| b.weight).collect();
+                        let one_hot = w.iter().sum::<u32>() == 1 && w.iter().all(|&x| x <= 1);
+                        if w != [1, 1, 1, 1] && !one_hot {
+                            stop.store(true, Ordering::Relaxed); // the writers too
+                            return Some(w);
+                        }
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..4)
+            .map(|k| {
+                let (c, seen, stop) = (c.clone(), seen.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    let more = |i| i < 500 || seen.load(Ordering::Relaxed) < 20_000;
+                    while !stop.load(Ordering::Relaxed) && more(i) {
+                        let hot = (k + i) % 4;
+                        let map: serde_json::Map<String, Value> = (0..4)
+                            .map(|j| (format!("b{j}"), serde_json::json!(u32::from(j == hot))))
+                            .collect();
+                        c.set_weights(&map, None, "t").unwrap();
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert_eq!(r.join().unwrap(), None, "a reader saw a torn map");
+        }
+    }
 }

@@ -96,7 +96,12 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .buffered_lines_limit(64 * 1024)
         .lossy(true)
         .thread_name("lb-log")
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every queued line into one
+        // write(2) instead of one per line (it flushes whenever the queue is empty).
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let _ = lb::metrics::LOG_DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -1,12 +1,12 @@
 //! Operator actions on the shared state: weights, modes, algorithm, reload,
-//! and the state file that makes weights and modes survive restarts.
+//! and the state file that makes weights, modes and the algorithm survive restarts.
 //!
 //! The admin API and SIGHUP both come here. Every change is validated whole,
 //! then applied in one snapshot swap ([`State::try_update`]): the next request
 //! sees all of it, no request sees half. Each applied change writes one audit
 //! line (what, old → new, peer) and, with `admin.state_file`, persists the
 //! operator state (weights, modes, algorithm) atomically (temp file + fsync +
-//! rename) on the state file's own writer thread ([`writer`]).
+//! rename) on the state file's own writer thread (`control/writer.rs`).
 
 mod writer;
 

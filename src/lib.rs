@@ -22,6 +22,7 @@
 //! - [`config`] parses and validates `lb.toml`; [`client`] is the blocking HTTP
 //!   client of the `lb healthcheck` / `lb admin` commands.
 
+pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod balancer;

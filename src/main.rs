@@ -103,6 +103,15 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
             std::io::stderr(),
         ));
     let _ = lb::metrics::LOG_DROPPED.set(writer.error_counter());
+    // The access log skips tracing's formatter (see `lb::access_log`) but
+    // shares the queue, so lines stay in order.
+    let access = writer.clone();
+    lb::access_log::install(
+        move |line| {
+            let _ = std::io::Write::write_all(&mut access.clone(), line);
+        },
+        format,
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

@@ -7,7 +7,7 @@
 //!   headers, errors and the retry policy (any method when nothing reached the
 //!   backend, idempotent ones also on timeouts, resets and `retry.statuses`).
 //!   [`admin`] is the admin API, `/metrics` and the status page. They never
-//!   import each other.
+//!   import each other. [`access_log`] formats the one line per request.
 //! - [`control`] carries out operator actions (weights, modes, algorithm,
 //!   reload) and writes the state file on its own thread.
 //! - Background tasks on the shared state: [`health`] (active checks),

@@ -9,6 +9,8 @@
 //! - [`sticky`] layers cookie/header stickiness over [`balancer`]'s algorithms.
 //! - [`ewma`] is the lock-free peak-EWMA used by `least_time`; [`circuit`] the
 //!   per-backend breaker; [`health`] the active checker; [`clock`] their time origin.
+//! - [`queue`] is the FIFO where requests wait for a backend below its
+//!   `max_in_flight`.
 //! - [`config`] parses and validates `lb.toml`.
 
 pub mod admin;
@@ -24,6 +26,7 @@ pub mod ewma;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod queue;
 pub mod server;
 pub mod state;
 pub mod sticky;

@@ -276,6 +276,7 @@ async fn backends_algorithm_and_reload_success_paths() {
             "circuit",
             "mode",
             "in_flight",
+            "max_in_flight",
             "requests_total",
             "errors_total",
             "ewma_ms",
@@ -286,6 +287,7 @@ async fn backends_algorithm_and_reload_success_paths() {
         assert_eq!(b["circuit"], "closed");
         assert_eq!(b["requests_total"], 2);
         assert_eq!(b["in_flight"], 0);
+        assert_eq!(b["max_in_flight"], 0);
     }
     let (st, _, v) = a
         .put("/admin/algorithm", r#"{"algorithm": "least_conn"}"#)

@@ -33,6 +33,8 @@ struct BackendView {
     circuit: &'static str,
     mode: &'static str,
     in_flight: i64,
+    /// 0 = unlimited.
+    max_in_flight: u32,
     requests_total: u64,
     errors_total: u64,
     ewma_ms: f64,
@@ -54,6 +56,7 @@ fn view(b: &Backend, s: &crate::state::Snapshot, now: Instant) -> BackendView {
         circuit: st.circuit.state(&s.config.circuit_breaker, now).as_str(),
         mode: b.mode.as_str(),
         in_flight: st.in_flight(),
+        max_in_flight: b.max_in_flight,
         requests_total: st.requests_total.load(Ordering::Relaxed),
         errors_total: st.errors_total.load(Ordering::Relaxed),
         ewma_ms: (st.ewma.get(now).as_secs_f64() * 1e6).round() / 1e3,
@@ -266,13 +269,14 @@ pub(super) async fn status_page(State(s): State<Shared>) -> Response {
          <title>lb status</title><style>body{{font:14px system-ui,sans-serif;margin:2em}}\
          table{{border-collapse:collapse}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}}\
          tr.down td{{color:#b00}}</style></head><body><h1>lb</h1>\
-         <p>algorithm <b>{}</b> &middot; version {} &middot; {} backends</p>\
+         <p>algorithm <b>{}</b> &middot; version {} &middot; {} backends &middot; {} queued</p>\
          <table><tr><th>backend</th><th>addr</th><th>weight</th><th>effective</th><th>health</th>\
          <th>circuit</th><th>mode</th><th>in flight</th><th>requests</th><th>errors</th><th>EWMA ms</th></tr>\
          {rows}</table><p><a href=\"/metrics\">/metrics</a></p></body></html>",
         snap.algorithm,
         env!("CARGO_PKG_VERSION"),
         snap.backends.len(),
+        s.control.state.queue.waiting(),
     );
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], body).into_response()
 }

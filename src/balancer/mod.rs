@@ -106,6 +106,7 @@ pub(crate) mod testing {
                 weight: w,
                 config_weight: w,
                 mode: Mode::Active,
+                max_in_flight: 0,
                 stats: Arc::new(BackendStats::new(&format!("b{i}"))),
             })
             .collect()

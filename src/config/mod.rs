@@ -199,6 +199,17 @@ pub struct LogConfig {
     pub access: bool,
 }
 
+/// `[queue]`: where requests wait when every eligible backend is at its
+/// `max_in_flight` (SPEC "Per-backend capacity and the queue").
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConfig {
+    /// Most requests waiting at once (default 1024; 0 = no queue: a request
+    /// that finds every backend full gets 503 at once).
+    pub size: usize,
+    /// Longest wait before `503` (default 1 s).
+    pub timeout: Duration,
+}
+
 /// One backend as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
@@ -208,6 +219,8 @@ pub struct BackendConfig {
     pub addr: String,
     /// Operator weight 0..=1000 (default 1).
     pub weight: u32,
+    /// Most requests in flight to it at once; 0 (default) = unlimited.
+    pub max_in_flight: u32,
 }
 
 /// The whole validated configuration.
@@ -233,6 +246,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[queue]`
+    pub queue: QueueConfig,
     /// `[[backends]]`, in file order (at least one, at most [`MAX_BACKENDS`]).
     pub backends: Vec<BackendConfig>,
 }
@@ -287,9 +302,30 @@ impl Config {
             "retry         {} attempts, statuses {:?}; timeouts connect {:?} response {:?}",
             self.retry.attempts, self.retry.statuses, self.timeouts.connect, self.timeouts.response
         );
+        let q = &self.queue;
+        let _ = if q.size == 0 {
+            writeln!(
+                s,
+                "queue         off (a request finding every backend full gets 503)"
+            )
+        } else {
+            writeln!(
+                s,
+                "queue         {} requests, timeout {:?}",
+                q.size, q.timeout
+            )
+        };
         let _ = writeln!(s, "backends      {}", self.backends.len());
         for be in &self.backends {
-            let _ = writeln!(s, "  {:<20} {:<28} weight {}", be.name, be.addr, be.weight);
+            let cap = match be.max_in_flight {
+                0 => String::new(),
+                n => format!(", max_in_flight {n}"),
+            };
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<28} weight {}{cap}",
+                be.name, be.addr, be.weight
+            );
         }
         s
     }

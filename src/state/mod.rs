@@ -8,6 +8,10 @@
 //! from snapshot to snapshot, so switching algorithm or reloading never resets
 //! in-flight counts, EWMA, health or circuit state.
 
+mod inflight;
+
+pub use inflight::InFlight;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -115,30 +119,6 @@ impl BackendStats {
     }
 }
 
-/// RAII in-flight accounting: increments on creation, decrements on drop, so the
-/// count stays right on success, error, retry, client disconnect and panic.
-#[derive(Debug)]
-pub struct InFlight(Arc<BackendStats>);
-
-impl InFlight {
-    /// Counts one more request in flight on `stats`.
-    pub fn start(stats: &Arc<BackendStats>) -> InFlight {
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(stats.clone())
-    }
-
-    /// The backend this guard counts against.
-    pub fn stats(&self) -> &Arc<BackendStats> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// One backend as the current snapshot sees it.
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -153,6 +133,8 @@ pub struct Backend {
     pub config_weight: u32,
     /// Operator mode.
     pub mode: Mode,
+    /// Most requests in flight at once (0 = unlimited), from the config.
+    pub max_in_flight: u32,
     /// Counters that survive snapshot swaps.
     pub stats: Arc<BackendStats>,
 }
@@ -179,6 +161,13 @@ impl Backend {
         self.mode != Mode::Maintenance && self.reachable(cb, now)
     }
 
+    /// Below its `max_in_flight` (always, without one)? A snapshot of a
+    /// moving count: [`InFlight::acquire`] is what enforces the limit.
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.max_in_flight == 0 || self.stats.in_flight() < i64::from(self.max_in_flight)
+    }
+
     fn reachable(&self, cb: &CircuitConfig, now: Instant) -> bool {
         self.addr.is_some()
             && self.stats.healthy.load(Ordering::Relaxed)
@@ -203,9 +192,21 @@ pub struct Snapshot {
     pub backend_header: Option<HeaderName>,
     /// The validated config this snapshot was built from.
     pub config: Arc<Config>,
+    /// Does any backend have a `max_in_flight`? (Else [`Snapshot::full`] is
+    /// free.)
+    limited: bool,
 }
 
 impl Snapshot {
+    /// Backends at their `max_in_flight` right now (eligible or not).
+    #[inline]
+    pub fn full(&self) -> Mask {
+        if !self.limited {
+            return 0;
+        }
+        self.mask(|b| !b.has_room())
+    }
+
     /// Backends that may take a new (non-sticky) request at `now`.
     pub fn schedulable(&self, now: Instant) -> Mask {
         let cb = &self.config.circuit_breaker;
@@ -242,12 +243,13 @@ impl Snapshot {
     pub fn with(&self, backends: Vec<Backend>, algorithm: Algorithm) -> Snapshot {
         Snapshot {
             version: self.version,
-            backends,
             algorithm,
             balancer: balancer::for_algorithm(algorithm),
             sticky: self.sticky.clone(),
             backend_header: self.backend_header.clone(),
             config: self.config.clone(),
+            limited: any_limited(&backends),
+            backends,
         }
     }
 
@@ -262,6 +264,8 @@ pub struct State {
     current: ArcSwap<Snapshot>,
     /// Process-wide counters (no backend, reloads, admin changes).
     pub counters: GlobalCounters,
+    /// Where requests wait while every eligible backend is at capacity.
+    pub queue: Arc<crate::queue::Queue>,
     /// Serialises writers (admin, reload, DNS) so none loses another's change;
     /// readers never touch it.
     writer: std::sync::Mutex<()>,
@@ -274,6 +278,7 @@ impl State {
         State {
             current: ArcSwap::from_pointee(snap),
             counters: GlobalCounters::default(),
+            queue: Arc::default(),
             writer: std::sync::Mutex::new(()),
         }
     }
@@ -358,6 +363,10 @@ pub enum UpdateError<E> {
     Rejected(E),
 }
 
+fn any_limited(backends: &[Backend]) -> bool {
+    backends.iter().any(|b| b.max_in_flight > 0)
+}
+
 /// Builds a snapshot for `config`, reusing stats (and resolved addresses) of
 /// backends that keep their name.
 pub fn build(
@@ -383,15 +392,17 @@ pub fn build(
                 },
                 config_weight: bc.weight,
                 mode: prev.map_or(Mode::Active, |p| p.mode),
+                max_in_flight: bc.max_in_flight,
                 stats: prev.map_or_else(
                     || Arc::new(BackendStats::new(&bc.name)),
                     |p| p.stats.clone(),
                 ),
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
     Snapshot {
         version: 1,
+        limited: any_limited(&backends),
         backends,
         algorithm,
         balancer: balancer::for_algorithm(algorithm),

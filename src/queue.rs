@@ -78,7 +78,12 @@ struct Waiters {
 impl Waiters {
     /// Wakes the oldest waiter not already woken.
     fn wake_oldest(&mut self) {
-        if let Some(w) = self.list.iter_mut().find(|w| !w.woken) {
+        self.wake_first(0);
+    }
+
+    /// Wakes the oldest waiter not already woken from position `from` on.
+    fn wake_first(&mut self, from: usize) {
+        if let Some(w) = self.list.iter_mut().skip(from).find(|w| !w.woken) {
             w.woken = true;
             // Stores a permit if the waiter is not polling yet: never lost.
             w.notify.notify_one();
@@ -237,12 +242,16 @@ impl Ticket<'_> {
         }
     }
 
-    /// Tried and found no room (another request won the race): waits again
-    /// at the same place.
-    pub fn rearm(&self) {
+    /// Tried and found no room: waits again at the same place. `pass_on`:
+    /// the wake may have been for a slot this request cannot use (it avoids
+    /// some backends), so the next waiter gets it.
+    pub fn rearm(&self, pass_on: bool) {
         let mut w = self.queue.lock();
-        if let Some(me) = w.list.iter_mut().find(|x| x.id == self.id) {
-            me.woken = false;
+        if let Some(pos) = w.list.iter().position(|x| x.id == self.id) {
+            w.list[pos].woken = false;
+            if pass_on {
+                w.wake_first(pos + 1);
+            }
         }
     }
 
@@ -313,19 +322,25 @@ mod tests {
         // nobody new until the first went back to waiting.
         let a = q.join(10, now).unwrap();
         assert!(woken(&a));
-        a.rearm();
+        a.rearm(false);
         let b = q.join(10, now).unwrap();
         assert!(woken(&a) && !woken(&b), "b's join re-woke the oldest, a");
-        a.rearm();
+        a.rearm(false);
         let c = q.join(10, now).unwrap();
-        a.rearm();
+        a.rearm(false);
         q.kick();
         assert!(woken(&a) && !woken(&b) && !woken(&c));
         q.kick();
         assert!(woken(&b) && !woken(&c), "second kick: next in order");
-        // a is served: its leaving passes its wake on to c.
+        // b cannot use the slot (it avoids some backends): c gets the wake.
+        b.rearm(true);
+        assert!(!woken(&b) && woken(&c), "b passed its wake on to c");
+        // c found no room for anyone: it does not pass anything on.
+        c.rearm(false);
+        assert!(!woken(&b) && !woken(&c));
+        // a is served: leaving, it wakes the oldest waiter not awake, b.
         a.served(now);
-        assert!(woken(&c));
+        assert!(woken(&b) && !woken(&c));
         assert_eq!(q.front.load(Ordering::Relaxed), b.id);
         assert_eq!(q.wait_histogram().get_sample_count(), 1);
         c.timed_out(now);
@@ -342,11 +357,11 @@ mod tests {
         let a = q.join(10, start).unwrap();
         // Its own join woke it.
         assert_eq!(a.wait(start + Duration::from_secs(1)).await, Wake::Try);
-        a.rearm();
+        a.rearm(false);
         let b = q.join(10, start).unwrap();
         // b's join woke a again (a stored permit: its next wait returns at once).
         assert_eq!(a.wait(start + Duration::from_secs(1)).await, Wake::Try);
-        a.rearm();
+        a.rearm(false);
         // b is not at the front and nobody kicks: it sleeps until its deadline
         // (the paused clock jumps from timer to timer).
         let t0 = Instant::now();

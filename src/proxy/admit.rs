@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::{ip_key, Ctx};
 use crate::queue::{Queue, Rejected, Wake};
-use crate::state::{InFlight, Snapshot};
+use crate::state::{InFlight, Snapshot, State};
 use crate::sticky::{self, Choice};
 
 /// Why a request got no backend.
@@ -102,19 +102,25 @@ fn select(queue: &Arc<Queue>, snap: &Snapshot, sticky: Option<&[u8]>, ctx: &mut 
     Selected::Nothing
 }
 
-/// Selects a backend for the next attempt, waiting in `queue` while every
-/// backend the request could use is at capacity. `gone` resolves if the client
-/// disconnects (the fast path watches its socket; the Pingora path cannot).
+/// Selects a backend for the next attempt, waiting in `state`'s queue while
+/// every backend the request could use is at capacity. `gone` resolves if the
+/// client disconnects (the fast path watches its socket; the Pingora path
+/// cannot).
 ///
-/// While anyone waits, a new request queues behind them instead of trying first:
-/// freed slots go to the queue in arrival order.
+/// While anyone waits, a new request queues behind them instead of trying
+/// first: freed slots go to the queue in arrival order. A first attempt that
+/// waited is routed by the snapshot current when it gets its slot (written
+/// back to `snap` and `ctx`), so a backend removed meanwhile (reload, DNS)
+/// receives nothing new; a retry keeps the request's snapshot, whose indices
+/// its tried set refers to.
 pub(crate) async fn admit(
-    queue: &Arc<Queue>,
-    snap: &Snapshot,
+    state: &State,
+    snap: &mut Arc<Snapshot>,
     sticky: Option<&[u8]>,
     ctx: &mut Ctx,
     gone: impl Future<Output = ()>,
 ) -> Result<Choice, Refusal> {
+    let queue = &state.queue;
     if queue.waiting() == 0 {
         match select(queue, snap, sticky, ctx) {
             Selected::Chosen(choice) => return Ok(choice),
@@ -139,6 +145,10 @@ pub(crate) async fn admit(
             ticket.timed_out(tokio::time::Instant::now());
             return Err(Refusal::Queue(Rejected::Timeout));
         }
+        if ctx.attempts == 0 && state.version() != snap.version {
+            *snap = state.load_full();
+            ctx.snapshot = Some(snap.clone());
+        }
         match select(queue, snap, sticky, ctx) {
             Selected::Chosen(choice) => {
                 ticket.served(tokio::time::Instant::now());
@@ -146,7 +156,11 @@ pub(crate) async fn admit(
             }
             // Everything went down meanwhile: waiting longer would not help.
             Selected::Nothing => return Err(Refusal::NoBackend),
-            Selected::Full => ticket.rearm(),
+            // A request that avoids some backends (a retry avoiding those it
+            // tried, or a lost half-open probe race) may have been woken for
+            // a slot only others can use: pass the wake on, so it never holds
+            // up the requests behind it. Others found no room for anyone.
+            Selected::Full => ticket.rearm(ctx.tried | ctx.refused != 0),
         }
     }
 }
@@ -171,8 +185,13 @@ mod tests {
                        [[backends]]\nname = \"b\"\naddr = \"127.0.0.1:2\"\nmax_in_flight = 1\n";
 
     async fn admit_now(s: &State, ctx: &mut Ctx) -> Result<Choice, Refusal> {
-        let snap = s.load_full();
-        admit(&s.queue, &snap, None, ctx, std::future::pending()).await
+        admit_as(s, None, ctx).await
+    }
+
+    async fn admit_as(s: &State, pin: Option<&str>, ctx: &mut Ctx) -> Result<Choice, Refusal> {
+        let mut snap = s.load_full();
+        let pin = pin.map(str::as_bytes);
+        admit(s, &mut snap, pin, ctx, std::future::pending()).await
     }
 
     /// Polls (yielding, bounded) until `n` requests wait.
@@ -278,27 +297,11 @@ mod tests {
         let a_id = snap.backends[0].stats.sticky_id.clone();
         let active = Arc::new(AtomicUsize::new(0));
         let mut c1 = Ctx::new(&active);
-        let got = admit(
-            &s.queue,
-            &snap,
-            Some(a_id.as_bytes()),
-            &mut c1,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let got = admit_as(&s, Some(&a_id), &mut c1).await.unwrap();
         assert_eq!((got.index, got.set_cookie), (0, false));
         // a is full: served by b this once, and no cookie moves the pin.
         let mut c2 = Ctx::new(&active);
-        let got = admit(
-            &s.queue,
-            &snap,
-            Some(a_id.as_bytes()),
-            &mut c2,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let got = admit_as(&s, Some(&a_id), &mut c2).await.unwrap();
         assert_eq!((got.index, got.set_cookie), (1, false));
         // a down: rebalanced and re-pinned, as before capacity existed.
         drop((c1, c2));
@@ -307,15 +310,7 @@ mod tests {
             .healthy
             .store(false, std::sync::atomic::Ordering::Relaxed);
         let mut c3 = Ctx::new(&active);
-        let got = admit(
-            &s.queue,
-            &snap,
-            Some(a_id.as_bytes()),
-            &mut c3,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+        let got = admit_as(&s, Some(&a_id), &mut c3).await.unwrap();
         assert_eq!((got.index, got.set_cookie), (1, true));
     }
 
@@ -341,13 +336,71 @@ mod tests {
         assert_eq!(r.unwrap_err(), Refusal::Queue(Rejected::Timeout));
         // A client pinned to a still gets it.
         let mut c = Ctx::new(&active);
-        let pinned = admit(
-            &s.queue,
-            &snap,
-            Some(a_id.as_bytes()),
-            &mut c,
-            std::future::pending(),
-        );
-        assert_eq!(pinned.await.unwrap().index, 0);
+        assert_eq!(admit_as(&s, Some(&a_id), &mut c).await.unwrap().index, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_waiting_for_its_backend_never_holds_up_others() {
+        let s = state("[queue]\ntimeout = \"5s\"", TWO);
+        let active = Arc::new(AtomicUsize::new(0));
+        let mut holder = Ctx::new(&active);
+        assert_eq!(admit_now(&s, &mut holder).await.unwrap().index, 0);
+        // A retry that already tried b waits for a (full) instead of going
+        // back to b, which has room.
+        let retry = {
+            let (st, active) = (s.clone(), active.clone());
+            tokio::spawn(async move {
+                let mut ctx = Ctx::new(&active);
+                ctx.attempts = 1;
+                ctx.tried = 1 << 1;
+                let index = admit_now(&st, &mut ctx).await.unwrap().index;
+                (index, tokio::time::Instant::now())
+            })
+        };
+        until_waiting(&s, 1).await;
+        // A newcomer queues behind it (FIFO) but gets b at once: the retry
+        // passed on the wake it could not use.
+        let t0 = tokio::time::Instant::now();
+        let mut newcomer = Ctx::new(&active);
+        assert_eq!(admit_now(&s, &mut newcomer).await.unwrap().index, 1);
+        assert_eq!(t0.elapsed(), Duration::ZERO);
+        assert_eq!(s.queue.waiting(), 1, "the retry still waits");
+        drop(holder);
+        let (index, at) = retry.await.unwrap();
+        assert_eq!((index, at), (0, t0), "a's release served the retry");
+    }
+
+    #[tokio::test]
+    async fn a_queued_request_follows_changes_made_while_it_waited() {
+        let s = state("[queue]\ntimeout = \"10s\"", TWO);
+        let active = Arc::new(AtomicUsize::new(0));
+        let (mut on_a, mut on_b) = (Ctx::new(&active), Ctx::new(&active));
+        assert_eq!(admit_now(&s, &mut on_a).await.unwrap().index, 0);
+        assert_eq!(admit_now(&s, &mut on_b).await.unwrap().index, 1);
+        let waiter = {
+            let (st, active) = (s.clone(), active.clone());
+            tokio::spawn(async move {
+                let mut ctx = Ctx::new(&active);
+                let got = admit_now(&st, &mut ctx).await.unwrap();
+                let version = ctx.snapshot.as_ref().map(|s| s.version);
+                (got.index, version)
+            })
+        };
+        until_waiting(&s, 1).await;
+        // b goes into maintenance (as a reload or DNS change could remove it)
+        // while the request waits; then b's slot frees.
+        s.update(|cur| {
+            let mut backends = cur.backends.clone();
+            backends[1].mode = crate::state::Mode::Maintenance;
+            cur.with(backends, cur.algorithm)
+        });
+        drop(on_b);
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(s.queue.waiting(), 1, "not sent to b");
+        drop(on_a);
+        let (index, version) = waiter.await.unwrap();
+        assert_eq!((index, version), (0, Some(s.version())));
     }
 }

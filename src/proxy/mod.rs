@@ -129,7 +129,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let snap = ctx
+        let mut snap = ctx
             .snapshot
             .get_or_insert_with(|| self.state.load_full())
             .clone();
@@ -144,14 +144,7 @@ impl ProxyHttp for Proxy {
         ctx.in_flight = None;
         ctx.permit = None;
         let sticky = sticky::sticky_value(&snap, &session.req_header().headers);
-        let admitted = admit(
-            &self.state.queue,
-            &snap,
-            sticky,
-            ctx,
-            std::future::pending(),
-        )
-        .await;
+        let admitted = admit(&self.state, &mut snap, sticky, ctx, std::future::pending()).await;
         let choice = match admitted {
             Ok(choice) => choice,
             Err(Refusal::NoBackend) if ctx.attempts > 0 => {

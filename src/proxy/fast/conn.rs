@@ -219,7 +219,7 @@ impl<'a> Conn<'a> {
     async fn exchange(
         &mut self,
         head: &Head,
-        snap: Arc<Snapshot>,
+        mut snap: Arc<Snapshot>,
         up: &mut Vec<u8>,
         shutting_down: bool,
     ) -> bool {
@@ -249,7 +249,7 @@ impl<'a> Conn<'a> {
             ctx.permit = None;
             let state: &Arc<State> = self.state;
             let gone = client_gone(&mut self.stream, &mut self.buf);
-            let admitted = admit(&state.queue, &snap, sticky.as_deref(), &mut ctx, gone).await;
+            let admitted = admit(state, &mut snap, sticky.as_deref(), &mut ctx, gone).await;
             let choice = match admitted {
                 Ok(choice) => choice,
                 Err(Refusal::ClientGone) => {

@@ -189,6 +189,10 @@ ready() { # NAME PORT
 
 cc -O2 -o "$work/openloop" scripts/bench/openloop.c
 cp "$bin/lb" "$work/lb" # a rebuild during the run must not swap the binary
+# BENCH_LB_BASE=/path/to/other/lb: one more one-thread row (access log off)
+# with that binary, for A/B of a change in the same interleaved run.
+base=${BENCH_LB_BASE:-}
+[ -z "$base" ] || cp "$base" "$work/lb-base"
 
 read -r -a port <<<"$(python3 "$helper" ports 14)"
 be=("${port[@]:0:4}")
@@ -288,6 +292,10 @@ lb_conf() { # FILE THREADS PORT ADMIN [extra TOML]: only keys without a default
   } >"$1"
 }
 lb_conf "$work/lb-nolog.toml" 1 "$p_lbn" "$a_lbn" $'[log]\naccess = false'
+if [ -n "$base" ]; then
+  read -r p_lbb a_lbb <<<"$(python3 "$helper" ports 2)"
+  lb_conf "$work/lb-base.toml" 1 "$p_lbb" "$a_lbb" $'[log]\naccess = false'
+fi
 lb_conf "$work/lb-shipped.toml" 1 "$p_lbs" "$a_lbs"
 lb_conf "$work/lb2-nolog.toml" 2 "$p_lb2n" "$a_lb2n" $'[log]\naccess = false'
 lb_conf "$work/lb2-shipped.toml" 2 "$p_lb2s" "$a_lb2s"
@@ -301,12 +309,14 @@ start_one_thread() {
   start haproxy "${pin_bal[@]}" -- haproxy -db -f "$work/haproxy.cfg"
   start lb-nolog "${pin_bal[@]}" -- env -u RUST_LOG "$work/lb" -c "$work/lb-nolog.toml"
   start lb-shipped "${pin_bal[@]}" -- env -u RUST_LOG "$work/lb" -c "$work/lb-shipped.toml"
+  [ -z "$base" ] || start lb-base "${pin_bal[@]}" -- env -u RUST_LOG "$work/lb-base" -c "$work/lb-base.toml"
 }
 start_one_thread
 for p in "${be[@]}"; do ready backends "$p"; done
 declare -A port_of=([nginx]=$p_nginx [haproxy]=$p_haproxy [lb-nolog]=$p_lbn
   [lb-shipped]=$p_lbs [nginx2]=$p_nginx2 [lb2-nolog]=$p_lb2n [lb2-shipped]=$p_lb2s)
 one=(nginx haproxy lb-nolog lb-shipped)
+if [ -n "$base" ]; then one+=(lb-base); port_of[lb-base]=$p_lbb; fi
 two=(nginx2 lb2-nolog lb2-shipped)
 for b in "${one[@]}"; do ready "$b" "${port_of[$b]}"; done
 

@@ -96,8 +96,22 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .buffered_lines_limit(64 * 1024)
         .lossy(true)
         .thread_name("lb-log")
-        .finish(std::io::stderr());
+        // Buffered: the writer thread drains every queued line into one
+        // write(2) instead of one per line (it flushes whenever the queue is empty).
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
     let _ = lb::metrics::LOG_DROPPED.set(writer.error_counter());
+    // The access log skips tracing's formatter (see `lb::access_log`) but
+    // shares the queue, so lines stay in order.
+    let access = writer.clone();
+    lb::access_log::install(
+        move |line| {
+            let _ = std::io::Write::write_all(&mut access.clone(), line);
+        },
+        format,
+    );
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)

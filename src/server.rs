@@ -186,31 +186,37 @@ impl Lb {
 
 /// First resolution of hostname backends, before traffic is accepted, so the
 /// first requests do not see unresolved backends. Unresolvable names are logged
-/// and retried by the discovery task.
+/// and retried by the discovery task. Runs on a thread of its own (joined):
+/// `block_on` panics on a thread that is already inside a tokio runtime, which
+/// is where a test or an embedding program calls `Lb::build` from.
 fn resolve_at_start(state: &Arc<State>) {
     let snap = state.load_full();
     if snap.backends.iter().all(|b| b.addr.is_some()) {
         return;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot resolve at start; the discovery task will");
-            return;
-        }
-    };
-    rt.block_on(async {
-        match crate::discovery::resolver(&snap.config.discovery) {
-            Ok(r) => {
-                Discovery::new(state.clone())
-                    .resolve_all(&r, &mut Default::default())
-                    .await
-            }
-            Err(e) => tracing::warn!(error = %e, "dns: no resolver at start"),
-        }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resolve at start; the discovery task will");
+                    return;
+                }
+            };
+            rt.block_on(async {
+                match crate::discovery::resolver(&snap.config.discovery) {
+                    Ok(r) => {
+                        Discovery::new(state.clone())
+                            .resolve_all(&r, &mut Default::default())
+                            .await
+                    }
+                    Err(e) => tracing::warn!(error = %e, "dns: no resolver at start"),
+                }
+            });
+        });
     });
 }
 

@@ -269,6 +269,7 @@ LABEL = {
     "haproxy": "HAProxy nbthread 1",
     "lb-nolog": "lb, access log off",
     "lb-shipped": "lb as shipped",
+    "lb-base": "lb base binary (BENCH_LB_BASE), access log off",
     "nginx2": "nginx 2 workers",
     "lb2-nolog": "lb threads=2, access log off",
     "lb2-shipped": "lb threads=2 as shipped",
@@ -278,6 +279,8 @@ LABEL = {
 def report(raw, md, meta):
     rows = load_raw(raw)
     one = ["nginx", "haproxy", "lb-nolog", "lb-shipped"]
+    if any(r[1] == "lb-base" for r in rows):
+        one.append("lb-base")
     out = []
     out += [f"{m}" for m in meta]
     out.append("")

@@ -145,6 +145,7 @@ pub(super) async fn put_weights(
         .set_weights(&changes, if_match(&headers), &peer.to_string())
     {
         Ok(_) => {
+            s.control.persisted().await;
             let snap = s.control.state.load();
             ok(&snap, json!(weights_of(&snap)))
         }
@@ -182,6 +183,7 @@ pub(super) async fn put_mode(
     {
         return failed(e);
     }
+    s.control.persisted().await;
     let snap = s.control.state.load();
     match snap.index_of(&name) {
         Some(i) => ok(&snap, json!(view(&snap.backends[i], &snap, Instant::now()))),
@@ -216,6 +218,7 @@ pub(super) async fn put_algorithm(
         .set_algorithm(a, if_match(&headers), &peer.to_string())
     {
         Ok(()) => {
+            s.control.persisted().await;
             let snap = s.control.state.load();
             ok(&snap, json!({ "algorithm": snap.algorithm.as_str() }))
         }
@@ -223,8 +226,16 @@ pub(super) async fn put_algorithm(
     }
 }
 
-pub(super) async fn reload(State(s): State<Shared>, ConnectInfo(peer): Peer) -> Response {
-    match s.control.reload(&peer.to_string()).await {
+pub(super) async fn reload(
+    State(s): State<Shared>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+) -> Response {
+    match s
+        .control
+        .reload_if(&peer.to_string(), if_match(&headers))
+        .await
+    {
         Ok(()) => ok(&s.control.state.load(), json!({ "status": "reloaded" })),
         Err(e) => failed(e),
     }

@@ -137,9 +137,13 @@ pub struct BalancerConfig {
 pub struct HealthConfig {
     /// Path probed with GET (default `/health`).
     pub path: String,
-    /// Time between probes (default 1 s).
+    /// `Host` header of probes; `None` (default): the host part of each
+    /// backend's `addr`.
+    pub host: Option<String>,
+    /// Time between probe starts (default 1 s); a probe still in flight delays
+    /// its backend's next one.
     pub interval: Duration,
-    /// Probe timeout (default 500 ms).
+    /// Probe timeout (default 500 ms); may exceed `interval`.
     pub timeout: Duration,
     /// Consecutive successes to mark up (default 2).
     pub rise: u32,
@@ -286,9 +290,10 @@ impl Config {
         let _ = writeln!(s, "admin         {}", self.admin.listen);
         let _ = writeln!(s, "algorithm     {} (sticky: {sticky})", b.algorithm);
         let h = &self.health;
+        let host = h.host.as_deref().unwrap_or("each backend's host");
         let _ = writeln!(
             s,
-            "health        GET {} every {:?}, timeout {:?}, rise {} fall {}",
+            "health        GET {} (Host: {host}) every {:?}, timeout {:?}, rise {} fall {}",
             h.path, h.interval, h.timeout, h.rise, h.fall
         );
         let c = &self.circuit_breaker;

@@ -115,6 +115,7 @@ impl Default for RawBalancer {
 #[serde(deny_unknown_fields, default)]
 pub struct RawHealth {
     pub path: String,
+    pub host: Option<String>,
     pub interval: String,
     pub timeout: String,
     pub rise: i64,
@@ -125,6 +126,7 @@ impl Default for RawHealth {
     fn default() -> Self {
         Self {
             path: "/health".into(),
+            host: None,
             interval: "1s".into(),
             timeout: "500ms".into(),
             rise: 2,

@@ -344,22 +344,33 @@ fn health(r: &RawConfig) -> Result<HealthConfig, ConfigError> {
             "must be an absolute request path starting with \"/\"",
         ));
     }
+    // A timeout above the interval is fine: a probe in flight delays its
+    // backend's next one (as in Docker, Kubernetes, HAProxy and Envoy).
     let interval = duration("health.interval", &h.interval, 10 * MS, HOUR)?;
     let timeout = duration("health.timeout", &h.timeout, MS, HOUR)?;
-    if timeout > interval {
-        return Err(invalid(
-            "health.timeout",
-            format!("{:?}", h.timeout),
-            &format!("must not exceed health.interval ({:?})", h.interval),
-        ));
-    }
+    let host =
+        match &h.host {
+            Some(v) if !valid_host_header(v) => return Err(invalid(
+                "health.host",
+                format!("{v:?}"),
+                "is not a host or host:port for the probes' Host header (e.g. \"app.internal\")",
+            )),
+            other => other.clone(),
+        };
     Ok(HealthConfig {
         path: h.path.clone(),
+        host,
         interval,
         timeout,
         rise: int_in("health.rise", h.rise, 1, 100)?,
         fall: int_in("health.fall", h.fall, 1, 100)?,
     })
+}
+
+/// A `Host` value: an RFC 3986 authority without userinfo (host, `[v6]`,
+/// optional port), at most 255 bytes.
+fn valid_host_header(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 255 && !v.contains('@') && v.parse::<http::uri::Authority>().is_ok()
 }
 
 fn circuit(r: &RawConfig) -> Result<CircuitConfig, ConfigError> {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balancer::{Mask, FAILURE_PENALTY};
+use crate::balancer::Mask;
 use crate::circuit::Permit;
 use crate::metrics::ErrorKind;
 use crate::state::{BackendStats, InFlight, Snapshot};
@@ -160,12 +160,11 @@ impl Ctx {
                 .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         }
         self.last_timed_out = outcome == Outcome::Timeout;
-        let sample = if slow {
-            took.max(FAILURE_PENALTY)
+        if slow {
+            stats.ewma.observe_failure(took, now);
         } else {
-            took
-        };
-        stats.ewma.observe(sample, now);
+            stats.ewma.observe(took, now);
+        }
         let Some(permit) = self.permit.take() else {
             return;
         };

@@ -388,6 +388,23 @@ fn log_request(
         return;
     }
     let backend = ctx.backend.map_or("-", |i| &*snap.backends[i].stats.name);
+    let upstream_ms = ctx.upstream_ttfb.map_or(-1.0, ms);
+    let entry = crate::access_log::Entry {
+        client: ctx.client_ip,
+        method,
+        path,
+        status,
+        backend,
+        attempts: ctx.attempts,
+        upstream_ms,
+        total_ms: ms(total),
+        bytes,
+        request_id: &ctx.request_id,
+        error,
+    };
+    if crate::access_log::write(&entry) {
+        return;
+    }
     tracing::info!(
         target: "access",
         client = %ClientIp(ctx.client_ip),
@@ -396,7 +413,7 @@ fn log_request(
         status,
         backend = %backend,
         attempts = ctx.attempts,
-        upstream_ms = ctx.upstream_ttfb.map_or(-1.0, ms),
+        upstream_ms,
         total_ms = ms(total),
         bytes,
         request_id = %ctx.request_id,

@@ -30,6 +30,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Initial client read buffer (grows up to `server.max_header_bytes` + body).
 const CLIENT_BUF: usize = 4 * 1024;
+/// Per-connection buffers larger than this are released between requests.
+const SHRINK_ABOVE: usize = 8 * 1024;
 
 /// Why reading a request head ended without a request.
 enum End {
@@ -122,6 +124,14 @@ impl<'a> Conn<'a> {
             }
             self.buf.drain(..head.len + head.body_len);
             self.served += 1;
+            // An idle connection keeps small buffers only (memory per idle
+            // connection), whatever the largest request on it needed.
+            if up.capacity() > SHRINK_ABOVE {
+                up = Vec::new();
+            }
+            if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+                self.buf = Vec::new();
+            }
         }
     }
 

@@ -40,6 +40,9 @@ pub struct FrontDoor {
     state: Arc<State>,
     active: Arc<AtomicUsize>,
     fallback: Arc<HttpProxy<Proxy>>,
+    /// More than one worker thread: accepted sockets are moved to the reactor
+    /// of the thread that serves them.
+    rehome: bool,
     /// `LB_PATH=pingora`: every request goes to the Pingora path once its head
     /// is validated (so `make test` runs the integration suite through both).
     pingora_only: bool,
@@ -49,6 +52,7 @@ impl FrontDoor {
     /// A front door routing by `state`, counting live requests in `active`;
     /// `fallback` serves what the fast path hands over.
     pub fn new(state: Arc<State>, active: Arc<AtomicUsize>, fallback: HttpProxy<Proxy>) -> Self {
+        let rehome = state.load().config.server.threads > 1;
         let pingora_only = std::env::var("LB_PATH").is_ok_and(|p| p == "pingora");
         if pingora_only {
             tracing::info!("LB_PATH=pingora: every request is served by the Pingora path");
@@ -57,6 +61,7 @@ impl FrontDoor {
             state,
             active,
             fallback: Arc::new(fallback),
+            rehome,
             pingora_only,
         }
     }
@@ -69,6 +74,7 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let stream = if self.rehome { rehome(stream)? } else { stream };
         let conn = conn::Conn::new(stream, &self.state, &self.active, self.pingora_only);
         let mut next = conn.serve(shutdown).await;
         // Handed over: Pingora serves the rest of this connection.
@@ -77,4 +83,32 @@ impl ServerApp for FrontDoor {
         }
         None
     }
+}
+
+/// Moves an accepted socket onto the current thread's reactor.
+///
+/// Pingora accepts on one runtime and spawns each connection's task on a
+/// random one (`work_stealing = false`), so without this every read and write
+/// of the client socket is woken through the accepting thread's reactor: a
+/// cross-thread wake-up per I/O. The descriptor is duplicated and registered
+/// here; the original (and its registration) is dropped.
+fn rehome(stream: Stream) -> Option<Stream> {
+    use pingora::protocols::l4::stream::Stream as L4Stream;
+    use pingora::protocols::{GetSocketDigest, SocketDigest};
+    use std::os::fd::{AsRawFd, FromRawFd};
+
+    let old = stream.into_any().downcast::<L4Stream>().ok()?;
+    // SAFETY: `dup` of a descriptor we own; the new one is owned by `std`.
+    let fd = unsafe { libc::dup(old.as_raw_fd()) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh, valid descriptor of a connected TCP socket.
+    let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    drop(old);
+    std.set_nonblocking(true).ok()?;
+    let tcp = tokio::net::TcpStream::from_std(std).ok()?;
+    let mut new = L4Stream::from(tcp);
+    new.set_socket_digest(SocketDigest::from_raw_fd(fd));
+    Some(Box::new(new))
 }

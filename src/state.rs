@@ -8,13 +8,8 @@
 //! from snapshot to snapshot, so switching algorithm or reloading never resets
 //! in-flight counts, EWMA, health or circuit state.
 
-mod inflight;
-
-pub use inflight::InFlight;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,163 +17,19 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 
 use crate::balancer::{self, Balancer, Mask, Pool};
-use crate::circuit::Circuit;
-use crate::config::{Algorithm, BackendConfig, CircuitConfig, Config, Sticky};
-use crate::ewma::PeakEwma;
-use crate::metrics::{GlobalCounters, RequestMetrics};
+use crate::config::{Algorithm, BackendConfig, Config, Sticky};
+use crate::metrics::GlobalCounters;
 
-/// Operator mode of a backend (SPEC "Admin API").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Receives new and sticky requests.
-    Active,
-    /// Only sticky requests; no new clients.
-    Drain,
-    /// No requests at all.
-    Maintenance,
-}
-
-impl Mode {
-    /// The admin API name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Active => "active",
-            Mode::Drain => "drain",
-            Mode::Maintenance => "maintenance",
-        }
-    }
-}
-
-/// Per-backend counters and estimates; atomics only, shared across snapshots.
-#[derive(Debug)]
-pub struct BackendStats {
-    /// The backend's configured name.
-    pub name: Arc<str>,
-    /// The name as a response header value, built once (`backend_header`).
-    pub name_header: http::HeaderValue,
-    /// Opaque value of the sticky cookie pinning to this backend (hash of the name,
-    /// so it survives restarts and reloads and reveals no address).
-    pub sticky_id: String,
-    /// Seed of this backend's score in rendezvous hashing (from the name).
-    pub hash_seed: u64,
-    /// Requests currently being proxied to it (signed so a bug shows as < 0).
-    pub in_flight: AtomicI64,
-    /// Completed attempts.
-    pub requests_total: AtomicU64,
-    /// Attempts that failed (connect error, timeout, reset, 5xx).
-    pub errors_total: AtomicU64,
-    /// Sum of upstream response times of successful attempts, µs (for `dynamic`).
-    pub latency_sum_us: AtomicU64,
-    /// Peak-EWMA of upstream response time (failures count as slow).
-    pub ewma: PeakEwma,
-    /// `dynamic` performance factor in thousandths (1000 = full operator weight).
-    pub factor_milli: AtomicU32,
-    /// Active health state (starts up; the health checker flips it).
-    pub healthy: AtomicBool,
-    /// Health probes that passed / failed.
-    pub health_ok: AtomicU64,
-    /// See `health_ok`.
-    pub health_failed: AtomicU64,
-    /// Retries this backend caused (its failure sent the request elsewhere).
-    pub retries_total: AtomicU64,
-    /// The circuit breaker.
-    pub circuit: Circuit,
-    /// Status classes, upstream errors, duration histogram.
-    pub metrics: RequestMetrics,
-}
-
-impl BackendStats {
-    /// Fresh stats for a backend called `name`.
-    pub fn new(name: &str) -> Self {
-        let h = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
-        BackendStats {
-            name: name.into(),
-            // Names are validated to [A-Za-z0-9_.-], always a valid value.
-            name_header: http::HeaderValue::from_str(name)
-                .unwrap_or(http::HeaderValue::from_static("-")),
-            sticky_id: format!("{h:016x}"),
-            hash_seed: h,
-            in_flight: AtomicI64::new(0),
-            requests_total: AtomicU64::new(0),
-            errors_total: AtomicU64::new(0),
-            latency_sum_us: AtomicU64::new(0),
-            ewma: PeakEwma::default(),
-            factor_milli: AtomicU32::new(1000),
-            healthy: AtomicBool::new(true),
-            health_ok: AtomicU64::new(0),
-            health_failed: AtomicU64::new(0),
-            retries_total: AtomicU64::new(0),
-            circuit: Circuit::default(),
-            metrics: RequestMetrics::default(),
-        }
-    }
-
-    /// Current in-flight count.
-    pub fn in_flight(&self) -> i64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-}
-
-/// One backend as the current snapshot sees it.
-#[derive(Debug, Clone)]
-pub struct Backend {
-    /// Resolved address traffic goes to (`None` until its name first resolves).
-    pub addr: Option<SocketAddr>,
-    /// `host:port` as configured.
-    pub configured_addr: String,
-    /// Operator weight 0..=1000.
-    pub weight: u32,
-    /// The weight the config file gave (a reload that leaves it unchanged keeps
-    /// the operator's `weight`).
-    pub config_weight: u32,
-    /// Operator mode.
-    pub mode: Mode,
-    /// Most requests in flight at once (0 = unlimited), from the config.
-    pub max_in_flight: u32,
-    /// Counters that survive snapshot swaps.
-    pub stats: Arc<BackendStats>,
-}
-
-impl Backend {
-    /// Weight the balancer uses: the operator weight, scaled by the measured
-    /// performance factor under `dynamic` (never below 1 while the weight is > 0).
-    pub fn effective_weight(&self, algorithm: Algorithm) -> u32 {
-        if algorithm != Algorithm::Dynamic || self.weight == 0 {
-            return self.weight;
-        }
-        let f = self.stats.factor_milli.load(Ordering::Relaxed) as u64;
-        ((self.weight as u64 * f + 500) / 1000).max(1) as u32
-    }
-
-    /// May receive requests that are not pinned to it? (Eligible in SPEC's words:
-    /// health up, circuit not open, mode active, weight above 0.)
-    pub fn schedulable(&self, cb: &CircuitConfig, now: Instant) -> bool {
-        self.mode == Mode::Active && self.weight > 0 && self.reachable(cb, now)
-    }
-
-    /// May receive requests pinned to it by stickiness (active or draining)?
-    pub fn sticky_ok(&self, cb: &CircuitConfig, now: Instant) -> bool {
-        self.mode != Mode::Maintenance && self.reachable(cb, now)
-    }
-
-    /// Below its `max_in_flight` (always, without one)? A snapshot of a
-    /// moving count: [`InFlight::acquire`] is what enforces the limit.
-    #[inline]
-    pub fn has_room(&self) -> bool {
-        self.max_in_flight == 0 || self.stats.in_flight() < i64::from(self.max_in_flight)
-    }
-
-    fn reachable(&self, cb: &CircuitConfig, now: Instant) -> bool {
-        self.addr.is_some()
-            && self.stats.healthy.load(Ordering::Relaxed)
-            && !self.stats.circuit.blocks(cb, now)
-    }
-}
+// The per-backend types live in the leaf module `backend` (so `balancer` need
+// not import `state`); re-exported so `state::Backend` and friends keep working.
+pub use crate::backend::{Backend, BackendStats, InFlight, Mode};
 
 /// An immutable view of everything routing depends on.
 pub struct Snapshot {
-    /// Bumped by every change: the admin API's ETag. Body and ETag of a
-    /// response come from the same snapshot, so they always agree.
+    /// Bumped by every change an operator makes or sees (weights, modes,
+    /// algorithm, reload), but not by DNS re-resolution: the admin API's ETag,
+    /// so a moved container never costs an operator a `412`. Body and ETag of a
+    /// response come from the same snapshot.
     pub version: u64,
     /// Backends in config order.
     pub backends: Vec<Backend>,
@@ -243,13 +94,13 @@ impl Snapshot {
     pub fn with(&self, backends: Vec<Backend>, algorithm: Algorithm) -> Snapshot {
         Snapshot {
             version: self.version,
+            limited: any_limited(&backends),
+            backends,
             algorithm,
             balancer: balancer::for_algorithm(algorithm),
             sticky: self.sticky.clone(),
             backend_header: self.backend_header.clone(),
             config: self.config.clone(),
-            limited: any_limited(&backends),
-            backends,
         }
     }
 
@@ -311,13 +162,24 @@ impl State {
         expected: Option<u64>,
         f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
     ) -> Result<u64, UpdateError<E>> {
+        self.swap(expected, 1, f)
+    }
+
+    /// The one writer path: `bump` is added to the version (0 for changes that
+    /// are not operator state, see [`Snapshot::version`]).
+    fn swap<E>(
+        &self,
+        expected: Option<u64>,
+        bump: u64,
+        f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
+    ) -> Result<u64, UpdateError<E>> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current.load_full();
         if expected.is_some_and(|v| v != cur.version) {
             return Err(UpdateError::Stale(cur.version));
         }
         let mut next = f(&cur).map_err(UpdateError::Rejected)?;
-        next.version = cur.version + 1;
+        next.version = cur.version + bump;
         let version = next.version;
         self.current.store(Arc::new(next));
         Ok(version)
@@ -331,9 +193,9 @@ impl State {
     /// Applies resolved addresses (DNS re-resolution): each update names the
     /// backend and the `host:port` it resolved, and applies only if the current
     /// snapshot still has that backend with that configured address (a reload
-    /// may have changed either while the lookups ran).
+    /// may have changed either while the lookups ran). Keeps the version.
     pub fn set_addrs(&self, updates: &[(Arc<str>, String, SocketAddr)]) {
-        let _ = self.try_update(None, |cur| {
+        let _ = self.swap(None, 0, |cur| {
             let mut backends = cur.backends.clone();
             let mut changed = false;
             for (name, configured, addr) in updates {
@@ -438,6 +300,12 @@ mod tests {
         s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);
         assert_eq!(s.load().backends[1].addr, Some(ip));
         assert_eq!(s.load().backends[0].addr, None);
+        // Applied, yet the admin ETag stays: an operator's If-Match still holds.
+        assert_eq!(s.version(), v0);
+        let moved: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        s.set_addrs(&[("b".into(), "b.test:80".into(), moved)]);
+        assert_eq!(s.load().backends[1].addr, Some(moved));
+        assert_eq!(s.version(), v0);
         // The same answer again: nothing to swap.
         let v1 = s.version();
         s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);

@@ -118,6 +118,14 @@ impl<'a> Conn<'a> {
             if head.route == Route::Fallback || self.pingora_only {
                 return rewound(self.stream, &self.buf);
             }
+            // The snapshot was taken before a kept-alive connection's idle
+            // wait: route by the state of now (an operator's drain, mode or
+            // weight change, a reload, a DNS change since then).
+            let snap = if Arc::ptr_eq(&self.state.load(), &snap) {
+                snap
+            } else {
+                self.state.load_full()
+            };
             let shutting_down = *shutdown.borrow();
             if !self.exchange(&head, snap, &mut up, shutting_down).await {
                 return None;

@@ -186,6 +186,8 @@ pub struct Backend {
     pub mode: Mode,
     /// Most requests in flight at once (0 = unlimited), from the config.
     pub max_in_flight: u32,
+    /// The `resolve = "all"` group this backend is a member of.
+    pub group: Option<Arc<str>>,
     /// Counters that survive snapshot swaps.
     pub stats: Arc<BackendStats>,
 }
@@ -238,6 +240,7 @@ mod tests {
             config_weight: 1,
             mode: Mode::Active,
             max_in_flight,
+            group: None,
             stats: Arc::new(BackendStats::new("a")),
         }
     }

@@ -61,6 +61,7 @@ fn broken_configs_exit_2_naming_key_value_and_rule() {
         (format!("[queue]\ntimeout = \"0s\"\n{B}"), "queue.timeout", "is out of range"),
         (format!("[queue]\nlength = 5\n{B}"), "queue.length", "unknown field"),
         (format!("{B}max_in_flight = -3\n"), "backends[0].max_in_flight", "-3 is out of range 0..=1000000"),
+        (format!("{B}resolve = \"many\"\n"), "backends[0].resolve", "unknown variant `many`, expected `one` or `all`"),
     ];
     for (text, key, rule) in &cases {
         let (code, out, err) = check_text(text);
@@ -113,7 +114,11 @@ fn summary_shows_capacity_and_queue() {
         "{out}"
     );
     assert!(out.contains("weight 1, max_in_flight 50"), "{out}");
-    let (code, out, _) = check_text(&format!("[queue]\nsize = 0\n{B}"));
+    let (code, out, _) = check_text(&format!("[queue]\nsize = 0\n{B}resolve = \"all\"\n"));
     assert_eq!(code, 0);
     assert!(out.contains("queue         off"), "{out}");
+    assert!(
+        out.contains("resolve all (one member per address)"),
+        "{out}"
+    );
 }

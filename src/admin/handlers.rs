@@ -25,6 +25,8 @@ type Peer = ConnectInfo<SocketAddr>;
 #[derive(Serialize)]
 struct BackendView {
     name: String,
+    /// The `resolve = "all"` group it is a member of (null otherwise).
+    group: Option<String>,
     addr: String,
     resolved: Option<String>,
     weight: u32,
@@ -44,6 +46,7 @@ fn view(b: &Backend, s: &crate::state::Snapshot, now: Instant) -> BackendView {
     let st = &b.stats;
     BackendView {
         name: st.name.to_string(),
+        group: b.group.as_deref().map(str::to_string),
         addr: b.configured_addr.clone(),
         resolved: b.addr.map(|a| a.to_string()),
         weight: b.weight,
@@ -185,9 +188,18 @@ pub(super) async fn put_mode(
     }
     s.control.persisted().await;
     let snap = s.control.state.load();
-    match snap.index_of(&name) {
-        Some(i) => ok(&snap, json!(view(&snap.backends[i], &snap, Instant::now()))),
-        None => failed(ControlError::NotFound(name)),
+    let now = Instant::now();
+    // A backend or member: its view; a group: its members' views.
+    match (snap.index_of(&name), snap.targets(&name)) {
+        (Some(i), _) => ok(&snap, json!(view(&snap.backends[i], &snap, now))),
+        (None, Some(members)) => {
+            let views: Vec<BackendView> = members
+                .iter()
+                .map(|&i| view(&snap.backends[i], &snap, now))
+                .collect();
+            ok(&snap, json!(views))
+        }
+        (None, None) => failed(ControlError::NotFound(name)),
     }
 }
 

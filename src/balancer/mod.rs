@@ -107,6 +107,7 @@ pub(crate) mod testing {
                 config_weight: w,
                 mode: Mode::Active,
                 max_in_flight: 0,
+                group: None,
                 stats: Arc::new(BackendStats::new(&format!("b{i}"))),
             })
             .collect()

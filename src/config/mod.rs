@@ -15,7 +15,8 @@ use http::HeaderName;
 
 pub use validate::ConfigError;
 
-/// Maximum number of backends: eligibility is tracked in a `u64` bit set.
+/// Maximum number of backends, group members included: eligibility is tracked
+/// in a `u64` bit set.
 pub const MAX_BACKENDS: usize = 64;
 /// Upper bound of an operator weight (SPEC: integers 0..=1000).
 pub const MAX_WEIGHT: u32 = 1000;
@@ -214,6 +215,17 @@ pub struct QueueConfig {
     pub timeout: Duration,
 }
 
+/// How a backend's hostname becomes addresses (SPEC "Backends that resolve to
+/// many addresses").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// One backend at the first address (IPv4 preferred).
+    One,
+    /// A group: one member backend per address (A and AAAA), named
+    /// `<name>@<ip>:<port>`.
+    All,
+}
+
 /// One backend as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
@@ -223,8 +235,11 @@ pub struct BackendConfig {
     pub addr: String,
     /// Operator weight 0..=1000 (default 1).
     pub weight: u32,
-    /// Most requests in flight to it at once; 0 (default) = unlimited.
+    /// Most requests in flight to it at once; 0 (default) = unlimited. For a
+    /// group, each member's.
     pub max_in_flight: u32,
+    /// `resolve` (default [`Resolve::One`]).
+    pub resolve: Resolve,
 }
 
 /// The whole validated configuration.
@@ -322,10 +337,13 @@ impl Config {
         };
         let _ = writeln!(s, "backends      {}", self.backends.len());
         for be in &self.backends {
-            let cap = match be.max_in_flight {
+            let mut cap = match be.max_in_flight {
                 0 => String::new(),
                 n => format!(", max_in_flight {n}"),
             };
+            if be.resolve == Resolve::All {
+                cap.push_str(", resolve all (one member per address)");
+            }
             let _ = writeln!(
                 s,
                 "  {:<20} {:<28} weight {}{cap}",

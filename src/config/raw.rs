@@ -259,6 +259,14 @@ impl Default for RawQueue {
     }
 }
 
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawResolve {
+    #[default]
+    One,
+    All,
+}
+
 /// One `[[backends]]` entry; `name` and `addr` are required.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,6 +278,8 @@ pub struct RawBackend {
     /// 0 = unlimited.
     #[serde(default)]
     pub max_in_flight: i64,
+    #[serde(default)]
+    pub resolve: RawResolve,
 }
 
 fn default_weight() -> i64 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::raw::{RawAlgorithm, RawConfig, RawLogFormat, RawSticky};
+use super::raw::{RawAlgorithm, RawConfig, RawLogFormat, RawResolve, RawSticky};
 use super::*;
 
 /// A config that cannot be used. `Display` is the one line `lb check` prints.
@@ -455,6 +455,10 @@ fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
             addr: b.addr.clone(),
             weight,
             max_in_flight,
+            resolve: match b.resolve {
+                RawResolve::One => Resolve::One,
+                RawResolve::All => Resolve::All,
+            },
         });
     }
     if out.iter().all(|b| b.weight == 0) {

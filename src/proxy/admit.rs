@@ -145,9 +145,13 @@ pub(crate) async fn admit(
             ticket.timed_out(tokio::time::Instant::now());
             return Err(Refusal::Queue(Rejected::Timeout));
         }
-        if ctx.attempts == 0 && state.version() != snap.version {
-            *snap = state.load_full();
-            ctx.snapshot = Some(snap.clone());
+        if ctx.attempts == 0 {
+            // Any swap (DNS changes keep the version): compare snapshots.
+            let current = state.load();
+            if !Arc::ptr_eq(&current, snap) {
+                *snap = Arc::clone(&current);
+                ctx.snapshot = Some(snap.clone());
+            }
         }
         match select(queue, snap, sticky, ctx) {
             Selected::Chosen(choice) => {
@@ -401,6 +405,10 @@ mod tests {
         assert_eq!(s.queue.waiting(), 1, "not sent to b");
         drop(on_a);
         let (index, version) = waiter.await.unwrap();
-        assert_eq!((index, version), (0, Some(s.version())));
+        assert_eq!(
+            (index, version),
+            (0, Some(s.version())),
+            "routed by the new snapshot"
+        );
     }
 }

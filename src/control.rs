@@ -592,6 +592,41 @@ mod tests {
     }
 
     #[test]
+    fn the_state_file_keeps_group_and_member_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        // Literal addresses: the group has its members without DNS.
+        let text = format!(
+            "[admin]\nstate_file = \"{}\"\n[[backends]]\nname = \"g\"\n\
+             addr = \"127.0.0.1:1\"\nresolve = \"all\"\nweight = 2\n",
+            dir.path().join("state.json").display()
+        );
+        let start = || {
+            let config = Arc::new(Config::from_toml(&text).unwrap());
+            Control::new(Arc::new(State::new(config)), None)
+        };
+        let c = start();
+        let changes = serde_json::json!({"g": 7});
+        c.set_weights(changes.as_object().unwrap(), None, "test")
+            .unwrap();
+        c.set_mode("g@127.0.0.1:1", Mode::Drain, None, "test")
+            .unwrap();
+        assert_eq!(c.state.load().groups[0].mode, Mode::Active);
+        c.persisted_blocking();
+        let again = start();
+        again.load_state_file();
+        let snap = again.state.load();
+        assert_eq!(
+            (snap.groups[0].weight, snap.groups[0].mode),
+            (7, Mode::Active)
+        );
+        let m = &snap.backends[0];
+        assert_eq!(
+            (&*m.stats.name, m.weight, m.mode),
+            ("g@127.0.0.1:1", 7, Mode::Drain)
+        );
+    }
+
+    #[test]
     fn saved_weights_apply_unless_the_file_changed_that_weight() {
         let dir = tempfile::tempdir().unwrap();
         let c = control(dir.path(), [1, 1]);

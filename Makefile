@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run test lint deps build images bench bench-peers clean
+.PHONY: run test lint deps build images bench bench-peers bench-queue clean
 
 CARGO ?= cargo
 
@@ -60,3 +60,9 @@ bench: build
 ## target/bench-peers.md. BENCH_QUICK=1: one 3 s round; see the script for knobs.
 bench-peers: build
 	@scripts/bench-peers.sh
+
+## The seeds' capacity experiment (issue 10): one app that refuses beyond 50
+## concurrent requests, 100 clients for 30 s through lb, without and with
+## max_in_flight = 50 + the queue: error rate, req/s, p50/p95/p99 (needs wrk).
+bench-queue: build
+	@scripts/bench-queue.sh

@@ -1,7 +1,7 @@
 //! One backend: its operator [`Mode`], the [`BackendStats`] that outlive every
-//! snapshot swap, the RAII [`InFlight`] guard, and [`Backend`] as a snapshot
-//! sees it. A leaf: `state` and `balancer` both build on it, neither on the
-//! other's account.
+//! snapshot swap, the RAII [`InFlight`] guard (a request's slot, within the
+//! backend's `max_in_flight`), and [`Backend`] as a snapshot sees it. A leaf:
+//! `state` and `balancer` both build on it, neither on the other's account.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use crate::circuit::Circuit;
 use crate::config::{Algorithm, CircuitConfig};
 use crate::ewma::PeakEwma;
 use crate::metrics::RequestMetrics;
+use crate::queue::Queue;
 
 /// Operator mode of a backend (SPEC "Admin API").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,26 +107,66 @@ impl BackendStats {
 }
 
 /// RAII in-flight accounting: increments on creation, decrements on drop, so the
-/// count stays right on success, error, retry, client disconnect and panic.
+/// count stays right on success, error, retry, client disconnect and panic. For
+/// a backend with a `max_in_flight` the slot is taken by compare-and-swap, so
+/// the limit holds however many requests race for the last slot, and dropping
+/// the guard wakes the oldest queued request ([`Queue::kick`]).
 #[derive(Debug)]
-pub struct InFlight(Arc<BackendStats>);
+pub struct InFlight {
+    stats: Arc<BackendStats>,
+    /// Set for capacity-limited backends only: whom a freed slot concerns.
+    queue: Option<Arc<Queue>>,
+}
 
 impl InFlight {
-    /// Counts one more request in flight on `stats`.
+    /// Counts one more request in flight on `stats` (no limit).
     pub fn start(stats: &Arc<BackendStats>) -> InFlight {
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(stats.clone())
+        InFlight {
+            stats: stats.clone(),
+            queue: None,
+        }
+    }
+
+    /// Takes one of `backend`'s slots if it has one free (always, without a
+    /// `max_in_flight`); `None` when it is at capacity.
+    pub fn acquire(backend: &Backend, queue: &Arc<Queue>) -> Option<InFlight> {
+        let max = i64::from(backend.max_in_flight);
+        if max == 0 {
+            return Some(InFlight::start(&backend.stats));
+        }
+        let counter = &backend.stats.in_flight;
+        let mut cur = counter.load(Ordering::Relaxed);
+        while cur < max {
+            // SeqCst pairs with the queue's `waiting` counter (see `Drop`).
+            match counter.compare_exchange_weak(cur, cur + 1, Ordering::SeqCst, Ordering::Relaxed) {
+                Ok(_) => {
+                    return Some(InFlight {
+                        stats: backend.stats.clone(),
+                        queue: Some(queue.clone()),
+                    })
+                }
+                Err(now) => cur = now,
+            }
+        }
+        None
     }
 
     /// The backend this guard counts against.
     pub fn stats(&self) -> &Arc<BackendStats> {
-        &self.0
+        &self.stats
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // The decrement is ordered before the queue's `waiting` load: either
+        // this release sees a waiter and wakes it, or a request joining the
+        // queue afterwards sees the free slot when its join re-checks.
+        self.stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Some(q) = &self.queue {
+            q.kick();
+        }
     }
 }
 
@@ -143,6 +184,10 @@ pub struct Backend {
     pub config_weight: u32,
     /// Operator mode.
     pub mode: Mode,
+    /// Most requests in flight at once (0 = unlimited), from the config.
+    pub max_in_flight: u32,
+    /// The `resolve = "all"` group this backend is a member of.
+    pub group: Option<Arc<str>>,
     /// Counters that survive snapshot swaps.
     pub stats: Arc<BackendStats>,
 }
@@ -169,9 +214,79 @@ impl Backend {
         self.mode != Mode::Maintenance && self.reachable(cb, now)
     }
 
+    /// Below its `max_in_flight` (always, without one)? A snapshot of a
+    /// moving count: [`InFlight::acquire`] is what enforces the limit.
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.max_in_flight == 0 || self.stats.in_flight() < i64::from(self.max_in_flight)
+    }
+
     fn reachable(&self, cb: &CircuitConfig, now: Instant) -> bool {
         self.addr.is_some()
             && self.stats.healthy.load(Ordering::Relaxed)
             && !self.stats.circuit.blocks(cb, now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(max_in_flight: u32) -> Backend {
+        Backend {
+            addr: Some("127.0.0.1:1".parse().unwrap()),
+            configured_addr: "127.0.0.1:1".into(),
+            weight: 1,
+            config_weight: 1,
+            mode: Mode::Active,
+            max_in_flight,
+            group: None,
+            stats: Arc::new(BackendStats::new("a")),
+        }
+    }
+
+    #[test]
+    fn slots_never_exceed_max_in_flight_under_races() {
+        // 8 threads hammer one backend with max_in_flight = 3. A count read
+        // while holding a slot includes this thread's slot and only others
+        // held at that moment, so it must never exceed 3.
+        let b = Arc::new(backend(3));
+        let queue = Arc::new(Queue::default());
+        let peak = Arc::new(AtomicI64::new(0));
+        let won = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (b, queue, peak, won) = (b.clone(), queue.clone(), peak.clone(), won.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        if let Some(slot) = InFlight::acquire(&b, &queue) {
+                            peak.fetch_max(b.stats.in_flight(), Ordering::Relaxed);
+                            won.fetch_add(1, Ordering::Relaxed);
+                            drop(slot);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.stats.in_flight(), 0);
+        assert!(peak.load(Ordering::Relaxed) <= 3, "peak {peak:?}");
+        assert!(won.load(Ordering::Relaxed) > 0);
+        assert!(b.has_room());
+    }
+
+    #[test]
+    fn unlimited_backends_always_have_room() {
+        let b = backend(0);
+        let queue = Arc::new(Queue::default());
+        let slots: Vec<_> = (0..100)
+            .map(|_| InFlight::acquire(&b, &queue).unwrap())
+            .collect();
+        assert!(b.has_room());
+        assert_eq!(b.stats.in_flight(), 100);
+        drop(slots);
+        assert_eq!(b.stats.in_flight(), 0);
     }
 }

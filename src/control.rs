@@ -19,7 +19,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{Algorithm, Config, ConfigError, MAX_WEIGHT};
+use crate::config::{Algorithm, Config, ConfigError, Resolve, MAX_WEIGHT};
 use crate::discovery;
 use crate::state::{self, Mode, State, UpdateError};
 
@@ -148,14 +148,23 @@ impl Control {
         let mut new = BTreeMap::new();
         self.state.try_update(if_match, |cur| {
             old = weights_of(cur);
-            let mut backends = cur.backends.clone();
             for name in parsed.keys() {
-                if cur.index_of(name).is_none() {
+                if cur.targets(name).is_none() {
                     return Err(ControlError::Invalid(format!("no backend named {name:?}")));
                 }
             }
+            // A group's weight applies to every member (and to members that
+            // join later); a member's own name wins over its group's.
+            let mut groups = cur.groups.clone();
+            for g in &mut groups {
+                if let Some(w) = parsed.get(&*g.name) {
+                    g.weight = *w;
+                }
+            }
+            let mut backends = cur.backends.clone();
             for b in &mut backends {
-                if let Some(w) = parsed.get(&*b.stats.name) {
+                let own = parsed.get(&*b.stats.name);
+                if let Some(w) = own.or_else(|| parsed.get(b.group.as_deref()?)) {
                     b.weight = *w;
                 }
             }
@@ -164,7 +173,7 @@ impl Control {
                     "every weight would be 0; at least one backend needs weight > 0".into(),
                 ));
             }
-            let next = cur.with(backends, cur.algorithm);
+            let next = cur.with_groups(backends, groups, cur.algorithm);
             new = weights_of(&next);
             Ok(next)
         })?;
@@ -173,7 +182,8 @@ impl Control {
         Ok(new)
     }
 
-    /// Sets one backend's mode.
+    /// Sets one backend's mode, or a group's (every member's, and that of
+    /// members that join later).
     pub fn set_mode(
         &self,
         name: &str,
@@ -183,13 +193,21 @@ impl Control {
     ) -> Result<(), ControlError> {
         let mut old = Mode::Active;
         self.state.try_update(if_match, |cur| {
-            let i = cur
-                .index_of(name)
+            let targets = cur
+                .targets(name)
                 .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
+            let mut groups = cur.groups.clone();
             let mut backends = cur.backends.clone();
-            old = backends[i].mode;
-            backends[i].mode = mode;
-            Ok(cur.with(backends, cur.algorithm))
+            if let Some(g) = groups.iter_mut().find(|g| &*g.name == name) {
+                old = g.mode;
+                g.mode = mode;
+            } else if let Some(&i) = targets.first() {
+                old = backends[i].mode;
+            }
+            for i in targets {
+                backends[i].mode = mode;
+            }
+            Ok(cur.with_groups(backends, groups, cur.algorithm))
         })?;
         self.audit(
             1,
@@ -263,23 +281,23 @@ impl Control {
             .map(|b| b.stats.name.to_string())
             .collect();
         let applied = self.state.try_update(if_match, |cur| {
-            let previous: HashMap<Arc<str>, state::Backend> = cur
-                .backends
-                .iter()
-                .map(|b| (b.stats.name.clone(), b.clone()))
-                .collect();
             // The runtime algorithm stays unless the file changed it.
             let algorithm = if new.balancer.algorithm != cur.config.balancer.algorithm {
                 new.balancer.algorithm
             } else {
                 cur.algorithm
             };
-            let mut snap = state::build(&new, &previous, algorithm);
-            for (b, a) in snap.backends.iter_mut().zip(&addrs) {
-                if b.addr.is_none() {
-                    b.addr = *a;
+            let mut snap = state::build(&new, Some(cur), algorithm);
+            for b in snap.backends.iter_mut().filter(|b| b.addr.is_none()) {
+                b.addr = addrs.one.get(&b.configured_addr).copied();
+            }
+            let mut groups = snap.groups.clone();
+            for g in groups.iter_mut().filter(|g| g.addrs.is_empty()) {
+                if let Some(a) = addrs.all.get(&g.configured_addr) {
+                    g.addrs = crate::group::normalize(a.clone());
                 }
             }
+            let snap = snap.relayout(groups);
             // Operator weights kept for unchanged backends can combine with the
             // file's into all zeros, which PUT /admin/weights would refuse too.
             if snap.backends.iter().all(|b| b.weight == 0) {
@@ -363,20 +381,33 @@ impl Control {
             },
         };
         self.state.update(|cur| {
-            let mut backends = cur.backends.clone();
-            for b in &mut backends {
-                let name = &*b.stats.name;
-                // A weight edited in the file since the save wins, as on reload.
+            // A weight edited in the file since the save wins, as on reload.
+            let weight = |name: &str, config_weight: u32| {
                 let file_unchanged = saved
                     .config_weights
                     .get(name)
-                    .is_none_or(|&w| w == b.config_weight);
-                if let Some(&w) = saved.weights.get(name) {
-                    if w <= MAX_WEIGHT && file_unchanged {
-                        b.weight = w;
-                    }
+                    .is_none_or(|&w| w == config_weight);
+                saved
+                    .weights
+                    .get(name)
+                    .copied()
+                    .filter(|&w| w <= MAX_WEIGHT && file_unchanged)
+            };
+            let mode = |name: &str| saved.modes.get(name).and_then(|m| parse_mode(m));
+            let mut groups = cur.groups.clone();
+            for g in &mut groups {
+                g.weight = weight(&g.name, g.config_weight).unwrap_or(g.weight);
+                g.mode = mode(&g.name).unwrap_or(g.mode);
+            }
+            let mut backends = cur.backends.clone();
+            for b in &mut backends {
+                // A member's own saved state, else its group's.
+                let names = [Some(&*b.stats.name), b.group.as_deref()];
+                let names = names.into_iter().flatten();
+                if let Some(w) = names.clone().find_map(|n| weight(n, b.config_weight)) {
+                    b.weight = w;
                 }
-                if let Some(m) = saved.modes.get(&*b.stats.name).and_then(|m| parse_mode(m)) {
+                if let Some(m) = names.clone().find_map(mode) {
                     b.mode = m;
                 }
             }
@@ -402,7 +433,7 @@ impl Control {
                         .is_none_or(|a| a == file_algorithm)
                 })
                 .unwrap_or(cur.algorithm);
-            cur.with(backends, algorithm)
+            cur.with_groups(backends, groups, algorithm)
         });
         tracing::info!(path = %path.display(), "state file applied");
     }
@@ -416,23 +447,24 @@ fn write_state_file(state: &State, failing: &AtomicBool) {
     let Some(path) = snap.config.admin.state_file.clone() else {
         return;
     };
-    let by_name = |f: &dyn Fn(&state::Backend) -> u32| {
-        snap.backends
-            .iter()
-            .map(|b| (b.stats.name.to_string(), f(b)))
-            .collect()
-    };
-    let saved = SavedState {
-        weights: by_name(&|b| b.weight),
-        config_weights: by_name(&|b| b.config_weight),
-        modes: snap
-            .backends
-            .iter()
-            .map(|b| (b.stats.name.to_string(), b.mode.as_str().to_string()))
-            .collect(),
+    let mut saved = SavedState {
         algorithm: Some(snap.algorithm.as_str().to_string()),
         config_algorithm: Some(snap.config.balancer.algorithm.as_str().to_string()),
+        ..SavedState::default()
     };
+    // Backends and group members by name, and groups (what members that join
+    // later start with) by theirs.
+    let backends = snap.backends.iter();
+    let backends = backends.map(|b| (&*b.stats.name, b.weight, b.config_weight, b.mode));
+    let groups = snap.groups.iter();
+    let groups = groups.map(|g| (&*g.name, g.weight, g.config_weight, g.mode));
+    for (name, weight, config_weight, mode) in backends.chain(groups) {
+        saved.weights.insert(name.to_string(), weight);
+        saved.config_weights.insert(name.to_string(), config_weight);
+        saved
+            .modes
+            .insert(name.to_string(), mode.as_str().to_string());
+    }
     match write_atomically(&path, &saved) {
         Ok(()) => {
             if failing.swap(false, Ordering::Relaxed) {
@@ -459,27 +491,59 @@ fn restart_only_changes(old: &Config, new: &Config) {
     }
 }
 
-/// Resolves hostnames of backends whose address the current snapshot does not
-/// already know, so backends added by a reload take traffic at once.
-async fn resolve_new_names(state: &State, new: &Config) -> Vec<Option<std::net::SocketAddr>> {
+/// Addresses looked up for a reload, by configured `host:port`.
+#[derive(Default)]
+struct Resolved {
+    /// `resolve = "one"` backends.
+    one: HashMap<String, std::net::SocketAddr>,
+    /// `resolve = "all"` groups.
+    all: HashMap<String, Vec<std::net::SocketAddr>>,
+}
+
+/// Resolves hostnames the current snapshot does not already know, so
+/// backends and groups added by a reload take traffic at once.
+async fn resolve_new_names(state: &State, new: &Config) -> Resolved {
     let cur = state.load_full();
-    let known: HashMap<&str, _> = cur
+    let known_one: HashMap<&str, _> = cur
         .backends
         .iter()
-        .map(|b| (b.configured_addr.as_str(), b.addr))
+        .filter(|b| b.group.is_none())
+        .filter_map(|b| Some((b.configured_addr.as_str(), b.addr?)))
+        .collect();
+    let known_all: HashMap<&str, &Vec<_>> = cur
+        .groups
+        .iter()
+        .filter(|g| !g.addrs.is_empty())
+        .map(|g| (g.configured_addr.as_str(), &g.addrs))
         .collect();
     let resolver = discovery::resolver(&new.discovery).ok();
-    let mut out = Vec::with_capacity(new.backends.len());
+    let mut out = Resolved::default();
     for b in &new.backends {
-        let addr = match (b.addr.parse().ok(), known.get(b.addr.as_str())) {
-            (Some(a), _) => Some(a),
-            (None, Some(Some(a))) => Some(*a),
-            (None, _) => match &resolver {
-                Some(r) => discovery::lookup(r, &b.addr).await.ok(),
-                None => None,
-            },
-        };
-        out.push(addr);
+        if b.addr.parse::<std::net::SocketAddr>().is_ok() {
+            continue;
+        }
+        match b.resolve {
+            Resolve::One => {
+                let addr = match (known_one.get(b.addr.as_str()), &resolver) {
+                    (Some(a), _) => Some(*a),
+                    (None, Some(r)) => discovery::lookup(r, &b.addr).await.ok(),
+                    (None, None) => None,
+                };
+                if let Some(a) = addr {
+                    out.one.insert(b.addr.clone(), a);
+                }
+            }
+            Resolve::All => {
+                let addrs = match (known_all.get(b.addr.as_str()), &resolver) {
+                    (Some(a), _) => Some((*a).clone()),
+                    (None, Some(r)) => discovery::lookup_all(r, &b.addr).await.ok(),
+                    (None, None) => None,
+                };
+                if let Some(a) = addrs {
+                    out.all.insert(b.addr.clone(), a);
+                }
+            }
+        }
     }
     out
 }
@@ -525,6 +589,41 @@ mod tests {
         );
         let config = Arc::new(Config::from_toml(&text).unwrap());
         Control::new(Arc::new(State::new(config)), None)
+    }
+
+    #[test]
+    fn the_state_file_keeps_group_and_member_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        // Literal addresses: the group has its members without DNS.
+        let text = format!(
+            "[admin]\nstate_file = \"{}\"\n[[backends]]\nname = \"g\"\n\
+             addr = \"127.0.0.1:1\"\nresolve = \"all\"\nweight = 2\n",
+            dir.path().join("state.json").display()
+        );
+        let start = || {
+            let config = Arc::new(Config::from_toml(&text).unwrap());
+            Control::new(Arc::new(State::new(config)), None)
+        };
+        let c = start();
+        let changes = serde_json::json!({"g": 7});
+        c.set_weights(changes.as_object().unwrap(), None, "test")
+            .unwrap();
+        c.set_mode("g@127.0.0.1:1", Mode::Drain, None, "test")
+            .unwrap();
+        assert_eq!(c.state.load().groups[0].mode, Mode::Active);
+        c.persisted_blocking();
+        let again = start();
+        again.load_state_file();
+        let snap = again.state.load();
+        assert_eq!(
+            (snap.groups[0].weight, snap.groups[0].mode),
+            (7, Mode::Active)
+        );
+        let m = &snap.backends[0];
+        assert_eq!(
+            (&*m.stats.name, m.weight, m.mode),
+            ("g@127.0.0.1:1", 7, Mode::Drain)
+        );
     }
 
     #[test]

@@ -14,11 +14,14 @@
 //!   [`discovery`] (DNS re-resolution of backend hostnames), [`dynamic`]
 //!   (recomputes `dynamic`'s effective weights from [`balancer`]'s pure rule).
 //! - [`state`] is the one `ArcSwap` snapshot; [`backend`] the per-backend types
-//!   it holds (stats that survive swaps, the in-flight guard, modes).
+//!   it holds (stats that survive swaps, the in-flight guard, modes); [`group`]
+//!   the `resolve = "all"` groups and their members.
 //! - [`sticky`] layers cookie/header stickiness over [`balancer`]'s algorithms.
 //! - [`ewma`] is the lock-free peak-EWMA and failure rate used by `least_time`;
 //!   [`circuit`] the per-backend breaker; [`metrics`] the per-backend and global
-//!   counters and histograms `/metrics` renders; [`clock`] their time origin.
+//!   counters and histograms `/metrics` renders; [`clock`] their time origin;
+//!   [`queue`] the FIFO where requests wait for a backend below its
+//!   `max_in_flight`.
 //! - [`config`] parses and validates `lb.toml`; [`client`] is the blocking HTTP
 //!   client of the `lb healthcheck` / `lb admin` commands.
 
@@ -34,9 +37,11 @@ pub mod control;
 pub mod discovery;
 pub mod dynamic;
 pub mod ewma;
+pub mod group;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod queue;
 pub mod server;
 pub mod state;
 pub mod sticky;

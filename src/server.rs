@@ -100,8 +100,10 @@ impl Lb {
 
         let state = Arc::new(State::new(config.clone()));
         let control = Arc::new(Control::new(state.clone(), config_path));
-        control.load_state_file();
+        // Members of `resolve = "all"` groups exist once resolved: resolve
+        // first, so a member's saved weight and mode apply too.
         resolve_at_start(&state);
+        control.load_state_file();
 
         let conf = ServerConf {
             threads: config.server.threads,
@@ -191,7 +193,8 @@ impl Lb {
 /// is where a test or an embedding program calls `Lb::build` from.
 fn resolve_at_start(state: &Arc<State>) {
     let snap = state.load_full();
-    if snap.backends.iter().all(|b| b.addr.is_some()) {
+    let resolved = snap.backends.iter().all(|b| b.addr.is_some());
+    if resolved && snap.groups.iter().all(|g| !g.addrs.is_empty()) {
         return;
     }
     std::thread::scope(|scope| {

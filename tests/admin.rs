@@ -146,6 +146,24 @@ async fn weights_route_the_very_next_requests() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_apply_to_a_kept_alive_connections_next_request() {
+    // One client connection throughout: its next request after a change is
+    // routed by the new state, not by what lb saw before the connection's
+    // idle wait (fails on the fast path that took its snapshot then).
+    let (_apps, lb) = four().await;
+    let c = client();
+    let url = lb.url("/api/whoami");
+    assert_eq!(get_backend(&c, &url).await.0, 200);
+    lb.set_weights(&json!({"app-2": 0, "app-3": 0, "app-4": 0}))
+        .await;
+    for _ in 0..4 {
+        assert_eq!(get_backend(&c, &url).await, (200, "app-1".to_string()));
+    }
+    lb.set_mode("app-1", "maintenance").await;
+    assert_eq!(get_backend(&c, &url).await.0, 503);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_changes_leave_state_untouched() {
     let (_apps, lb) = four().await;
     let a = AdminClient::new(&lb);
@@ -298,6 +316,7 @@ async fn backends_algorithm_and_reload_success_paths() {
             "circuit",
             "mode",
             "in_flight",
+            "max_in_flight",
             "requests_total",
             "errors_total",
             "ewma_ms",
@@ -308,6 +327,7 @@ async fn backends_algorithm_and_reload_success_paths() {
         assert_eq!(b["circuit"], "closed");
         assert_eq!(b["requests_total"], 2);
         assert_eq!(b["in_flight"], 0);
+        assert_eq!(b["max_in_flight"], 0);
     }
     let (st, _, v) = a
         .put("/admin/algorithm", r#"{"algorithm": "least_conn"}"#)

@@ -62,6 +62,11 @@ fn broken_configs_exit_2_naming_key_value_and_rule() {
         (format!("[health]\nrise = 0\n{B}"), "health.rise", "0 is out of range 1..=100"),
         (format!("[server]\nthreads = \"two\"\n{B}"), "server.threads", "invalid type"),
         ("[[backends]\nname = \"a\"\n".into(), "(line 1)", "invalid table header"),
+        (format!("[queue]\nsize = -1\n{B}"), "queue.size", "-1 is out of range 0..=1000000"),
+        (format!("[queue]\ntimeout = \"0s\"\n{B}"), "queue.timeout", "is out of range"),
+        (format!("[queue]\nlength = 5\n{B}"), "queue.length", "unknown field"),
+        (format!("{B}max_in_flight = -3\n"), "backends[0].max_in_flight", "-3 is out of range 0..=1000000"),
+        (format!("{B}resolve = \"many\"\n"), "backends[0].resolve", "unknown variant `many`, expected `one` or `all`"),
     ];
     for (text, key, rule) in &cases {
         let (code, out, err) = check_text(text);
@@ -102,4 +107,23 @@ fn missing_file_is_exit_2() {
     let (code, _, err) = check(std::path::Path::new("/nonexistent/lb.toml"));
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/lb.toml"), "{err}");
+}
+
+#[test]
+fn summary_shows_capacity_and_queue() {
+    let text = format!("[queue]\nsize = 8\ntimeout = \"250ms\"\n{B}max_in_flight = 50\n");
+    let (code, out, err) = check_text(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("queue         8 requests, timeout 250ms"),
+        "{out}"
+    );
+    assert!(out.contains("weight 1, max_in_flight 50"), "{out}");
+    let (code, out, _) = check_text(&format!("[queue]\nsize = 0\n{B}resolve = \"all\"\n"));
+    assert_eq!(code, 0);
+    assert!(out.contains("queue         off"), "{out}");
+    assert!(
+        out.contains("resolve all (one member per address)"),
+        "{out}"
+    );
 }

@@ -29,12 +29,13 @@ const KINDS: [&str; 4] = ["connect", "timeout", "reset", "status"];
 const STATES: [&str; 3] = ["closed", "open", "half_open"];
 
 /// Every family SPEC lists with a `backend` label.
-const PER_BACKEND: [&str; 12] = [
+const PER_BACKEND: [&str; 13] = [
     "lb_requests_total",
     "lb_request_duration_seconds_bucket",
     "lb_request_duration_seconds_sum",
     "lb_request_duration_seconds_count",
     "lb_backend_in_flight",
+    "lb_backend_max_in_flight",
     "lb_backend_up",
     "lb_backend_weight",
     "lb_backend_effective_weight",
@@ -160,6 +161,14 @@ async fn counts_are_exact_and_every_backend_starts_at_zero() {
             assert_fresh(&m0, b);
         }
         assert_eq!(m0.value("lb_no_backend_total", &[]), 0.0);
+        assert_eq!(m0.value("lb_queue_depth", &[]), 0.0);
+        assert_eq!(m0.value("lb_queue_wait_seconds_count", &[]), 0.0);
+        for reason in ["full", "timeout"] {
+            assert_eq!(
+                m0.value("lb_queue_rejected_total", &[("reason", reason)]),
+                0.0
+            );
+        }
         for r in ["success", "failure"] {
             assert_eq!(m0.value("lb_config_reloads_total", &[("result", r)]), 0.0);
         }

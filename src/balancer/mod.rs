@@ -106,6 +106,8 @@ pub(crate) mod testing {
                 weight: w,
                 config_weight: w,
                 mode: Mode::Active,
+                max_in_flight: 0,
+                group: None,
                 stats: Arc::new(BackendStats::new(&format!("b{i}"))),
             })
             .collect()

@@ -18,9 +18,10 @@ use super::relay::{relay, Relay};
 use super::request::{self, Head, Limits, Route, StickyLookup};
 use super::response::{self, ClientSide, RespHead};
 use crate::config::Sticky;
+use crate::proxy::admit::{admit, Refusal};
 use crate::proxy::ctx::{Ctx, Outcome};
-use crate::proxy::{errors, headers, log_request, select, untried_left};
-use crate::state::{InFlight, Snapshot, State};
+use crate::proxy::{errors, headers, log_request, untried_left};
+use crate::state::{Snapshot, State};
 
 /// Per-read limit while a request body arrives (Pingora's default).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -133,6 +134,14 @@ impl<'a> Conn<'a> {
             if head.route == Route::Fallback || self.pingora_only {
                 return rewound(self.stream, &self.buf);
             }
+            // The snapshot was taken before a kept-alive connection's idle
+            // wait: route by the state of now (an operator's drain, mode or
+            // weight change, a reload, a DNS change since then).
+            let snap = if Arc::ptr_eq(&self.state.load(), &snap) {
+                snap
+            } else {
+                self.state.load_full()
+            };
             let shutting_down = *shutdown.borrow();
             if !self.exchange(&head, snap, &mut up, shutting_down).await {
                 return None;
@@ -263,7 +272,7 @@ impl<'a> Conn<'a> {
     async fn exchange(
         &mut self,
         head: &Head,
-        snap: Arc<Snapshot>,
+        mut snap: Arc<Snapshot>,
         up: &mut Vec<u8>,
         shutting_down: bool,
     ) -> bool {
@@ -283,26 +292,48 @@ impl<'a> Conn<'a> {
         let mut bytes = 0u64;
 
         let (status, keep) = loop {
-            let Some(choice) = select(&snap, sticky.as_deref(), &mut ctx) else {
-                let (code, message) = if ctx.attempts > 0 {
-                    if ctx.last_timed_out {
-                        (504, "upstream timed out")
-                    } else {
-                        (502, "upstream failed")
-                    }
-                } else {
-                    ctx.no_backend = true;
-                    self.state
-                        .counters
-                        .no_backend
-                        .fetch_add(1, Ordering::Relaxed);
-                    (503, "no eligible backend")
-                };
-                error = error.or(Some(message));
-                let keep = self
-                    .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
-                    .await;
-                break (code, keep);
+            // The backend whose failure caused this retry; its slot goes back
+            // before choosing again (this retry or a queued request may need it).
+            let retried_from = ctx
+                .in_flight
+                .take()
+                .filter(|_| ctx.attempts > 0)
+                .map(|slot| slot.stats().clone());
+            ctx.permit = None;
+            let state: &Arc<State> = self.state;
+            let gone = client_gone(&mut self.stream, &mut self.buf);
+            let admitted = admit(state, &mut snap, sticky.as_deref(), &mut ctx, gone).await;
+            let choice = match admitted {
+                Ok(choice) => choice,
+                Err(Refusal::ClientGone) => {
+                    error = Some(Refusal::ClientGone.message());
+                    break (499, false);
+                }
+                Err(refusal) => {
+                    let (code, message) = match refusal {
+                        Refusal::NoBackend if ctx.attempts > 0 => {
+                            if ctx.last_timed_out {
+                                (504, "upstream timed out")
+                            } else {
+                                (502, "upstream failed")
+                            }
+                        }
+                        Refusal::NoBackend => {
+                            ctx.no_backend = true;
+                            self.state
+                                .counters
+                                .no_backend
+                                .fetch_add(1, Ordering::Relaxed);
+                            (503, refusal.message())
+                        }
+                        _ => (503, refusal.message()),
+                    };
+                    error = error.or(Some(message));
+                    let keep = self
+                        .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
+                        .await;
+                    break (code, keep);
+                }
             };
             let backend = &snap.backends[choice.index];
             let Some(addr) = backend.addr else {
@@ -317,16 +348,13 @@ impl<'a> Conn<'a> {
                     .await;
                 break (503, keep);
             };
-            if ctx.attempts > 0 {
-                if let Some(stats) = ctx.backend_stats() {
-                    stats.retries_total.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(stats) = retried_from {
+                stats.retries_total.fetch_add(1, Ordering::Relaxed);
             }
             ctx.tried |= 1 << choice.index;
             ctx.attempts += 1;
             ctx.backend = Some(choice.index);
             ctx.set_cookie = choice.set_cookie;
-            ctx.in_flight = Some(InFlight::start(&backend.stats));
             ctx.attempt_started = Instant::now();
             ctx.recorded = false;
 
@@ -604,6 +632,22 @@ async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, bool> {
         Ok(Err(_)) => Err(false),
         Err(_) => Err(true),
     }
+}
+
+/// Resolves if the client closes its connection (or it fails) while its
+/// request waits in the queue. Pipelined bytes it sends meanwhile are kept
+/// (up to a bound, after which the client is no longer watched).
+async fn client_gone(stream: &mut Stream, buf: &mut Vec<u8>) {
+    while buf.len() < 2 * MAX_RESPONSE_HEAD {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(CLIENT_BUF);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
 }
 
 /// Resolves once the server is shutting down.

@@ -106,8 +106,10 @@ impl Lb {
 
         let state = Arc::new(State::new(config.clone()));
         let control = Arc::new(Control::new(state.clone(), config_path));
-        control.load_state_file();
+        // Members of `resolve = "all"` groups exist once resolved: resolve
+        // first, so a member's saved weight and mode apply too.
         resolve_at_start(&state);
+        control.load_state_file();
         // SPEC: lb accepts traffic once the pool's members are healthy, so
         // the pool starts (and waits) before the listeners exist.
         let pool = match config.pool {
@@ -205,31 +207,38 @@ impl Lb {
 
 /// First resolution of hostname backends, before traffic is accepted, so the
 /// first requests do not see unresolved backends. Unresolvable names are logged
-/// and retried by the discovery task.
+/// and retried by the discovery task. Runs on a thread of its own (joined):
+/// `block_on` panics on a thread that is already inside a tokio runtime, which
+/// is where a test or an embedding program calls `Lb::build` from.
 fn resolve_at_start(state: &Arc<State>) {
     let snap = state.load_full();
-    if snap.backends.iter().all(|b| b.addr.is_some()) {
+    let resolved = snap.backends.iter().all(|b| b.addr.is_some());
+    if resolved && snap.groups.iter().all(|g| !g.addrs.is_empty()) {
         return;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot resolve at start; the discovery task will");
-            return;
-        }
-    };
-    rt.block_on(async {
-        match crate::discovery::resolver(&snap.config.discovery) {
-            Ok(r) => {
-                Discovery::new(state.clone())
-                    .resolve_all(&r, &mut Default::default())
-                    .await
-            }
-            Err(e) => tracing::warn!(error = %e, "dns: no resolver at start"),
-        }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resolve at start; the discovery task will");
+                    return;
+                }
+            };
+            rt.block_on(async {
+                match crate::discovery::resolver(&snap.config.discovery) {
+                    Ok(r) => {
+                        Discovery::new(state.clone())
+                            .resolve_all(&r, &mut Default::default())
+                            .await
+                    }
+                    Err(e) => tracing::warn!(error = %e, "dns: no resolver at start"),
+                }
+            });
+        });
     });
 }
 
@@ -255,6 +264,7 @@ impl ShutdownSignalWatch for GracefulOnSignal {
             _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
             _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
         }
+        crate::access_log::stop_batching();
         let active = self.active.clone();
         let deadline = Instant::now() + self.grace;
         let pool = self.pool.clone();
@@ -266,31 +276,31 @@ impl ShutdownSignalWatch for GracefulOnSignal {
 /// Exits the process once no request is active (or at the deadline, when
 /// Pingora's own grace period ends anyway), after stopping the pool's members.
 fn drain_then_exit(active: ActiveRequests, deadline: Instant, pool: Option<Arc<Pool>>) {
-    // Give Pingora a moment to close its listeners before we sample.
-    std::thread::sleep(Duration::from_millis(50));
+    // Give Pingora a moment to close its listeners before we sample, and
+    // access-log lines batched before the signal time to be handed over.
+    std::thread::sleep(crate::access_log::BATCH_DELAY + Duration::from_millis(50));
     let mut drained = false;
     while Instant::now() < deadline {
         if active.load(Ordering::Acquire) == 0 {
-            tracing::info!("all requests finished");
             drained = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    if !drained {
+    if drained {
+        tracing::info!("all requests finished; exiting");
+    } else {
         let left = active.load(Ordering::Acquire);
         tracing::warn!(
             left,
             "grace period over; exiting with requests still in flight"
         );
     }
+    // Members go last: lb's own requests to them have finished.
     if let Some(pool) = pool {
         pool.shutdown(pool.shutdown_time());
     }
-    tracing::info!("exiting");
-    // The log writer is a thread draining a queue: give it a moment to write
-    // the last lines, which `exit` would otherwise drop.
-    std::thread::sleep(Duration::from_millis(30));
+    crate::access_log::before_exit();
     std::process::exit(0);
 }
 

@@ -328,18 +328,20 @@ async fn max_age_recycles_members_one_at_a_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_grows_the_pool_to_max_size_then_it_shrinks_when_idle() {
     serial("pool scale", LIMIT, async {
-        // Every request takes 200 ms: 60/s keep ~12 in flight, 3 per member
-        // of a 4-member pool, above max_in_flight = 2.
+        // Every request takes 200 ms and a member takes 2 at once (lb holds
+        // the rest in its queue): 10/s per member. 30/s saturate 2 and 3
+        // members, not 4; the queue's backlog while the pool grows (10/s for
+        // ~0.5 s per step) stays far below its 5 s timeout, so none fails.
         let p = start(
             "size = 2\nmin_size = 2\nmax_size = 4\nmax_in_flight = 2\nscale_up_after = \"300ms\"\n\
-             idle_timeout = \"1500ms\"",
+             idle_timeout = \"1500ms\"\n\n[queue]\ntimeout = \"5s\"",
             &["--delay-ms", "200"],
         )
         .await;
         let load = Load::start(
             &p.lb.url("/api/whoami"),
-            60,
-            60 * 8,
+            30,
+            30 * 8,
             Duration::from_secs(8),
             reqwest::Method::GET,
         );

@@ -13,6 +13,7 @@ use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, 
 use crate::circuit::CircuitState;
 use crate::metrics::{ErrorKind, ADMIN_KINDS};
 use crate::pool::{MemberState, Pool, Reason};
+use crate::queue::Rejected;
 use crate::state::State;
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -88,6 +89,12 @@ pub fn render_with_pool(state: &State, pool: Option<&Pool>) -> String {
         "Requests in flight to the backend",
         &["backend"],
     );
+    let max_in_flight = gauge(
+        &r,
+        "lb_backend_max_in_flight",
+        "Configured max_in_flight (0 = unlimited)",
+        &["backend"],
+    );
     let up = gauge(
         &r,
         "lb_backend_up",
@@ -145,6 +152,9 @@ pub fn render_with_pool(state: &State, pool: Option<&Pool>) -> String {
                 .inc_by(s.metrics.codes[i].load(Ordering::Relaxed));
         }
         in_flight.with_label_values(&[name]).set(s.in_flight());
+        max_in_flight
+            .with_label_values(&[name])
+            .set(b.max_in_flight.into());
         up.with_label_values(&[name])
             .set(i64::from(s.healthy.load(Ordering::Relaxed)));
         weight.with_label_values(&[name]).set(b.weight.into());
@@ -189,6 +199,7 @@ pub fn render_with_pool(state: &State, pool: Option<&Pool>) -> String {
     no_backend
         .with_label_values(&[] as &[&str])
         .inc_by(c.no_backend.load(Ordering::Relaxed));
+    queue(&r, state);
     counter(
         &r,
         "lb_log_dropped_total",
@@ -235,6 +246,28 @@ pub fn render_with_pool(state: &State, pool: Option<&Pool>) -> String {
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&families, &mut out);
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// `lb_queue_depth`, `lb_queue_wait_seconds`, `lb_queue_rejected_total{reason}`.
+fn queue(r: &Registry, state: &State) {
+    let q = &state.queue;
+    gauge(r, "lb_queue_depth", "Requests waiting in the queue", &[])
+        .with_label_values(&[] as &[&str])
+        .set(q.waiting() as i64);
+    // A clone shares the live histogram's counts.
+    r.register(Box::new(q.wait_histogram().clone()))
+        .expect("unique metric");
+    let rejected = counter(
+        r,
+        "lb_queue_rejected_total",
+        "Requests answered 503 by the queue: full, or waited queue.timeout",
+        &["reason"],
+    );
+    for why in Rejected::ALL {
+        rejected
+            .with_label_values(&[why.as_str()])
+            .inc_by(q.rejected(why));
+    }
 }
 
 /// Merges each backend's histogram into one `lb_request_duration_seconds`

@@ -187,8 +187,16 @@ impl Driver {
                 });
             }
             Action::Serve { name, addr } => {
-                let weight = snap.config.pool.as_ref().map_or(1, |p| p.weight);
-                serve(&self.state, &name, addr, weight);
+                let (weight, cap) = snap
+                    .config
+                    .pool
+                    .as_ref()
+                    .map_or((1, 0), |p| (p.weight, p.max_in_flight));
+                serve(&self.state, &name, addr, weight, cap);
+                // Its free slots are news to requests waiting in the queue.
+                for _ in 0..cap.clamp(1, 64) {
+                    self.state.queue.kick();
+                }
             }
             Action::Drain { name } => set_mode(&self.state, &name, Mode::Drain),
             Action::Stop { name } => {
@@ -304,16 +312,14 @@ fn sample(snap: &Snapshot, name: &str) -> Option<Sample> {
     })
 }
 
-/// Requests waiting in lb's queue for a backend with room (none yet: the
-/// queue arrives with `[queue]`; until then only `max_in_flight` saturation
-/// grows the pool).
-fn queued(_state: &State) -> u64 {
-    0
+/// Requests waiting in lb's queue for a backend with room (`[queue]`): any
+/// means the members are full, as much as all at `max_in_flight` does.
+fn queued(state: &State) -> u64 {
+    state.queue.waiting() as u64
 }
 
-fn serve(state: &State, name: &str, addr: SocketAddr, weight: u32) {
-    state.update(|cur| {
-        let mut backends = cur.backends.clone();
+fn serve(state: &State, name: &str, addr: SocketAddr, weight: u32, max_in_flight: u32) {
+    change(state, |backends| {
         backends.retain(|b| &*b.stats.name != name);
         backends.push(Backend {
             addr: Some(addr),
@@ -321,27 +327,40 @@ fn serve(state: &State, name: &str, addr: SocketAddr, weight: u32) {
             weight,
             config_weight: weight,
             mode: Mode::Active,
+            max_in_flight,
+            group: None,
             stats: Arc::new(BackendStats::new(name)),
             pool: true,
         });
-        cur.with(backends, cur.algorithm)
+        true
     });
 }
 
 fn set_mode(state: &State, name: &str, mode: Mode) {
-    let _ = state.try_update(None, |cur| {
-        let i = cur.index_of(name).ok_or(())?;
-        let mut backends = cur.backends.clone();
-        backends[i].mode = mode;
-        Ok::<_, ()>(cur.with(backends, cur.algorithm))
+    change(state, |backends| {
+        let b = backends.iter_mut().find(|b| &*b.stats.name == name);
+        b.map(|b| b.mode = mode).is_some()
     });
 }
 
 fn remove(state: &State, name: &str) {
+    change(state, |backends| {
+        let before = backends.len();
+        backends.retain(|b| &*b.stats.name != name);
+        backends.len() != before
+    });
+}
+
+/// One snapshot swap changing the backend list with `f` (none if `f` says
+/// it changed nothing), laid out again so the 64-backend cap holds with
+/// `resolve = "all"` groups beside the pool.
+fn change(state: &State, f: impl FnOnce(&mut Vec<Backend>) -> bool) {
     let _ = state.try_update(None, |cur| {
-        let i = cur.index_of(name).ok_or(())?;
         let mut backends = cur.backends.clone();
-        backends.remove(i);
-        Ok::<_, ()>(cur.with(backends, cur.algorithm))
+        if !f(&mut backends) {
+            return Err(());
+        }
+        let next = cur.with(backends, cur.algorithm);
+        Ok(next.relayout(next.groups.clone()))
     });
 }

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run test lint deps build images bench bench-peers bench-queue clean
+.PHONY: run run-pool test lint deps build images bench bench-peers bench-queue clean
 
 CARGO ?= cargo
 
@@ -12,6 +12,12 @@ run: deps
 	$(CARGO) build --release --workspace --bins
 	@scripts/run-local.sh target/release
 
+## lb owning its backends: examples/pool.toml starts 3 app processes itself; a
+## tour shows a member killed and replaced, a leak recycled, a burst scaling up.
+run-pool: deps
+	$(CARGO) build --release --workspace --bins
+	@scripts/run-pool.sh target/release
+
 ## The whole test suite (unit, integration, chaos, and the compose end-to-end
 ## test when a Docker engine is reachable, images built first; it is #[ignore]d
 ## otherwise, and LB_REQUIRE_DOCKER=1 makes a missing engine a failure).
@@ -20,16 +26,16 @@ test: deps
 	 else echo "no Docker engine reachable: the compose end-to-end test stays ignored"; fi
 	$(CARGO) test --workspace --no-fail-fast
 	@if docker info >/dev/null 2>&1 || [ "$${LB_REQUIRE_DOCKER:-0}" = 1 ]; then \
-	   echo "== the compose end-to-end test (tests/compose.rs, #[ignore]d by default)"; \
-	   $(CARGO) test --test compose -- --ignored; \
+	   echo "== against the Docker engine (tests/compose.rs, tests/pool_docker.rs; #[ignore]d by default)"; \
+	   $(CARGO) test --test compose --test pool_docker -- --ignored; \
 	 fi
 	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
 	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
 
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header
-# timeout, HTTP/1.0 de-chunking) and the compose end-to-end test.
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+# timeout, HTTP/1.0 de-chunking) and the Docker engine tests.
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose pool_docker,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:

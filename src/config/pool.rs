@@ -341,6 +341,92 @@ mod tests {
         assert!(e.contains("backends[0].name: \"app-1\" collides"), "{e}");
     }
 
+    /// The commented `[pool]` block of the reference lb.toml, uncommented:
+    /// its keys (common ones plus one provider's) must parse, to the
+    /// defaults the comments claim.
+    fn reference_block(provider: &str) -> String {
+        let text = include_str!("../../lb.toml");
+        let start = text
+            .find("\n# [pool]\n")
+            .expect("a [pool] block in lb.toml");
+        let mut section = "common";
+        let mut out = String::from("[pool]\n");
+        for line in text[start + 1..].lines().skip(1) {
+            let Some(l) = line.strip_prefix("# ") else {
+                break;
+            };
+            if let Some(rest) = l.strip_prefix("-- provider = \"") {
+                section = if rest.starts_with("process") {
+                    "process"
+                } else {
+                    "docker"
+                };
+                continue;
+            }
+            let is_key = l.split_once(" = ").is_some_and(|(k, _)| {
+                !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            });
+            if is_key && (section == "common" || section == provider) {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out.replace(
+            "provider = \"process\"",
+            &format!("provider = \"{provider}\""),
+        )
+    }
+
+    #[test]
+    fn the_reference_config_documents_every_key_with_its_default() {
+        let process = reference_block("process");
+        let c = Config::from_toml(&process).unwrap_or_else(|e| panic!("{e}\n{process}"));
+        let p = c.pool.unwrap();
+        let mut defaults = pool(CMD).unwrap().pool.unwrap();
+        defaults.provider = p.provider.clone(); // the command is an example
+        assert_eq!(p, defaults, "lb.toml's [pool] values are the defaults");
+        let PoolProvider::Process { ports, .. } = &p.provider else {
+            panic!("process")
+        };
+        assert_eq!(*ports, 3100..=3199);
+        let docker = reference_block("docker");
+        let c = Config::from_toml(&docker).unwrap_or_else(|e| panic!("{e}\n{docker}"));
+        assert!(matches!(c.pool.unwrap().provider, PoolProvider::Docker(_)));
+        // Every key of the raw table appears in one of the two.
+        for key in [
+            "provider",
+            "name",
+            "size",
+            "min_size",
+            "max_size",
+            "weight",
+            "max_in_flight",
+            "scale_up_after",
+            "idle_timeout",
+            "max_age",
+            "max_memory",
+            "check_interval",
+            "drain_timeout",
+            "start_timeout",
+            "command",
+            "ports",
+            "image",
+            "network",
+            "container_port",
+            "publish",
+            "cpus",
+            "memory",
+            "env",
+            "docker_host",
+        ] {
+            let line = format!("\n{key} = ");
+            assert!(
+                process.contains(&line) || docker.contains(&line),
+                "{key} undocumented"
+            );
+        }
+    }
+
     #[test]
     fn docker_keys() {
         let c = pool(

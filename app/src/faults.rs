@@ -1,7 +1,8 @@
 //! Fault injection for tests and demos: added delay, injected 500s, the
 //! performance mode's extra latency and the max-concurrency limit, plus the
 //! `/fault` endpoint that changes delay and error rate at run time (so a test can
-//! make a backend fail and then recover it without a restart).
+//! make a backend fail and then recover it without a restart) and can make the
+//! app leak memory (`leak_mb`, for lb's pool recycling).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

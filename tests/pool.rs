@@ -14,6 +14,8 @@ use serde_json::{json, Value};
 struct PoolLb {
     lb: Lb,
     name: String,
+    /// The config body it started with (for reloads).
+    body: String,
     _guard: PoolGuard,
 }
 
@@ -25,6 +27,7 @@ async fn start(extra: &str, app_args: &[&str]) -> PoolLb {
     PoolLb {
         lb,
         name,
+        body,
         _guard: guard,
     }
 }
@@ -126,6 +129,18 @@ async fn boots_size_members_and_reports_them() {
             0.0
         );
         assert_eq!(s.value("lb_pool_scale_total", &[("direction", "up")]), 0.0);
+        let page = client()
+            .get(p.lb.admin_url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            page.contains("<h2>pool (process)</h2>"),
+            "status page shows the pool"
+        );
         // Memory is read from /proc at check_interval.
         assert!(p
             .lb
@@ -183,6 +198,41 @@ async fn size_changes_are_bounded_and_applied() {
             .await;
         assert!(v.is_some(), "surplus members drained and stopped");
         assert!(p.lb.log_text().contains("pool size"), "audit line");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_members_and_their_stats() {
+    serial("pool reload", LIMIT, async {
+        let p = start("size = 2", &[]).await;
+        route_seq(&p.lb, 10).await;
+        let before = p.lb.backends().await;
+        assert_eq!(before.len(), 2);
+        // A static backend joins and the algorithm changes; the members stay.
+        let apps = Apps::plain(1).await;
+        p.lb.write_config(&format!(
+            "[balancer]\nalgorithm = \"least_conn\"\n{}{}",
+            apps.backends_toml(&[1]),
+            p.body
+        ));
+        let r = p.lb.reload().await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let after = p.lb.backends().await;
+        let names: Vec<&String> = after.keys().collect();
+        let n = &p.name;
+        assert_eq!(
+            names,
+            [&"app-1".to_string(), &format!("{n}-1"), &format!("{n}-2")]
+        );
+        let total = |m: &std::collections::BTreeMap<String, Value>| -> u64 {
+            m.iter()
+                .filter(|(k, _)| k.starts_with(n.as_str()))
+                .map(|(_, v)| v["requests_total"].as_u64().unwrap())
+                .sum()
+        };
+        assert_eq!(total(&after), 10, "stats kept across the reload");
+        assert_eq!(ready(&p.lb.pool().await), 2);
     })
     .await;
 }
@@ -599,7 +649,10 @@ fn the_compose_variant_gives_lb_the_socket_and_the_pool_its_network() {
     let lb::config::PoolProvider::Docker(d) = pool.provider else {
         panic!("docker provider")
     };
-    assert_eq!(compose["networks"]["default"]["name"].as_str(), Some(d.network.as_str()));
+    assert_eq!(
+        compose["networks"]["default"]["name"].as_str(),
+        Some(d.network.as_str())
+    );
     assert_eq!(d.docker_host, "unix:///var/run/docker.sock");
     // Compose gives lb time to remove its members at stop.
     assert!(lb["stop_grace_period"].as_str() == Some("40s") && pool.drain_timeout.as_secs() < 40);

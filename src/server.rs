@@ -244,6 +244,7 @@ impl ShutdownSignalWatch for GracefulOnSignal {
             _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
             _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
         }
+        crate::access_log::stop_batching();
         let active = self.active.clone();
         let deadline = Instant::now() + self.grace;
         std::thread::spawn(move || drain_then_exit(active, deadline));
@@ -254,11 +255,13 @@ impl ShutdownSignalWatch for GracefulOnSignal {
 /// Exits the process once no request is active (or at the deadline, when
 /// Pingora's own grace period ends anyway).
 fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
-    // Give Pingora a moment to close its listeners before we sample.
-    std::thread::sleep(Duration::from_millis(50));
+    // Give Pingora a moment to close its listeners before we sample, and
+    // access-log lines batched before the signal time to be handed over.
+    std::thread::sleep(crate::access_log::BATCH_DELAY + Duration::from_millis(50));
     while Instant::now() < deadline {
         if active.load(Ordering::Acquire) == 0 {
             tracing::info!("all requests finished; exiting");
+            crate::access_log::before_exit();
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -268,6 +271,7 @@ fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
         left,
         "grace period over; exiting with requests still in flight"
     );
+    crate::access_log::before_exit();
     std::process::exit(0);
 }
 

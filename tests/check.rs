@@ -20,6 +20,8 @@ fn shipped_configs_pass() {
         let (code, out, err) = check(&root.join(f));
         assert_eq!(code, 0, "{f}: {err}");
         assert!(out.contains("backends      4"), "{f} summary: {out}");
+        assert!(out.contains("head within 10s"), "{f} summary: {out}");
+        assert!(out.contains("upstream idle 4s"), "{f} summary: {out}");
         assert!(out.trim_end().ends_with(": ok"));
     }
 }
@@ -33,6 +35,9 @@ fn broken_configs_exit_2_naming_key_value_and_rule() {
         (format!("bogus = 1\n{B}"), "bogus", "unknown field"),
         (format!("[health]\ninterval = \"5 parsecs\"\n{B}"), "health.interval", "\"5 parsecs\" is not a duration"),
         (format!("[timeouts]\nconnect = \"0s\"\n{B}"), "timeouts.connect", "is out of range"),
+        (format!("[timeouts]\nupstream_idle = \"soon\"\n{B}"), "timeouts.upstream_idle", "\"soon\" is not a duration"),
+        (format!("[timeouts]\nupstream_idle = \"2h\"\n{B}"), "timeouts.upstream_idle", "is out of range"),
+        (format!("[server]\nheader_timeout = \"0s\"\n{B}"), "server.header_timeout", "is out of range"),
         (format!("[server]\nlisten = \"localhost:80\"\n{B}"), "server.listen", "is not an ip:port"),
         (format!("{B}[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:3001\"\n"), "backends[1].name", "duplicate"),
         (format!("{B}[[backends]]\nname = \"b\"\naddr = \"x:1\"\n[[backends]]\nname = \"c\"\naddr = \"x:2\"\nweight = 5000\n"),

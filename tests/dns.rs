@@ -53,6 +53,9 @@ async fn hostname_moving_to_a_new_ip_is_followed_without_reload() {
         assert_eq!(who(&c, &lb).await, "old");
     }
     let etag = lb.admin_get("/admin/weights").await.etag;
+    // A client whose one connection stays idle (kept alive) across the move.
+    let idle = client();
+    assert_eq!(who(&idle, &lb).await, "old");
 
     // The container is recreated with a new IP.
     dns.set(Some(Ipv4Addr::new(127, 0, 0, 3)));
@@ -60,6 +63,13 @@ async fn hostname_moving_to_a_new_ip_is_followed_without_reload() {
         .await
         .expect("lb did not follow the new address within 5 s");
     println!("dns: followed the new address after {followed:?} (interval 100 ms)");
+    // Its next request goes to the new address too: lb routes a request by the
+    // state at its arrival, not by the one its connection last saw.
+    assert_eq!(
+        who(&idle, &lb).await,
+        "new",
+        "a connection idle across the move"
+    );
     // Not an operator change: the admin ETag stays, so an operator's If-Match
     // taken before the move still applies.
     assert_eq!(lb.admin_get("/admin/weights").await.etag, etag);

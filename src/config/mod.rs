@@ -302,6 +302,12 @@ impl Config {
             Sticky::Header(h) => format!("header {h}"),
         };
         let _ = writeln!(s, "listen        {}", self.server.listen);
+        let sv = &self.server;
+        let _ = writeln!(
+            s,
+            "client        {} thread(s); head within {:?}, keep-alive {:?}, at most {} fields / {} bytes",
+            sv.threads, sv.header_timeout, sv.keepalive_timeout, sv.max_headers, sv.max_header_bytes
+        );
         let _ = writeln!(s, "admin         {}", self.admin.listen);
         let _ = writeln!(s, "algorithm     {} (sticky: {sticky})", b.algorithm);
         let h = &self.health;
@@ -319,8 +325,12 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "retry         {} attempts, statuses {:?}; timeouts connect {:?} response {:?}",
-            self.retry.attempts, self.retry.statuses, self.timeouts.connect, self.timeouts.response
+            "retry         {} attempts, statuses {:?}; timeouts connect {:?} response {:?}; upstream idle {:?}",
+            self.retry.attempts,
+            self.retry.statuses,
+            self.timeouts.connect,
+            self.timeouts.response,
+            self.timeouts.upstream_idle
         );
         let q = &self.queue;
         let _ = if q.size == 0 {

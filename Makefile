@@ -13,23 +13,28 @@ run: deps
 	@scripts/run-local.sh target/release
 
 ## The whole test suite (unit, integration, chaos, and the compose end-to-end
-## test when a Docker engine is reachable, images built first; it is #[ignore]d
-## otherwise, and LB_REQUIRE_DOCKER=1 makes a missing engine a failure).
+## tests when a Docker engine is reachable, images built first; they are
+## #[ignore]d otherwise, and LB_REQUIRE_DOCKER=1 makes a missing engine a failure).
 test: deps
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
-	 else echo "no Docker engine reachable: the compose end-to-end test stays ignored"; fi
+	 else echo "no Docker engine reachable: the compose end-to-end tests stay ignored"; fi
 	$(CARGO) test --workspace --no-fail-fast
 	@if docker info >/dev/null 2>&1 || [ "$${LB_REQUIRE_DOCKER:-0}" = 1 ]; then \
-	   echo "== the compose end-to-end test (tests/compose.rs, #[ignore]d by default)"; \
-	   $(CARGO) test --test compose -- --ignored; \
+	   echo "== the compose end-to-end tests (tests/compose.rs, tests/compose_scale.rs, #[ignore]d by default)"; \
+	   $(CARGO) test --no-fail-fast $(COMPOSE_TESTS) -- --ignored; \
 	 fi
 	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
 	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
 
+# The end-to-end tests against a Docker engine (one after the other: cargo runs
+# test binaries in sequence, so two compose projects never compete for the CPUs).
+COMPOSE_TESTS := --test compose --test compose_scale
+
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header
-# timeout, HTTP/1.0 de-chunking) and the compose end-to-end test.
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+# timeout, HTTP/1.0 de-chunking) and the compose end-to-end tests (lb runs in
+# its image there).
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:

@@ -9,6 +9,8 @@
 //! - [`sticky`] layers cookie/header stickiness over [`balancer`]'s algorithms.
 //! - [`ewma`] is the lock-free peak-EWMA used by `least_time`; [`circuit`] the
 //!   per-backend breaker; [`health`] the active checker; [`clock`] their time origin.
+//! - [`history`] keeps the status page's recent per-backend series and state
+//!   changes, sampled once a second off the hot path.
 //! - [`config`] parses and validates `lb.toml`.
 
 pub mod access_log;
@@ -23,6 +25,7 @@ pub mod discovery;
 pub mod dynamic;
 pub mod ewma;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod proxy;
 pub mod server;

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run test lint deps build images bench bench-peers clean
+.PHONY: run test lint deps build images bench bench-peers scenarios clean
 
 CARGO ?= cargo
 
@@ -12,19 +12,25 @@ run: deps
 	$(CARGO) build --release --workspace --bins
 	@scripts/run-local.sh target/release
 
-## The whole test suite (unit, integration, chaos, compose end-to-end when a
-## Docker engine is reachable: its images are built first).
+## The whole test suite (unit, integration, chaos, the scenario driver's smoke
+## run, the status page in headless Chromium where it can start, compose
+## end-to-end when a Docker engine is reachable: its images are built first).
 test: deps
+	@scripts/deps.sh test
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
 	 else echo "no Docker engine reachable: the compose end-to-end test will be skipped"; fi
 	$(CARGO) test --workspace --no-fail-fast
+	@echo "== the status page in headless Chromium (tests/status_page.rs, ignored by plain cargo test)"
+	@if scripts/chromium-ok.sh; then $(CARGO) test --test status_page --no-fail-fast -- --ignored; \
+	 else echo "Chromium cannot start here: tests/status_page.rs stays ignored, not passed"; fi
 	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
 	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
 
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header
-# timeout, HTTP/1.0 de-chunking) and the compose end-to-end test.
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+# timeout, HTTP/1.0 de-chunking), the compose end-to-end test, the scenario
+# smoke run and the browser test (neither tests the request path).
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:
@@ -44,6 +50,16 @@ images: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --workspace --bins \
 	  --target $(STATIC_TARGET) --target-dir target/static
 	@scripts/build-images.sh $(STATIC_DIR)
+
+## The seeds' experiments with one, two and four apps (issue 12) against real
+## app and lb processes: writes docs/scenarios.md (tables, SVG charts) and
+## target/scenarios/results.json, then prints the seeds' criteria, met or not.
+## About 15 min; SCENARIOS_QUICK=1: the same capacities, ~4 min.
+SCENARIOS_QUICK ?= 0
+scenarios: build
+	@scripts/deps.sh scenarios
+	SCENARIOS_QUICK=$(SCENARIOS_QUICK) python3 scripts/scenarios.py
+	@python3 scripts/scenarios-report.py target/scenarios/results.json
 
 ## lb vs nginx on loopback (needs wrk and nginx: apt-get install wrk nginx).
 bench: build

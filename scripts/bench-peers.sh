@@ -44,7 +44,8 @@
 # Knobs: BENCH_ROUNDS (3), BENCH_DURATION (10s, seconds), BENCH_CONNECTIONS
 # (64), BENCH_IDLE_CONNECTIONS (2000), BENCH_SYSCALLS (1), BENCH_QUICK=1 (one
 # round of 3 s: a smoke run), BENCH_BIN (target/release), BENCH_KEEP=1 (keep
-# the work directory with configs and logs).
+# the work directory with configs and logs), BENCH_NICE (-10 as root: the
+# processes it starts go ahead of other work on a shared box).
 # Tools: nginx, haproxy, wrk, cc, python3, taskset; installed with apt-get when
 # missing and run as root, otherwise the script says what to install. Debian's
 # nginx/haproxy services are kept from starting during the install; the
@@ -119,6 +120,10 @@ if [ "$nofile" -lt $((idle_conns * 2 + 1000)) ]; then
   exit 1
 fi
 maxconn=$(((nofile - 200) / 2 < 20000 ? (nofile - 200) / 2 : 20000))
+
+# On a shared box, run everything this script starts ahead of other work
+# (all rows alike): BENCH_NICE, default -10 as root.
+if [ "$(id -u)" = 0 ]; then renice -n "${BENCH_NICE:--10}" -p $$ >/dev/null || true; fi
 
 read -r -a cpus <<<"$(python3 "$helper" cpus)"
 if [ ${#cpus[@]} -ge 2 ]; then

@@ -5,7 +5,9 @@
 //! thread (field visitors, a `String` per event, the timestamp) — a fifth of
 //! a request's whole CPU budget (`make bench-peers`). This writes the same line
 //! (text: `field=value` pairs; JSON: one flat object with `target`) into a
-//! per-thread buffer and hands it to the log writer thread as one message.
+//! per-thread batch handed to the log writer thread at 32 KiB or 100 ms after
+//! its first line, whichever comes first (so a line may trail lb's other log
+//! lines by up to 100 ms).
 //! `RUST_LOG` still decides: the event is written only when the `access`
 //! target is enabled at `info`. Without an installed writer (lb used as a
 //! library, in-process tests) events go through `tracing` as before.
@@ -13,6 +15,7 @@
 use std::cell::RefCell;
 use std::io::Write;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
@@ -22,6 +25,28 @@ use crate::config::LogFormat;
 type Sink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 static SINK: OnceLock<(Sink, LogFormat)> = OnceLock::new();
+/// Set once lb is stopping: every line is handed over at once.
+static UNBATCHED: AtomicBool = AtomicBool::new(false);
+/// Flushes the log writer before the process exits (installed by `main`).
+static EXIT_HOOK: OnceLock<Box<dyn Fn() + Send + Sync>> = OnceLock::new();
+
+/// Lines are handed over at once from now on (lb is stopping). A line written
+/// before waits at most [`BATCH_DELAY`] in its thread's batch.
+pub fn stop_batching() {
+    UNBATCHED.store(true, Ordering::Relaxed);
+}
+
+/// Installs what [`before_exit`] runs.
+pub fn on_exit(hook: impl Fn() + Send + Sync + 'static) {
+    let _ = EXIT_HOOK.set(Box::new(hook));
+}
+
+/// Flushes the log writer; call right before `std::process::exit`.
+pub fn before_exit() {
+    if let Some(hook) = EXIT_HOOK.get() {
+        hook();
+    }
+}
 
 /// Installs the sink lines go to and the format (done once by `main`).
 pub fn install(sink: impl Fn(&[u8]) + Send + Sync + 'static, format: LogFormat) {
@@ -43,8 +68,27 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
 }
 
+/// A thread hands its batch to the writer at this size...
+const BATCH_BYTES: usize = 32 * 1024;
+/// ...or this long after the batch's first line, whichever comes first.
+pub const BATCH_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
 thread_local! {
-    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(512));
+    /// This thread's lines not yet handed to the writer, and whether a flush
+    /// is scheduled for them.
+    static BATCH: RefCell<Batch> = const { RefCell::new(Batch(Vec::new(), false)) };
+}
+
+/// A thread's pending lines; whatever is left when the thread ends (a proxy
+/// runtime shutting down) is handed over then, so a stop loses no line.
+struct Batch(Vec<u8>, bool);
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let (Some((sink, _)), false) = (SINK.get(), self.0.is_empty()) {
+            sink(&self.0);
+        }
+    }
 }
 
 /// Writes `e` if the `access` target is enabled; `false` when no sink is
@@ -56,15 +100,49 @@ pub fn write(e: &Entry<'_>) -> bool {
     if !tracing::enabled!(target: "access", tracing::Level::INFO) {
         return true;
     }
-    LINE.with_borrow_mut(|line| {
-        line.clear();
+    // Lines are batched per thread (like nginx's `access_log ... buffer=`):
+    // one hand-over to the writer thread per batch instead of one wake-up of
+    // it per request.
+    let schedule = BATCH.with_borrow_mut(|Batch(batch, scheduled)| {
         match format {
-            LogFormat::Text => text(line, e),
-            LogFormat::Json => json(line, e),
+            LogFormat::Text => text(batch, e),
+            LogFormat::Json => json(batch, e),
         }
-        sink(line);
+        if batch.len() >= BATCH_BYTES || UNBATCHED.load(Ordering::Relaxed) {
+            sink(batch);
+            batch.clear();
+            false
+        } else {
+            !std::mem::replace(scheduled, true)
+        }
     });
+    if schedule {
+        match tokio::runtime::Handle::try_current() {
+            // Proxy threads run single-threaded runtimes: the task runs here.
+            Ok(rt) => {
+                rt.spawn(async {
+                    tokio::time::sleep(BATCH_DELAY).await;
+                    flush();
+                });
+            }
+            Err(_) => flush(),
+        }
+    }
     true
+}
+
+/// Hands this thread's batch to the writer.
+fn flush() {
+    let Some((sink, _)) = SINK.get() else {
+        return;
+    };
+    BATCH.with_borrow_mut(|Batch(batch, scheduled)| {
+        if !batch.is_empty() {
+            sink(batch);
+            batch.clear();
+        }
+        *scheduled = false;
+    });
 }
 
 fn text(out: &mut Vec<u8>, e: &Entry<'_>) {

@@ -1,22 +1,25 @@
 //! Operator actions on the shared state: weights, modes, algorithm, reload,
-//! and the state file that makes weights and modes survive restarts.
+//! and the state file that makes weights, modes and the algorithm survive restarts.
 //!
 //! The admin API and SIGHUP both come here. Every change is validated whole,
 //! then applied in one snapshot swap ([`State::try_update`]): the next request
 //! sees all of it, no request sees half. Each applied change writes one audit
 //! line (what, old → new, peer) and, with `admin.state_file`, persists the
-//! operator state atomically (temp file + fsync + rename).
+//! operator state (weights, modes, algorithm) atomically (temp file + fsync +
+//! rename) on the state file's own writer thread (`control/writer.rs`).
+
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{Algorithm, Config, ConfigError, MAX_WEIGHT};
+use crate::config::{Algorithm, Config, ConfigError, Resolve, MAX_WEIGHT};
 use crate::discovery;
 use crate::state::{self, Mode, State, UpdateError};
 
@@ -63,6 +66,13 @@ pub struct SavedState {
     /// an edit to lb.toml wins, exactly as on reload.
     #[serde(default)]
     pub config_weights: BTreeMap<String, u32>,
+    /// The algorithm in use (set by the admin API or the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+    /// The config file's algorithm when the state was saved: at start the saved
+    /// algorithm applies only if the file still names this one (an edit wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_algorithm: Option<String>,
 }
 
 /// Operator weights by name in `snap`.
@@ -88,22 +98,19 @@ pub struct Control {
     /// The shared state.
     pub state: Arc<State>,
     config_path: Option<PathBuf>,
-    /// Serialises state-file writes (the admin API and SIGHUP run on different
-    /// threads); each write takes the then-current state, so the last write wins
-    /// with the latest state.
-    persist_lock: std::sync::Mutex<()>,
-    /// Set while writes fail, so an unwritable file warns once, not per change.
-    persist_failing: std::sync::atomic::AtomicBool,
+    /// The state file's writer thread (the admin API and SIGHUP run on
+    /// different runtimes; neither ever waits on the disk).
+    writer: writer::Writer,
 }
 
 impl Control {
     /// Control over `state`; reloads read `config_path`.
     pub fn new(state: Arc<State>, config_path: Option<PathBuf>) -> Self {
+        let (s, failing) = (state.clone(), AtomicBool::new(false));
         Control {
             state,
             config_path,
-            persist_lock: std::sync::Mutex::new(()),
-            persist_failing: std::sync::atomic::AtomicBool::new(false),
+            writer: writer::Writer::new(move || write_state_file(&s, &failing)),
         }
     }
 
@@ -141,14 +148,23 @@ impl Control {
         let mut new = BTreeMap::new();
         self.state.try_update(if_match, |cur| {
             old = weights_of(cur);
-            let mut backends = cur.backends.clone();
             for name in parsed.keys() {
-                if cur.index_of(name).is_none() {
+                if cur.targets(name).is_none() {
                     return Err(ControlError::Invalid(format!("no backend named {name:?}")));
                 }
             }
+            // A group's weight applies to every member (and to members that
+            // join later); a member's own name wins over its group's.
+            let mut groups = cur.groups.clone();
+            for g in &mut groups {
+                if let Some(w) = parsed.get(&*g.name) {
+                    g.weight = *w;
+                }
+            }
+            let mut backends = cur.backends.clone();
             for b in &mut backends {
-                if let Some(w) = parsed.get(&*b.stats.name) {
+                let own = parsed.get(&*b.stats.name);
+                if let Some(w) = own.or_else(|| parsed.get(b.group.as_deref()?)) {
                     b.weight = *w;
                 }
             }
@@ -157,7 +173,7 @@ impl Control {
                     "every weight would be 0; at least one backend needs weight > 0".into(),
                 ));
             }
-            let next = cur.with(backends, cur.algorithm);
+            let next = cur.with_groups(backends, groups, cur.algorithm);
             new = weights_of(&next);
             Ok(next)
         })?;
@@ -166,7 +182,8 @@ impl Control {
         Ok(new)
     }
 
-    /// Sets one backend's mode.
+    /// Sets one backend's mode, or a group's (every member's, and that of
+    /// members that join later).
     pub fn set_mode(
         &self,
         name: &str,
@@ -176,13 +193,21 @@ impl Control {
     ) -> Result<(), ControlError> {
         let mut old = Mode::Active;
         self.state.try_update(if_match, |cur| {
-            let i = cur
-                .index_of(name)
+            let targets = cur
+                .targets(name)
                 .ok_or_else(|| ControlError::NotFound(name.to_string()))?;
+            let mut groups = cur.groups.clone();
             let mut backends = cur.backends.clone();
-            old = backends[i].mode;
-            backends[i].mode = mode;
-            Ok(cur.with(backends, cur.algorithm))
+            if let Some(g) = groups.iter_mut().find(|g| &*g.name == name) {
+                old = g.mode;
+                g.mode = mode;
+            } else if let Some(&i) = targets.first() {
+                old = backends[i].mode;
+            }
+            for i in targets {
+                backends[i].mode = mode;
+            }
+            Ok(cur.with_groups(backends, groups, cur.algorithm))
         })?;
         self.audit(
             1,
@@ -208,18 +233,31 @@ impl Control {
             Ok::<_, ControlError>(cur.with(cur.backends.clone(), algorithm))
         })?;
         self.audit(2, "algorithm", old.as_str(), algorithm.as_str(), peer);
+        self.persist();
         Ok(())
     }
 
     /// Re-reads the config file; applies it only if valid. Backends that remain
     /// keep their state (stats, health, circuit, operator weight unless the file
     /// changed it, mode); new ones join, removed ones leave (their in-flight
-    /// requests finish on the old snapshot they hold).
+    /// requests finish on the old snapshot they hold). Returns once the state
+    /// file (if any) is written.
     pub async fn reload(&self, peer: &str) -> Result<(), ControlError> {
+        self.reload_if(peer, None).await
+    }
+
+    /// [`Control::reload`] if the state's version still equals `if_match`
+    /// (`POST /admin/reload` with `If-Match`); checked before the file is read
+    /// and again, atomically, when the new snapshot is installed.
+    pub async fn reload_if(&self, peer: &str, if_match: Option<u64>) -> Result<(), ControlError> {
         let path = self
             .config_path
             .as_ref()
             .ok_or(ControlError::NoConfigFile)?;
+        let current = self.state.version();
+        if if_match.is_some_and(|v| v != current) {
+            return Err(ControlError::Stale(current));
+        }
         let loaded = Config::load(path).inspect(|c| {
             restart_only_changes(&self.state.load().config, c);
         });
@@ -242,24 +280,24 @@ impl Control {
             .iter()
             .map(|b| b.stats.name.to_string())
             .collect();
-        let applied = self.state.try_update(None, |cur| {
-            let previous: HashMap<Arc<str>, state::Backend> = cur
-                .backends
-                .iter()
-                .map(|b| (b.stats.name.clone(), b.clone()))
-                .collect();
+        let applied = self.state.try_update(if_match, |cur| {
             // The runtime algorithm stays unless the file changed it.
             let algorithm = if new.balancer.algorithm != cur.config.balancer.algorithm {
                 new.balancer.algorithm
             } else {
                 cur.algorithm
             };
-            let mut snap = state::build(&new, &previous, algorithm);
-            for (b, a) in snap.backends.iter_mut().zip(&addrs) {
-                if b.addr.is_none() {
-                    b.addr = *a;
+            let mut snap = state::build(&new, Some(cur), algorithm);
+            for b in snap.backends.iter_mut().filter(|b| b.addr.is_none()) {
+                b.addr = addrs.one.get(&b.configured_addr).copied();
+            }
+            let mut groups = snap.groups.clone();
+            for g in groups.iter_mut().filter(|g| g.addrs.is_empty()) {
+                if let Some(a) = addrs.all.get(&g.configured_addr) {
+                    g.addrs = crate::group::normalize(a.clone());
                 }
             }
+            let snap = snap.relayout(groups);
             // Operator weights kept for unchanged backends can combine with the
             // file's into all zeros, which PUT /admin/weights would refuse too.
             if snap.backends.iter().all(|b| b.weight == 0) {
@@ -271,12 +309,17 @@ impl Control {
             }
             Ok(snap)
         });
-        if let Err(e) = applied {
-            self.state
-                .counters
-                .reloads_failed
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(e.into());
+        match applied {
+            Ok(_) => {}
+            // Someone else changed the state meanwhile: not a failed reload.
+            Err(UpdateError::Stale(v)) => return Err(ControlError::Stale(v)),
+            Err(UpdateError::Rejected(e)) => {
+                self.state
+                    .counters
+                    .reloads_failed
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
         }
         self.state
             .counters
@@ -285,45 +328,35 @@ impl Control {
         let names: Vec<String> = new.backends.iter().map(|b| b.name.clone()).collect();
         self.audit(3, "reload", &old_names.join(","), &names.join(","), peer);
         self.persist();
+        self.persisted().await;
         Ok(())
     }
 
-    /// Writes weights and modes to `admin.state_file`, if configured. A failure
-    /// is logged; in-memory state is never lost or rolled back.
+    /// Asks the writer thread to save the operator state to
+    /// `admin.state_file`, if configured; returns at once. A failed write is
+    /// logged; in-memory state is never lost or rolled back.
     pub fn persist(&self) {
-        let _one_writer = self.persist_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let snap = self.state.load_full();
-        let Some(path) = snap.config.admin.state_file.clone() else {
-            return;
-        };
-        let by_name = |f: &dyn Fn(&state::Backend) -> u32| {
-            snap.backends
-                .iter()
-                .map(|b| (b.stats.name.to_string(), f(b)))
-                .collect()
-        };
-        let saved = SavedState {
-            weights: by_name(&|b| b.weight),
-            config_weights: by_name(&|b| b.config_weight),
-            modes: snap
-                .backends
-                .iter()
-                .map(|b| (b.stats.name.to_string(), b.mode.as_str().to_string()))
-                .collect(),
-        };
-        match write_atomically(&path, &saved) {
-            Ok(()) => {
-                if self.persist_failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!(path = %path.display(), "state file written again");
-                }
-            }
-            Err(e) => {
-                if !self.persist_failing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(path = %path.display(), error = %e,
-                        "cannot write state file; state kept in memory (warning once until it works)");
-                }
-            }
+        if self.state.load().config.admin.state_file.is_some() {
+            self.writer.request();
         }
+    }
+
+    /// Waits (without blocking a thread; at most 5 s) until every write
+    /// requested so far is done, so an admin `200` means "survives a restart".
+    pub async fn persisted(&self) {
+        if !self.writer.wait(self.pending()).await {
+            tracing::warn!("state file write still pending after 5 s; answering anyway");
+        }
+    }
+
+    /// [`Control::persisted`] for synchronous callers (tests, shutdown).
+    pub fn persisted_blocking(&self) {
+        self.writer.wait_blocking(self.pending());
+    }
+
+    fn pending(&self) -> u64 {
+        // Tickets are handed out in order; the latest is the last one requested.
+        self.writer.request_count()
     }
 
     /// Applies a saved state file at start to backends still in the config.
@@ -348,20 +381,33 @@ impl Control {
             },
         };
         self.state.update(|cur| {
-            let mut backends = cur.backends.clone();
-            for b in &mut backends {
-                let name = &*b.stats.name;
-                // A weight edited in the file since the save wins, as on reload.
+            // A weight edited in the file since the save wins, as on reload.
+            let weight = |name: &str, config_weight: u32| {
                 let file_unchanged = saved
                     .config_weights
                     .get(name)
-                    .is_none_or(|&w| w == b.config_weight);
-                if let Some(&w) = saved.weights.get(name) {
-                    if w <= MAX_WEIGHT && file_unchanged {
-                        b.weight = w;
-                    }
+                    .is_none_or(|&w| w == config_weight);
+                saved
+                    .weights
+                    .get(name)
+                    .copied()
+                    .filter(|&w| w <= MAX_WEIGHT && file_unchanged)
+            };
+            let mode = |name: &str| saved.modes.get(name).and_then(|m| parse_mode(m));
+            let mut groups = cur.groups.clone();
+            for g in &mut groups {
+                g.weight = weight(&g.name, g.config_weight).unwrap_or(g.weight);
+                g.mode = mode(&g.name).unwrap_or(g.mode);
+            }
+            let mut backends = cur.backends.clone();
+            for b in &mut backends {
+                // A member's own saved state, else its group's.
+                let names = [Some(&*b.stats.name), b.group.as_deref()];
+                let names = names.into_iter().flatten();
+                if let Some(w) = names.clone().find_map(|n| weight(n, b.config_weight)) {
+                    b.weight = w;
                 }
-                if let Some(m) = saved.modes.get(&*b.stats.name).and_then(|m| parse_mode(m)) {
+                if let Some(m) = names.clone().find_map(mode) {
                     b.mode = m;
                 }
             }
@@ -373,9 +419,64 @@ impl Control {
                     b.weight = c.weight;
                 }
             }
-            cur.with(backends, cur.algorithm)
+            // The saved algorithm, unless lb.toml names another one than when
+            // it was saved (an edit to the file wins, as on reload).
+            let file_algorithm = cur.config.balancer.algorithm.as_str();
+            let algorithm = saved
+                .algorithm
+                .as_deref()
+                .and_then(Algorithm::parse)
+                .filter(|_| {
+                    saved
+                        .config_algorithm
+                        .as_deref()
+                        .is_none_or(|a| a == file_algorithm)
+                })
+                .unwrap_or(cur.algorithm);
+            cur.with_groups(backends, groups, algorithm)
         });
         tracing::info!(path = %path.display(), "state file applied");
+    }
+}
+
+/// Writes the operator state of `state`'s current snapshot to
+/// `admin.state_file` (the writer thread's job). `failing` is set while writes
+/// fail, so an unwritable file warns once, not per change.
+fn write_state_file(state: &State, failing: &AtomicBool) {
+    let snap = state.load_full();
+    let Some(path) = snap.config.admin.state_file.clone() else {
+        return;
+    };
+    let mut saved = SavedState {
+        algorithm: Some(snap.algorithm.as_str().to_string()),
+        config_algorithm: Some(snap.config.balancer.algorithm.as_str().to_string()),
+        ..SavedState::default()
+    };
+    // Backends and group members by name, and groups (what members that join
+    // later start with) by theirs.
+    let backends = snap.backends.iter();
+    let backends = backends.map(|b| (&*b.stats.name, b.weight, b.config_weight, b.mode));
+    let groups = snap.groups.iter();
+    let groups = groups.map(|g| (&*g.name, g.weight, g.config_weight, g.mode));
+    for (name, weight, config_weight, mode) in backends.chain(groups) {
+        saved.weights.insert(name.to_string(), weight);
+        saved.config_weights.insert(name.to_string(), config_weight);
+        saved
+            .modes
+            .insert(name.to_string(), mode.as_str().to_string());
+    }
+    match write_atomically(&path, &saved) {
+        Ok(()) => {
+            if failing.swap(false, Ordering::Relaxed) {
+                tracing::info!(path = %path.display(), "state file written again");
+            }
+        }
+        Err(e) => {
+            if !failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "cannot write state file; state kept in memory (warning once until it works)");
+            }
+        }
     }
 }
 
@@ -390,27 +491,59 @@ fn restart_only_changes(old: &Config, new: &Config) {
     }
 }
 
-/// Resolves hostnames of backends whose address the current snapshot does not
-/// already know, so backends added by a reload take traffic at once.
-async fn resolve_new_names(state: &State, new: &Config) -> Vec<Option<std::net::SocketAddr>> {
+/// Addresses looked up for a reload, by configured `host:port`.
+#[derive(Default)]
+struct Resolved {
+    /// `resolve = "one"` backends.
+    one: HashMap<String, std::net::SocketAddr>,
+    /// `resolve = "all"` groups.
+    all: HashMap<String, Vec<std::net::SocketAddr>>,
+}
+
+/// Resolves hostnames the current snapshot does not already know, so
+/// backends and groups added by a reload take traffic at once.
+async fn resolve_new_names(state: &State, new: &Config) -> Resolved {
     let cur = state.load_full();
-    let known: HashMap<&str, _> = cur
+    let known_one: HashMap<&str, _> = cur
         .backends
         .iter()
-        .map(|b| (b.configured_addr.as_str(), b.addr))
+        .filter(|b| b.group.is_none())
+        .filter_map(|b| Some((b.configured_addr.as_str(), b.addr?)))
+        .collect();
+    let known_all: HashMap<&str, &Vec<_>> = cur
+        .groups
+        .iter()
+        .filter(|g| !g.addrs.is_empty())
+        .map(|g| (g.configured_addr.as_str(), &g.addrs))
         .collect();
     let resolver = discovery::resolver(&new.discovery).ok();
-    let mut out = Vec::with_capacity(new.backends.len());
+    let mut out = Resolved::default();
     for b in &new.backends {
-        let addr = match (b.addr.parse().ok(), known.get(b.addr.as_str())) {
-            (Some(a), _) => Some(a),
-            (None, Some(Some(a))) => Some(*a),
-            (None, _) => match &resolver {
-                Some(r) => discovery::lookup(r, &b.addr).await.ok(),
-                None => None,
-            },
-        };
-        out.push(addr);
+        if b.addr.parse::<std::net::SocketAddr>().is_ok() {
+            continue;
+        }
+        match b.resolve {
+            Resolve::One => {
+                let addr = match (known_one.get(b.addr.as_str()), &resolver) {
+                    (Some(a), _) => Some(*a),
+                    (None, Some(r)) => discovery::lookup(r, &b.addr).await.ok(),
+                    (None, None) => None,
+                };
+                if let Some(a) = addr {
+                    out.one.insert(b.addr.clone(), a);
+                }
+            }
+            Resolve::All => {
+                let addrs = match (known_all.get(b.addr.as_str()), &resolver) {
+                    (Some(a), _) => Some((*a).clone()),
+                    (None, Some(r)) => discovery::lookup_all(r, &b.addr).await.ok(),
+                    (None, None) => None,
+                };
+                if let Some(a) = addrs {
+                    out.all.insert(b.addr.clone(), a);
+                }
+            }
+        }
     }
     out
 }
@@ -459,6 +592,41 @@ mod tests {
     }
 
     #[test]
+    fn the_state_file_keeps_group_and_member_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        // Literal addresses: the group has its members without DNS.
+        let text = format!(
+            "[admin]\nstate_file = \"{}\"\n[[backends]]\nname = \"g\"\n\
+             addr = \"127.0.0.1:1\"\nresolve = \"all\"\nweight = 2\n",
+            dir.path().join("state.json").display()
+        );
+        let start = || {
+            let config = Arc::new(Config::from_toml(&text).unwrap());
+            Control::new(Arc::new(State::new(config)), None)
+        };
+        let c = start();
+        let changes = serde_json::json!({"g": 7});
+        c.set_weights(changes.as_object().unwrap(), None, "test")
+            .unwrap();
+        c.set_mode("g@127.0.0.1:1", Mode::Drain, None, "test")
+            .unwrap();
+        assert_eq!(c.state.load().groups[0].mode, Mode::Active);
+        c.persisted_blocking();
+        let again = start();
+        again.load_state_file();
+        let snap = again.state.load();
+        assert_eq!(
+            (snap.groups[0].weight, snap.groups[0].mode),
+            (7, Mode::Active)
+        );
+        let m = &snap.backends[0];
+        assert_eq!(
+            (&*m.stats.name, m.weight, m.mode),
+            ("g@127.0.0.1:1", 7, Mode::Drain)
+        );
+    }
+
+    #[test]
     fn saved_weights_apply_unless_the_file_changed_that_weight() {
         let dir = tempfile::tempdir().unwrap();
         let c = control(dir.path(), [1, 1]);
@@ -466,6 +634,7 @@ mod tests {
         c.set_weights(changes.as_object().unwrap(), None, "test")
             .unwrap();
         c.set_mode("b", Mode::Drain, None, "test").unwrap();
+        c.persisted_blocking();
 
         // Restart with the same file: both operator weights and the mode return.
         let same = control(dir.path(), [1, 1]);
@@ -531,6 +700,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+        c.persisted_blocking();
         let saved: SavedState =
             serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
         assert_eq!(saved.weights, c.weights(), "file lags memory");
@@ -541,5 +711,116 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    fn control_with(dir: &Path, algorithm: &str) -> Control {
+        let text = format!(
+            "[admin]\nstate_file = \"{}\"\n[balancer]\nalgorithm = \"{algorithm}\"\n\
+             [[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
+            dir.join("state.json").display(),
+        );
+        let config = Arc::new(Config::from_toml(&text).unwrap());
+        Control::new(Arc::new(State::new(config)), None)
+    }
+
+    #[test]
+    fn an_algorithm_switch_survives_a_restart_unless_the_file_changed_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = control_with(dir.path(), "round_robin");
+        c.set_algorithm(Algorithm::LeastTime, None, "t").unwrap();
+        c.persisted_blocking();
+        let same = control_with(dir.path(), "round_robin");
+        same.load_state_file();
+        assert_eq!(same.state.load().algorithm, Algorithm::LeastTime);
+        // lb.toml now names another algorithm than when the state was saved:
+        // the edit wins, as on reload.
+        let edited = control_with(dir.path(), "ip_hash");
+        edited.load_state_file();
+        assert_eq!(edited.state.load().algorithm, Algorithm::IpHash);
+    }
+
+    #[tokio::test]
+    async fn reload_honours_if_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lb.toml");
+        let file =
+            |w: u32| format!("[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\nweight = {w}\n");
+        std::fs::write(&path, file(1)).unwrap();
+        let config = Arc::new(Config::load(&path).unwrap());
+        let c = Control::new(Arc::new(State::new(config)), Some(path.clone()));
+        std::fs::write(&path, file(5)).unwrap();
+        let v = c.state.version();
+        // A stale version: refused, nothing reloaded, not counted as failed.
+        assert!(
+            matches!(c.reload_if("t", Some(v + 1)).await, Err(ControlError::Stale(x)) if x == v)
+        );
+        assert_eq!(c.weights()["a"], 1);
+        assert_eq!(c.state.counters.reloads_failed.load(Ordering::Relaxed), 0);
+        c.reload_if("t", Some(v)).await.unwrap();
+        assert_eq!(c.weights()["a"], 5);
+        assert_eq!(c.state.version(), v + 1);
+    }
+
+    #[test]
+    fn concurrent_weight_changes_never_expose_a_torn_map() {
+        // 4 writers install one-hot maps over 4 backends, each one set_weights
+        // of all four (as one PUT); 2 readers load snapshots in a tight loop.
+        // Every map a reader sees must be the initial one or one-hot in full.
+        // Writers go on until the readers have checked 20,000 snapshots, so
+        // the race is exercised however the threads are scheduled.
+        let text: String = (0..4)
+            .map(|i| {
+                format!(
+                    "[[backends]]\nname = \"b{i}\"\naddr = \"127.0.0.1:{}\"\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let config = Arc::new(Config::from_toml(&text).unwrap());
+        let c = Arc::new(Control::new(Arc::new(State::new(config)), None));
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, stop, seen) = (c.clone(), stop.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let w: Vec<u32> =
+                            c.state.load().backends.iter().map(|b| b.weight).collect();
+                        let one_hot = w.iter().sum::<u32>() == 1 && w.iter().all(|&x| x <= 1);
+                        if w != [1, 1, 1, 1] && !one_hot {
+                            stop.store(true, Ordering::Relaxed); // the writers too
+                            return Some(w);
+                        }
+                        seen.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..4)
+            .map(|k| {
+                let (c, seen, stop) = (c.clone(), seen.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut i = 0;
+                    let more = |i| i < 500 || seen.load(Ordering::Relaxed) < 20_000;
+                    while !stop.load(Ordering::Relaxed) && more(i) {
+                        let hot = (k + i) % 4;
+                        let map: serde_json::Map<String, Value> = (0..4)
+                            .map(|j| (format!("b{j}"), serde_json::json!(u32::from(j == hot))))
+                            .collect();
+                        c.set_weights(&map, None, "t").unwrap();
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            assert_eq!(r.join().unwrap(), None, "a reader saw a torn map");
+        }
     }
 }

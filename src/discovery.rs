@@ -3,6 +3,10 @@
 //! recreated with a new IP keeps receiving traffic without a reload. A failed
 //! lookup keeps the last good address and logs once per outage.
 //!
+//! A `resolve = "all"` group is resolved to every address (A and AAAA) each
+//! round; members join and leave with the answer ([`State::set_members`]), and
+//! a failed lookup keeps the last good set.
+//!
 //! The resolver is hickory (pure Rust): it reads `/etc/resolv.conf` and
 //! `/etc/hosts` itself, so it works in a `FROM scratch` image where glibc's NSS
 //! modules are absent. Its cache is off: each round asks the DNS server, which
@@ -20,7 +24,8 @@ use hickory_resolver::TokioResolver;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
-use crate::config::DiscoveryConfig;
+use crate::config::{DiscoveryConfig, MAX_BACKENDS};
+use crate::group::Capped;
 use crate::state::State;
 
 /// Builds the resolver `cfg` asks for: its nameservers, or the system's.
@@ -65,6 +70,35 @@ pub async fn lookup(r: &TokioResolver, host_port: &str) -> Result<SocketAddr, St
     Ok(SocketAddr::new(*ip, port))
 }
 
+/// Resolves `host:port` to every address (A and AAAA) for a `resolve = "all"`
+/// group, sorted. An answer with no address at all counts as a failure (the
+/// caller keeps the last good set): a name briefly unknown to the DNS server,
+/// as while a container restarts, must not empty a group. Names come from DNS
+/// only (`/etc/hosts` lists one address per name anyway).
+pub async fn lookup_all(r: &TokioResolver, host_port: &str) -> Result<Vec<SocketAddr>, String> {
+    let (host, port) = split(host_port).ok_or("not host:port")?;
+    let fqdn = format!("{host}.");
+    let (v4, v6) = tokio::join!(r.ipv4_lookup(fqdn.as_str()), r.ipv6_lookup(fqdn.as_str()));
+    // "No such records" is an answer (perhaps a v4-only service); any other
+    // error means the answer is unknown, so nothing changes.
+    let known = |e: &hickory_resolver::ResolveError| e.is_no_records_found() || e.is_nx_domain();
+    let mut addrs = Vec::new();
+    match v4 {
+        Ok(l) => addrs.extend(l.iter().map(|a| SocketAddr::new(IpAddr::V4(a.0), port))),
+        Err(e) if known(&e) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    match v6 {
+        Ok(l) => addrs.extend(l.iter().map(|a| SocketAddr::new(IpAddr::V6(a.0), port))),
+        Err(e) if known(&e) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    if addrs.is_empty() {
+        return Err("no addresses".into());
+    }
+    Ok(crate::group::normalize(addrs))
+}
+
 /// The resolver task.
 pub struct Discovery {
     state: Arc<State>,
@@ -76,12 +110,12 @@ impl Discovery {
         Discovery { state }
     }
 
-    /// Resolves every hostname backend once and publishes changed addresses.
-    /// `failing` remembers which names already logged a failure.
+    /// Resolves every hostname backend and group once and publishes changed
+    /// addresses. `failing` remembers which names already logged a failure.
     pub async fn resolve_all(&self, r: &TokioResolver, failing: &mut HashSet<String>) {
         let snap = self.state.load_full();
         let mut updates = Vec::new();
-        for b in &snap.backends {
+        for b in snap.backends.iter().filter(|b| b.group.is_none()) {
             if b.configured_addr.parse::<SocketAddr>().is_ok() {
                 continue;
             }
@@ -106,6 +140,57 @@ impl Discovery {
         if !updates.is_empty() {
             self.state.set_addrs(&updates);
         }
+        let mut members = Vec::new();
+        for g in &snap.groups {
+            if g.configured_addr.parse::<SocketAddr>().is_ok() {
+                continue;
+            }
+            match lookup_all(r, &g.configured_addr).await {
+                Ok(addrs) => {
+                    if failing.remove(&g.configured_addr) {
+                        tracing::info!(group = %g.name, members = addrs.len(), "dns: resolved again");
+                    }
+                    if addrs != g.addrs {
+                        let (joined, left) = diff(&g.addrs, &addrs);
+                        tracing::info!(group = %g.name, joined = ?joined, left = ?left, "dns: members changed");
+                        members.push((g.name.clone(), g.configured_addr.clone(), addrs));
+                    }
+                }
+                Err(e) => {
+                    if failing.insert(g.configured_addr.clone()) {
+                        tracing::warn!(group = %g.name, host = %g.configured_addr, error = %e,
+                            "dns: cannot resolve; keeping the last good members");
+                    }
+                }
+            }
+        }
+        if !members.is_empty() {
+            let before = snap.capped();
+            self.state.set_members(&members);
+            log_cap(&before, &self.state.load().capped());
+        }
+    }
+}
+
+/// Addresses in `new` but not `old`, and in `old` but not `new`.
+fn diff(old: &[SocketAddr], new: &[SocketAddr]) -> (Vec<SocketAddr>, Vec<SocketAddr>) {
+    let joined = new.iter().filter(|a| !old.contains(a)).copied().collect();
+    let left = old.iter().filter(|a| !new.contains(a)).copied().collect();
+    (joined, left)
+}
+
+/// Logs each group that has just come to have more addresses than fit under
+/// the 64-backend cap (`before` → `after`), and each that fits again: once per
+/// episode, however many rounds see the same answer.
+fn log_cap(before: &[Capped], after: &[Capped]) {
+    let had = |list: &[Capped], c: &Capped| list.iter().any(|x| x.group == c.group);
+    for c in after.iter().filter(|c| !had(before, c)) {
+        tracing::warn!(group = %c.group, members = c.kept, left_out = c.dropped,
+            max_backends = MAX_BACKENDS,
+            "dns: more addresses than the backend cap; keeping the lowest addresses");
+    }
+    for c in before.iter().filter(|c| !had(after, c)) {
+        tracing::info!(group = %c.group, "dns: every address fits under the backend cap again");
     }
 }
 

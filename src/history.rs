@@ -1,6 +1,7 @@
 //! Recent history for the status page (`GET /history`): per backend, one point
 //! a second for the last five minutes (request rate, error rate, p99, effective
-//! weight), aggregates over the last ten seconds (rate, error rate, p50, p99),
+//! weight) and the same for lb's queue depth, aggregates over the last ten
+//! seconds (rate, error rate, p50, p99),
 //! when health and circuit last changed, and the last state changes of the
 //! whole balancer (health, circuit, mode, weight, algorithm, backends joining
 //! or leaving — e.g. pool members).
@@ -200,6 +201,8 @@ struct Track {
 #[derive(Default)]
 struct Inner {
     tracks: Vec<Track>,
+    /// Requests waiting in lb's queue, one reading a second.
+    queue: VecDeque<usize>,
     events: VecDeque<Event>,
     algorithm: Option<&'static str>,
 }
@@ -256,9 +259,14 @@ impl History {
         self.lock().events.iter().cloned().collect()
     }
 
-    /// One sample of `snap` at `now` (circuit time) and `now_ms` (wall clock).
-    pub fn sample(&self, snap: &Snapshot, now: Instant, now_ms: u64) {
+    /// One sample of `state` at `now` (circuit time) and `now_ms` (wall clock).
+    pub fn sample(&self, state: &State, now: Instant, now_ms: u64) {
+        let snap = &*state.load_full();
         let mut inner = self.lock();
+        if inner.queue.len() == POINTS {
+            inner.queue.pop_front();
+        }
+        inner.queue.push_back(state.queue.waiting());
         let first = inner.algorithm.is_none();
         let algorithm = snap.algorithm.as_str();
         if let Some(old) = inner.algorithm.filter(|a| *a != algorithm) {
@@ -357,10 +365,7 @@ impl BackgroundService for Sampler {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    let snap = self.state.load_full();
-                    self.history.sample(&snap, Instant::now(), unix_ms());
-                }
+                _ = tick.tick() => self.history.sample(&self.state, Instant::now(), unix_ms()),
                 _ = shutdown.changed() => return,
             }
         }

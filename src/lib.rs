@@ -1,20 +1,35 @@
 //! `lb`: an HTTP load balancer on Pingora for the front door of one server.
 //!
 //! Map of the crate, top to bottom (imports only point down):
-//! - [`server`] wires Pingora: the proxy service, background tasks, signals.
-//! - [`proxy`] is the `ProxyHttp` implementation (selection, headers, errors);
-//!   [`admin`] the admin API and `/metrics`. They never import each other.
-//! - [`control`] carries out operator actions (weights, modes, reload, state file).
-//! - [`state`] is the one `ArcSwap` snapshot plus per-backend stats.
+//! - [`server`] wires Pingora: the front door, background tasks, signals.
+//! - [`proxy`] serves requests: its own HTTP/1 path (`proxy::fast`) with the
+//!   Pingora `ProxyHttp` implementation as fallback; both share selection,
+//!   headers, errors and the retry policy (any method when nothing reached the
+//!   backend, idempotent ones also on timeouts, resets and `retry.statuses`).
+//!   [`admin`] is the admin API, `/metrics` and the status page. They never
+//!   import each other. [`access_log`] formats the one line per request.
+//! - [`control`] carries out operator actions (weights, modes, algorithm,
+//!   reload) and writes the state file on its own thread.
+//! - Background tasks on the shared state: [`health`] (active checks),
+//!   [`discovery`] (DNS re-resolution of backend hostnames), [`dynamic`]
+//!   (recomputes `dynamic`'s effective weights from [`balancer`]'s pure rule).
+//! - [`state`] is the one `ArcSwap` snapshot; [`backend`] the per-backend types
+//!   it holds (stats that survive swaps, the in-flight guard, modes); [`group`]
+//!   the `resolve = "all"` groups and their members.
 //! - [`sticky`] layers cookie/header stickiness over [`balancer`]'s algorithms.
-//! - [`ewma`] is the lock-free peak-EWMA used by `least_time`; [`circuit`] the
-//!   per-backend breaker; [`health`] the active checker; [`clock`] their time origin.
+//! - [`ewma`] is the lock-free peak-EWMA and failure rate used by `least_time`;
+//!   [`circuit`] the per-backend breaker; [`metrics`] the per-backend and global
+//!   counters and histograms `/metrics` renders; [`clock`] their time origin;
+//!   [`queue`] the FIFO where requests wait for a backend below its
+//!   `max_in_flight`.
 //! - [`history`] keeps the status page's recent per-backend series and state
 //!   changes, sampled once a second off the hot path.
-//! - [`config`] parses and validates `lb.toml`.
+//! - [`config`] parses and validates `lb.toml`; [`client`] is the blocking HTTP
+//!   client of the `lb healthcheck` / `lb admin` commands.
 
 pub mod access_log;
 pub mod admin;
+pub mod backend;
 pub mod balancer;
 pub mod circuit;
 pub mod client;
@@ -24,10 +39,12 @@ pub mod control;
 pub mod discovery;
 pub mod dynamic;
 pub mod ewma;
+pub mod group;
 pub mod health;
 pub mod history;
 pub mod metrics;
 pub mod proxy;
+pub mod queue;
 pub mod server;
 pub mod state;
 pub mod sticky;

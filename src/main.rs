@@ -178,10 +178,19 @@ fn run(args: &RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let _log = init_logging(config.log.format);
+    // The drain watcher exits the process itself: it flushes the log queue
+    // first by dropping the writer's guard.
+    let guard = std::sync::Mutex::new(Some(init_logging(config.log.format)));
+    let guard = std::sync::Arc::new(guard);
+    let on_exit = guard.clone();
+    lb::access_log::on_exit(move || {
+        drop(on_exit.lock().unwrap_or_else(|p| p.into_inner()).take());
+    });
     match lb::server::Lb::build(config, Some(args.config.clone())) {
         Ok(lb) => {
             lb.run();
+            drop(guard);
+            lb::access_log::before_exit();
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -101,8 +101,10 @@ impl Lb {
 
         let state = Arc::new(State::new(config.clone()));
         let control = Arc::new(Control::new(state.clone(), config_path));
-        control.load_state_file();
+        // Members of `resolve = "all"` groups exist once resolved: resolve
+        // first, so a member's saved weight and mode apply too.
         resolve_at_start(&state);
+        control.load_state_file();
 
         let conf = ServerConf {
             threads: config.server.threads,
@@ -192,31 +194,38 @@ impl Lb {
 
 /// First resolution of hostname backends, before traffic is accepted, so the
 /// first requests do not see unresolved backends. Unresolvable names are logged
-/// and retried by the discovery task.
+/// and retried by the discovery task. Runs on a thread of its own (joined):
+/// `block_on` panics on a thread that is already inside a tokio runtime, which
+/// is where a test or an embedding program calls `Lb::build` from.
 fn resolve_at_start(state: &Arc<State>) {
     let snap = state.load_full();
-    if snap.backends.iter().all(|b| b.addr.is_some()) {
+    let resolved = snap.backends.iter().all(|b| b.addr.is_some());
+    if resolved && snap.groups.iter().all(|g| !g.addrs.is_empty()) {
         return;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot resolve at start; the discovery task will");
-            return;
-        }
-    };
-    rt.block_on(async {
-        match crate::discovery::resolver(&snap.config.discovery) {
-            Ok(r) => {
-                Discovery::new(state.clone())
-                    .resolve_all(&r, &mut Default::default())
-                    .await
-            }
-            Err(e) => tracing::warn!(error = %e, "dns: no resolver at start"),
-        }
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resolve at start; the discovery task will");
+                    return;
+                }
+            };
+            rt.block_on(async {
+                match crate::discovery::resolver(&snap.config.discovery) {
+                    Ok(r) => {
+                        Discovery::new(state.clone())
+                            .resolve_all(&r, &mut Default::default())
+                            .await
+                    }
+                    Err(e) => tracing::warn!(error = %e, "dns: no resolver at start"),
+                }
+            });
+        });
     });
 }
 
@@ -241,6 +250,7 @@ impl ShutdownSignalWatch for GracefulOnSignal {
             _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
             _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
         }
+        crate::access_log::stop_batching();
         let active = self.active.clone();
         let deadline = Instant::now() + self.grace;
         std::thread::spawn(move || drain_then_exit(active, deadline));
@@ -251,11 +261,13 @@ impl ShutdownSignalWatch for GracefulOnSignal {
 /// Exits the process once no request is active (or at the deadline, when
 /// Pingora's own grace period ends anyway).
 fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
-    // Give Pingora a moment to close its listeners before we sample.
-    std::thread::sleep(Duration::from_millis(50));
+    // Give Pingora a moment to close its listeners before we sample, and
+    // access-log lines batched before the signal time to be handed over.
+    std::thread::sleep(crate::access_log::BATCH_DELAY + Duration::from_millis(50));
     while Instant::now() < deadline {
         if active.load(Ordering::Acquire) == 0 {
             tracing::info!("all requests finished; exiting");
+            crate::access_log::before_exit();
             std::process::exit(0);
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -265,6 +277,7 @@ fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
         left,
         "grace period over; exiting with requests still in flight"
     );
+    crate::access_log::before_exit();
     std::process::exit(0);
 }
 

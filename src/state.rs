@@ -8,9 +8,7 @@
 //! from snapshot to snapshot, so switching algorithm or reloading never resets
 //! in-flight counts, EWMA, health or circuit state.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,181 +16,26 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 
 use crate::balancer::{self, Balancer, Mask, Pool};
-use crate::circuit::Circuit;
-use crate::config::{Algorithm, BackendConfig, CircuitConfig, Config, Sticky};
-use crate::ewma::PeakEwma;
-use crate::metrics::{GlobalCounters, RequestMetrics};
+use crate::config::{Algorithm, BackendConfig, Config, Resolve, Sticky};
+use crate::group::{layout, normalize, Capped, Entry, Group};
+use crate::metrics::GlobalCounters;
 
-/// Operator mode of a backend (SPEC "Admin API").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Receives new and sticky requests.
-    Active,
-    /// Only sticky requests; no new clients.
-    Drain,
-    /// No requests at all.
-    Maintenance,
-}
-
-impl Mode {
-    /// The admin API name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Active => "active",
-            Mode::Drain => "drain",
-            Mode::Maintenance => "maintenance",
-        }
-    }
-}
-
-/// Per-backend counters and estimates; atomics only, shared across snapshots.
-#[derive(Debug)]
-pub struct BackendStats {
-    /// The backend's configured name.
-    pub name: Arc<str>,
-    /// The name as a response header value, built once (`backend_header`).
-    pub name_header: http::HeaderValue,
-    /// Opaque value of the sticky cookie pinning to this backend (hash of the name,
-    /// so it survives restarts and reloads and reveals no address).
-    pub sticky_id: String,
-    /// Seed of this backend's score in rendezvous hashing (from the name).
-    pub hash_seed: u64,
-    /// Requests currently being proxied to it (signed so a bug shows as < 0).
-    pub in_flight: AtomicI64,
-    /// Completed attempts.
-    pub requests_total: AtomicU64,
-    /// Attempts that failed (connect error, timeout, reset, 5xx).
-    pub errors_total: AtomicU64,
-    /// Sum of upstream response times of successful attempts, µs (for `dynamic`).
-    pub latency_sum_us: AtomicU64,
-    /// Peak-EWMA of upstream response time (failures count as slow).
-    pub ewma: PeakEwma,
-    /// `dynamic` performance factor in thousandths (1000 = full operator weight).
-    pub factor_milli: AtomicU32,
-    /// Active health state (starts up; the health checker flips it).
-    pub healthy: AtomicBool,
-    /// Health probes that passed / failed.
-    pub health_ok: AtomicU64,
-    /// See `health_ok`.
-    pub health_failed: AtomicU64,
-    /// Retries this backend caused (its failure sent the request elsewhere).
-    pub retries_total: AtomicU64,
-    /// The circuit breaker.
-    pub circuit: Circuit,
-    /// Status classes, upstream errors, duration histogram.
-    pub metrics: RequestMetrics,
-}
-
-impl BackendStats {
-    /// Fresh stats for a backend called `name`.
-    pub fn new(name: &str) -> Self {
-        let h = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
-        BackendStats {
-            name: name.into(),
-            // Names are validated to [A-Za-z0-9_.-], always a valid value.
-            name_header: http::HeaderValue::from_str(name)
-                .unwrap_or(http::HeaderValue::from_static("-")),
-            sticky_id: format!("{h:016x}"),
-            hash_seed: h,
-            in_flight: AtomicI64::new(0),
-            requests_total: AtomicU64::new(0),
-            errors_total: AtomicU64::new(0),
-            latency_sum_us: AtomicU64::new(0),
-            ewma: PeakEwma::default(),
-            factor_milli: AtomicU32::new(1000),
-            healthy: AtomicBool::new(true),
-            health_ok: AtomicU64::new(0),
-            health_failed: AtomicU64::new(0),
-            retries_total: AtomicU64::new(0),
-            circuit: Circuit::default(),
-            metrics: RequestMetrics::default(),
-        }
-    }
-
-    /// Current in-flight count.
-    pub fn in_flight(&self) -> i64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-}
-
-/// RAII in-flight accounting: increments on creation, decrements on drop, so the
-/// count stays right on success, error, retry, client disconnect and panic.
-#[derive(Debug)]
-pub struct InFlight(Arc<BackendStats>);
-
-impl InFlight {
-    /// Counts one more request in flight on `stats`.
-    pub fn start(stats: &Arc<BackendStats>) -> InFlight {
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(stats.clone())
-    }
-
-    /// The backend this guard counts against.
-    pub fn stats(&self) -> &Arc<BackendStats> {
-        &self.0
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// One backend as the current snapshot sees it.
-#[derive(Debug, Clone)]
-pub struct Backend {
-    /// Resolved address traffic goes to (`None` until its name first resolves).
-    pub addr: Option<SocketAddr>,
-    /// `host:port` as configured.
-    pub configured_addr: String,
-    /// Operator weight 0..=1000.
-    pub weight: u32,
-    /// The weight the config file gave (a reload that leaves it unchanged keeps
-    /// the operator's `weight`).
-    pub config_weight: u32,
-    /// Operator mode.
-    pub mode: Mode,
-    /// Counters that survive snapshot swaps.
-    pub stats: Arc<BackendStats>,
-}
-
-impl Backend {
-    /// Weight the balancer uses: the operator weight, scaled by the measured
-    /// performance factor under `dynamic` (never below 1 while the weight is > 0).
-    pub fn effective_weight(&self, algorithm: Algorithm) -> u32 {
-        if algorithm != Algorithm::Dynamic || self.weight == 0 {
-            return self.weight;
-        }
-        let f = self.stats.factor_milli.load(Ordering::Relaxed) as u64;
-        ((self.weight as u64 * f + 500) / 1000).max(1) as u32
-    }
-
-    /// May receive requests that are not pinned to it? (Eligible in SPEC's words:
-    /// health up, circuit not open, mode active, weight above 0.)
-    pub fn schedulable(&self, cb: &CircuitConfig, now: Instant) -> bool {
-        self.mode == Mode::Active && self.weight > 0 && self.reachable(cb, now)
-    }
-
-    /// May receive requests pinned to it by stickiness (active or draining)?
-    pub fn sticky_ok(&self, cb: &CircuitConfig, now: Instant) -> bool {
-        self.mode != Mode::Maintenance && self.reachable(cb, now)
-    }
-
-    fn reachable(&self, cb: &CircuitConfig, now: Instant) -> bool {
-        self.addr.is_some()
-            && self.stats.healthy.load(Ordering::Relaxed)
-            && !self.stats.circuit.blocks(cb, now)
-    }
-}
+// The per-backend types live in the leaf module `backend` (so `balancer` need
+// not import `state`); re-exported so `state::Backend` and friends keep working.
+pub use crate::backend::{Backend, BackendStats, InFlight, Mode};
 
 /// An immutable view of everything routing depends on.
 pub struct Snapshot {
-    /// Bumped by every change: the admin API's ETag. Body and ETag of a
-    /// response come from the same snapshot, so they always agree.
+    /// Bumped by every change an operator makes or sees (weights, modes,
+    /// algorithm, reload), but not by DNS re-resolution: the admin API's ETag,
+    /// so a moved container never costs an operator a `412`. Body and ETag of a
+    /// response come from the same snapshot.
     pub version: u64,
-    /// Backends in config order.
+    /// Backends in config order, each `resolve = "all"` entry expanded into its
+    /// members (in address order).
     pub backends: Vec<Backend>,
+    /// The `resolve = "all"` entries, in config order.
+    pub groups: Vec<Group>,
     /// Active algorithm.
     pub algorithm: Algorithm,
     /// Its selector (holds only rotation/schedule caches, never per-backend state).
@@ -203,9 +46,21 @@ pub struct Snapshot {
     pub backend_header: Option<HeaderName>,
     /// The validated config this snapshot was built from.
     pub config: Arc<Config>,
+    /// Does any backend have a `max_in_flight`? (Else [`Snapshot::full`] is
+    /// free.)
+    limited: bool,
 }
 
 impl Snapshot {
+    /// Backends at their `max_in_flight` right now (eligible or not).
+    #[inline]
+    pub fn full(&self) -> Mask {
+        if !self.limited {
+            return 0;
+        }
+        self.mask(|b| !b.has_room())
+    }
+
     /// Backends that may take a new (non-sticky) request at `now`.
     pub fn schedulable(&self, now: Instant) -> Mask {
         let cb = &self.config.circuit_breaker;
@@ -240,9 +95,21 @@ impl Snapshot {
 
     /// A new snapshot with other backends or algorithm and the same settings.
     pub fn with(&self, backends: Vec<Backend>, algorithm: Algorithm) -> Snapshot {
+        self.with_groups(backends, self.groups.clone(), algorithm)
+    }
+
+    /// [`Snapshot::with`], with other groups too.
+    pub fn with_groups(
+        &self,
+        backends: Vec<Backend>,
+        groups: Vec<Group>,
+        algorithm: Algorithm,
+    ) -> Snapshot {
         Snapshot {
             version: self.version,
+            limited: any_limited(&backends),
             backends,
+            groups,
             algorithm,
             balancer: balancer::for_algorithm(algorithm),
             sticky: self.sticky.clone(),
@@ -255,6 +122,68 @@ impl Snapshot {
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.backends.iter().position(|b| &*b.stats.name == name)
     }
+
+    /// The group called `name`.
+    pub fn group(&self, name: &str) -> Option<&Group> {
+        self.groups.iter().find(|g| &*g.name == name)
+    }
+
+    /// Groups with more addresses than fit under the 64-backend cap.
+    pub fn capped(&self) -> Vec<Capped> {
+        let members = |g: &Group| {
+            let of_g = |b: &&Backend| b.group.as_deref() == Some(&*g.name);
+            self.backends.iter().filter(of_g).count()
+        };
+        self.groups
+            .iter()
+            .map(|g| (g, members(g)))
+            .filter(|(g, kept)| *kept < g.addrs.len())
+            .map(|(g, kept)| Capped {
+                group: g.name.clone(),
+                kept,
+                dropped: g.addrs.len() - kept,
+            })
+            .collect()
+    }
+
+    /// What an admin API name means: a backend or group member (its index),
+    /// or a group (its members' indices, perhaps none yet). `None`: unknown.
+    pub fn targets(&self, name: &str) -> Option<Vec<usize>> {
+        if let Some(i) = self.index_of(name) {
+            return Some(vec![i]);
+        }
+        self.group(name)?;
+        let members = self.backends.iter().enumerate();
+        Some(
+            members
+                .filter(|(_, b)| b.group.as_deref() == Some(name))
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    /// This snapshot with `groups` (new addresses, weights or modes) and the
+    /// backend list laid out again: members kept by address, new addresses
+    /// joining as new members, vanished ones gone, the 64-backend cap applied.
+    pub fn relayout(&self, groups: Vec<Group>) -> Snapshot {
+        let entries = self
+            .config
+            .backends
+            .iter()
+            .filter_map(|bc| match bc.resolve {
+                Resolve::One => self
+                    .backends
+                    .iter()
+                    .find(|b| b.group.is_none() && *b.stats.name == *bc.name)
+                    .map(|b| Entry::Plain(b.clone())),
+                Resolve::All => groups
+                    .iter()
+                    .find(|g| *g.name == *bc.name)
+                    .map(|g| Entry::Group(g.members(&self.backends))),
+            });
+        let backends = layout(entries.collect());
+        self.with_groups(backends, groups, self.algorithm)
+    }
 }
 
 /// The shared, hot-swappable state.
@@ -262,6 +191,8 @@ pub struct State {
     current: ArcSwap<Snapshot>,
     /// Process-wide counters (no backend, reloads, admin changes).
     pub counters: GlobalCounters,
+    /// Where requests wait while every eligible backend is at capacity.
+    pub queue: Arc<crate::queue::Queue>,
     /// Serialises writers (admin, reload, DNS) so none loses another's change;
     /// readers never touch it.
     writer: std::sync::Mutex<()>,
@@ -270,10 +201,11 @@ pub struct State {
 impl State {
     /// Builds the first snapshot from a validated config; hostnames resolve later.
     pub fn new(config: Arc<Config>) -> State {
-        let snap = build(&config, &HashMap::new(), config.balancer.algorithm);
+        let snap = build(&config, None, config.balancer.algorithm);
         State {
             current: ArcSwap::from_pointee(snap),
             counters: GlobalCounters::default(),
+            queue: Arc::default(),
             writer: std::sync::Mutex::new(()),
         }
     }
@@ -306,16 +238,54 @@ impl State {
         expected: Option<u64>,
         f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
     ) -> Result<u64, UpdateError<E>> {
+        self.swap(expected, 1, f)
+    }
+
+    /// The one writer path: `bump` is added to the version (0 for changes that
+    /// are not operator state, see [`Snapshot::version`]).
+    fn swap<E>(
+        &self,
+        expected: Option<u64>,
+        bump: u64,
+        f: impl FnOnce(&Snapshot) -> Result<Snapshot, E>,
+    ) -> Result<u64, UpdateError<E>> {
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let cur = self.current.load_full();
         if expected.is_some_and(|v| v != cur.version) {
             return Err(UpdateError::Stale(cur.version));
         }
         let mut next = f(&cur).map_err(UpdateError::Rejected)?;
-        next.version = cur.version + 1;
+        next.version = cur.version + bump;
         let version = next.version;
         self.current.store(Arc::new(next));
         Ok(version)
+    }
+
+    /// Applies the member addresses of `resolve = "all"` groups (DNS): each
+    /// update names the group, its `host:port` and the answer, and applies
+    /// only if the group still has that address. Keeps the version (not an
+    /// operator change). Returns whether anything changed.
+    pub fn set_members(&self, updates: &[(Arc<str>, String, Vec<SocketAddr>)]) -> bool {
+        self.swap(None, 0, |cur| {
+            let mut groups = cur.groups.clone();
+            let mut changed = false;
+            for (name, configured, addrs) in updates {
+                let group = groups
+                    .iter_mut()
+                    .find(|g| &g.name == name && &g.configured_addr == configured);
+                if let Some(g) = group {
+                    let addrs = normalize(addrs.clone());
+                    changed |= g.addrs != addrs;
+                    g.addrs = addrs;
+                }
+            }
+            if changed {
+                Ok(cur.relayout(groups))
+            } else {
+                Err(()) // nothing to swap
+            }
+        })
+        .is_ok()
     }
 
     /// Switches algorithm keeping every backend's state.
@@ -326,9 +296,9 @@ impl State {
     /// Applies resolved addresses (DNS re-resolution): each update names the
     /// backend and the `host:port` it resolved, and applies only if the current
     /// snapshot still has that backend with that configured address (a reload
-    /// may have changed either while the lookups ran).
+    /// may have changed either while the lookups ran). Keeps the version.
     pub fn set_addrs(&self, updates: &[(Arc<str>, String, SocketAddr)]) {
-        let _ = self.try_update(None, |cur| {
+        let _ = self.swap(None, 0, |cur| {
             let mut backends = cur.backends.clone();
             let mut changed = false;
             for (name, configured, addr) in updates {
@@ -358,46 +328,104 @@ pub enum UpdateError<E> {
     Rejected(E),
 }
 
-/// Builds a snapshot for `config`, reusing stats (and resolved addresses) of
-/// backends that keep their name.
-pub fn build(
-    config: &Arc<Config>,
-    previous: &HashMap<Arc<str>, Backend>,
-    algorithm: Algorithm,
-) -> Snapshot {
-    let backends = config
-        .backends
-        .iter()
-        .map(|bc: &BackendConfig| {
-            let prev = previous.get(bc.name.as_str());
-            Backend {
-                addr: bc.addr.parse().ok().or_else(|| {
-                    prev.filter(|p| p.configured_addr == bc.addr)
-                        .and_then(|p| p.addr)
-                }),
-                configured_addr: bc.addr.clone(),
-                // A reload keeps the operator's weight unless the file changed it.
-                weight: match prev {
-                    Some(p) if p.config_weight == bc.weight => p.weight,
-                    _ => bc.weight,
-                },
-                config_weight: bc.weight,
-                mode: prev.map_or(Mode::Active, |p| p.mode),
-                stats: prev.map_or_else(
-                    || Arc::new(BackendStats::new(&bc.name)),
-                    |p| p.stats.clone(),
-                ),
+fn any_limited(backends: &[Backend]) -> bool {
+    backends.iter().any(|b| b.max_in_flight > 0)
+}
+
+/// Builds a snapshot for `config`. Backends that keep their name keep their
+/// stats (and resolved address if it stays the same host); groups that keep
+/// their name and address keep their members, addresses and operator state.
+/// Operator weights stay unless the file changed that weight.
+pub fn build(config: &Arc<Config>, previous: Option<&Snapshot>, algorithm: Algorithm) -> Snapshot {
+    let prev_backends = previous.map_or(&[][..], |p| &p.backends[..]);
+    let mut groups = Vec::new();
+    let mut entries = Vec::new();
+    for bc in &config.backends {
+        match bc.resolve {
+            Resolve::One => {
+                let prev = prev_backends
+                    .iter()
+                    .find(|b| b.group.is_none() && *b.stats.name == *bc.name);
+                entries.push(Entry::Plain(plain(bc, prev)));
             }
-        })
-        .collect();
+            Resolve::All => {
+                let prev = previous
+                    .and_then(|p| p.group(&bc.name))
+                    .filter(|g| g.configured_addr == bc.addr);
+                let g = group(bc, prev);
+                // Members carried over take the file's limit, and its weight
+                // if the file changed the group's.
+                let existing: Vec<Backend> = prev_backends
+                    .iter()
+                    .filter(|b| prev.is_some() && b.group.as_deref() == Some(&*g.name))
+                    .map(|b| Backend {
+                        weight: carried_weight(b.config_weight, b.weight, bc.weight),
+                        config_weight: bc.weight,
+                        max_in_flight: bc.max_in_flight,
+                        ..b.clone()
+                    })
+                    .collect();
+                entries.push(Entry::Group(g.members(&existing)));
+                groups.push(g);
+            }
+        }
+    }
+    let backends = layout(entries);
     Snapshot {
         version: 1,
+        limited: any_limited(&backends),
         backends,
+        groups,
         algorithm,
         balancer: balancer::for_algorithm(algorithm),
         sticky: config.balancer.sticky.clone(),
         backend_header: config.balancer.backend_header.clone(),
         config: config.clone(),
+    }
+}
+
+/// A reload keeps the operator's weight unless the file changed it.
+fn carried_weight(old_config: u32, operator: u32, new_config: u32) -> u32 {
+    if old_config == new_config {
+        operator
+    } else {
+        new_config
+    }
+}
+
+/// A `resolve = "one"` backend for `bc`, carrying `prev`'s state.
+fn plain(bc: &BackendConfig, prev: Option<&Backend>) -> Backend {
+    Backend {
+        addr: bc.addr.parse().ok().or_else(|| {
+            prev.filter(|p| p.configured_addr == bc.addr)
+                .and_then(|p| p.addr)
+        }),
+        configured_addr: bc.addr.clone(),
+        weight: prev.map_or(bc.weight, |p| {
+            carried_weight(p.config_weight, p.weight, bc.weight)
+        }),
+        config_weight: bc.weight,
+        mode: prev.map_or(Mode::Active, |p| p.mode),
+        max_in_flight: bc.max_in_flight,
+        group: None,
+        stats: prev.map_or_else(
+            || Arc::new(BackendStats::new(&bc.name)),
+            |p| p.stats.clone(),
+        ),
+    }
+}
+
+/// The group for `bc`, carrying `prev`'s (same name and address) state.
+fn group(bc: &BackendConfig, prev: Option<&Group>) -> Group {
+    let fresh = Group::from_config(bc);
+    match prev {
+        Some(p) => Group {
+            weight: carried_weight(p.config_weight, p.weight, bc.weight),
+            mode: p.mode,
+            addrs: p.addrs.clone(),
+            ..fresh
+        },
+        None => fresh,
     }
 }
 
@@ -427,6 +455,12 @@ mod tests {
         s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);
         assert_eq!(s.load().backends[1].addr, Some(ip));
         assert_eq!(s.load().backends[0].addr, None);
+        // Applied, yet the admin ETag stays: an operator's If-Match still holds.
+        assert_eq!(s.version(), v0);
+        let moved: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        s.set_addrs(&[("b".into(), "b.test:80".into(), moved)]);
+        assert_eq!(s.load().backends[1].addr, Some(moved));
+        assert_eq!(s.version(), v0);
         // The same answer again: nothing to swap.
         let v1 = s.version();
         s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);
@@ -444,5 +478,119 @@ mod tests {
         let next = s.try_update::<()>(Some(v), |c| Ok(c.with(c.backends.clone(), c.algorithm)));
         assert_eq!(next.ok(), Some(v + 1));
         assert_eq!(s.load().version, v + 1);
+    }
+
+    const GROUP: &str = "[[backends]]\nname = \"web\"\naddr = \"127.0.0.1:9\"\n\
+                         [[backends]]\nname = \"app\"\naddr = \"app.test:3000\"\n\
+                         resolve = \"all\"\nweight = 4\nmax_in_flight = 2\n";
+
+    fn names(snap: &Snapshot) -> Vec<String> {
+        snap.backends
+            .iter()
+            .map(|b| b.stats.name.to_string())
+            .collect()
+    }
+
+    fn answer(s: &State, ips: &[&str]) -> bool {
+        let addrs = ips.iter().map(|a| a.parse().unwrap()).collect();
+        s.set_members(&[("app".into(), "app.test:3000".into(), addrs)])
+    }
+
+    #[test]
+    fn groups_follow_dns_keeping_members_by_address() {
+        let s = State::new(Arc::new(Config::from_toml(GROUP).unwrap()));
+        assert_eq!(names(&s.load()), ["web"], "no members before DNS answers");
+        let v = s.version();
+        assert!(answer(&s, &["10.0.0.2:3000", "10.0.0.1:3000"]));
+        assert_eq!(
+            names(&s.load()),
+            ["web", "app@10.0.0.1:3000", "app@10.0.0.2:3000"]
+        );
+        assert!(!answer(&s, &["10.0.0.1:3000", "10.0.0.2:3000"]), "same set");
+        let first = s.load().backends[1].stats.clone();
+        assert!(answer(&s, &["10.0.0.3:3000", "10.0.0.1:3000"]));
+        let snap = s.load();
+        assert_eq!(
+            names(&snap),
+            ["web", "app@10.0.0.1:3000", "app@10.0.0.3:3000"]
+        );
+        assert!(
+            Arc::ptr_eq(&snap.backends[1].stats, &first),
+            "kept by address"
+        );
+        assert!(snap.backends[1..]
+            .iter()
+            .all(|b| b.weight == 4 && b.max_in_flight == 2));
+        assert_eq!(s.version(), v, "DNS is not an operator change");
+        // Names the admin API understands.
+        assert_eq!(snap.targets("app"), Some(vec![1, 2]));
+        assert_eq!(snap.targets("app@10.0.0.3:3000"), Some(vec![2]));
+        assert_eq!(snap.targets("web"), Some(vec![0]));
+        assert_eq!(snap.targets("app@10.0.0.2:3000"), None);
+        // A stale update (the group's address changed meanwhile) is ignored.
+        let stale = vec!["10.0.0.9:3000".parse().unwrap()];
+        assert!(!s.set_members(&[("app".into(), "old.test:3000".into(), stale)]));
+    }
+
+    #[test]
+    fn reloads_keep_a_group_that_keeps_its_address() {
+        let s = State::new(Arc::new(Config::from_toml(GROUP).unwrap()));
+        answer(&s, &["10.0.0.1:3000", "10.0.0.2:3000"]);
+        s.update(|cur| {
+            let mut backends = cur.backends.clone();
+            backends[2].weight = 1; // an operator's change to one member
+            backends[2].mode = Mode::Drain;
+            cur.with(backends, cur.algorithm)
+        });
+        let cur = s.load_full();
+        let same = Arc::new(Config::from_toml(GROUP).unwrap());
+        let next = build(&same, Some(&cur), cur.algorithm);
+        assert_eq!(names(&next), names(&cur));
+        assert!(Arc::ptr_eq(&next.backends[1].stats, &cur.backends[1].stats));
+        assert_eq!(
+            (next.backends[2].weight, next.backends[2].mode),
+            (1, Mode::Drain)
+        );
+        // The file changes the group's weight and limit: every member takes them.
+        let edited = GROUP
+            .replace("weight = 4", "weight = 6")
+            .replace("max_in_flight = 2", "max_in_flight = 3");
+        let next = build(
+            &Arc::new(Config::from_toml(&edited).unwrap()),
+            Some(&cur),
+            cur.algorithm,
+        );
+        assert!(next.backends[1..]
+            .iter()
+            .all(|b| b.weight == 6 && b.config_weight == 6 && b.max_in_flight == 3));
+        assert_eq!(next.backends[2].mode, Mode::Drain, "modes stay");
+        assert_eq!(next.groups[0].weight, 6);
+        // A new address for the group: its members go until it resolves.
+        let moved = GROUP.replace("app.test", "elsewhere.test");
+        let next = build(
+            &Arc::new(Config::from_toml(&moved).unwrap()),
+            Some(&cur),
+            cur.algorithm,
+        );
+        assert_eq!(names(&next), ["web"]);
+        assert!(next.groups[0].addrs.is_empty());
+    }
+
+    #[test]
+    fn the_cap_counts_members_and_says_which_group_it_cut() {
+        let s = State::new(Arc::new(Config::from_toml(GROUP).unwrap()));
+        let many: Vec<String> = (1..=70).map(|i| format!("10.0.0.{i}:3000")).collect();
+        answer(&s, &many.iter().map(String::as_str).collect::<Vec<_>>());
+        let snap = s.load();
+        assert_eq!(snap.backends.len(), 64);
+        assert_eq!(&*snap.backends[63].stats.name, "app@10.0.0.63:3000");
+        let capped = snap.capped();
+        assert_eq!(capped.len(), 1);
+        assert_eq!(
+            (&*capped[0].group, capped[0].kept, capped[0].dropped),
+            ("app", 63, 7)
+        );
+        answer(&s, &["10.0.0.1:3000"]);
+        assert!(s.load().capped().is_empty());
     }
 }

@@ -60,21 +60,31 @@ pub struct Choice {
 
 /// Chooses a backend for a request: stickiness first, then the algorithm.
 /// `value` is the request's [`sticky_value`]; `excluded` are backends this
-/// request already tried; `key` the client IP bytes.
+/// request must avoid (already tried, circuit refused); `full` those at their
+/// `max_in_flight`; `key` the client IP bytes.
+///
+/// A pinned client whose backend is full is served elsewhere like a client
+/// whose backend is down, but keeps its pin: no new cookie, so it returns to
+/// its backend once that has room (header mode: the session's next backend in
+/// rendezvous order takes the overflow). When every backend is full the
+/// caller queues the request.
 pub fn choose(
     snap: &Snapshot,
     value: Option<&[u8]>,
     excluded: Mask,
+    full: Mask,
     key: &[u8],
     now: Instant,
 ) -> Option<Choice> {
+    let avoid = excluded | full;
     // Only sticky modes need the (drain-inclusive) mask.
-    let pinnable = || snap.sticky_ok(now) & !excluded;
+    let pinnable = || snap.sticky_ok(now) & !avoid;
+    let pick = |set_cookie| {
+        snap.pick(key, avoid, now)
+            .map(|index| Choice { index, set_cookie })
+    };
     match &snap.sticky {
-        Sticky::None => snap.pick(key, excluded, now).map(|index| Choice {
-            index,
-            set_cookie: false,
-        }),
+        Sticky::None => pick(false),
         Sticky::Cookie(_) => {
             let pinned = value.and_then(|id| {
                 snap.backends
@@ -86,10 +96,9 @@ pub fn choose(
                     index,
                     set_cookie: false,
                 }),
-                _ => snap.pick(key, excluded, now).map(|index| Choice {
-                    index,
-                    set_cookie: true,
-                }),
+                // Only full: overflow, the pin stays.
+                Some(index) if has(snap.sticky_ok(now) & full & !excluded, index) => pick(false),
+                _ => pick(true),
             }
         }
         Sticky::Header(_) => match value {
@@ -103,10 +112,7 @@ pub fn choose(
                     set_cookie: false,
                 })
             }
-            None => snap.pick(key, excluded, now).map(|index| Choice {
-                index,
-                set_cookie: false,
-            }),
+            None => pick(false),
         },
     }
 }

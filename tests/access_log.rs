@@ -89,3 +89,28 @@ async fn text_access_log_and_access_off() {
     let (_lb, lines) = access_lines("text", false, 3).await;
     assert!(lines.is_empty(), "access = false still logged: {lines:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_lines_still_batched_are_written_when_lb_stops() {
+    let apps = Apps::plain(1).await;
+    let body = format!("[log]\naccess = true\n\n{}", apps.backends_toml(&[1]));
+    let mut lb = Lb::start_logging("", &body, "info").await;
+    let c = client();
+    for i in 0..3 {
+        let r = c
+            .get(lb.url("/api/whoami"))
+            .header("x-request-id", format!("stop-{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Stop at once: the lines may still sit in a thread's batch (100 ms).
+    assert!(lb.stop().await.success());
+    let n = lb
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("request_id=stop-"))
+        .count();
+    assert_eq!(n, 3, "{}", lb.log_text());
+}

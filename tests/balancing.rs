@@ -38,12 +38,11 @@ async fn round_robin_spreads_evenly_over_four() {
     let lb = Lb::start(&apps.backends_toml(&[1, 1, 1, 1])).await;
     let picks = spread(&lb, "/api/whoami", 8, 250).await;
     let counts = tally(&picks, &["app-1", "app-2", "app-3", "app-4"]);
-    let chi = chi_square_uniform(&counts);
-    println!("round_robin 2000 requests over 4: {counts:?}, chi-square {chi:.3}");
-    // 3 degrees of freedom: the 95% critical value is 7.815. Smooth WRR is
-    // deterministic, so any value above it means the rotation is broken.
-    assert_eq!(counts.iter().sum::<usize>(), 2000);
-    assert!(chi < 7.815, "chi-square {chi} over {counts:?}");
+    println!("round_robin 2000 requests over 4: {counts:?}");
+    // Smooth WRR is deterministic: every pick takes the next slot of one
+    // shared rotation, however many clients race, and nothing failed (all
+    // 200), so 2000 picks over a period of 4 are exactly 500 each.
+    assert_eq!(counts, vec![500; 4]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -52,12 +51,12 @@ async fn weights_three_to_one_are_honoured() {
     let lb = Lb::start(&apps.backends_toml(&[3, 1])).await;
     let picks = spread(&lb, "/api/whoami", 4, 500).await;
     let counts = tally(&picks, &["app-1", "app-2"]);
-    let share = counts[0] as f64 / 2000.0;
-    println!("weights 3:1 over 2000 requests: {counts:?}, share of app-1 {share:.4}");
-    // Expected 0.75; SPEC allows ±5% (of the share): 0.7125..=0.7875. Smooth WRR
-    // gives exactly 3 of every 4 consecutive picks, so only concurrency jitter
-    // at the edges of the run can move it at all.
-    assert!((share - 0.75).abs() <= 0.75 * 0.05, "share {share}");
+    println!("weights 3:1 over 2000 requests: {counts:?}");
+    // Smooth WRR gives exactly 3 of every 4 consecutive picks to app-1 (the
+    // order is fixed; concurrency only changes which client gets which slot):
+    // 2000 picks are 500 periods, exactly 1500 and 500. (SPEC's ±5 % is the
+    // bound for any algorithm; round robin has no reason to use it.)
+    assert_eq!(counts, vec![1500, 500]);
 }
 
 /// Two fast backends and one with `--delay-ms 50`, 16 concurrent clients.
@@ -136,7 +135,7 @@ async fn cookie_stickiness_holds_for_fifty_clients() {
     let lb = Lb::start(&body).await;
     let c = client();
     let (mut same, mut total) = (0, 0);
-    let mut first_backends = HashSet::new();
+    let mut first_backends = Vec::new();
     for _ in 0..50 {
         // Each simulated browser keeps its own cookie.
         let r = c.get(lb.url("/api/whoami")).send().await.unwrap();
@@ -145,7 +144,7 @@ async fn cookie_stickiness_holds_for_fifty_clients() {
         assert!(set.starts_with("lb_sticky="), "no sticky cookie: {set:?}");
         assert!(set.contains("Path=/") && set.contains("HttpOnly") && set.contains("SameSite=Lax"));
         let cookie = set.split(';').next().unwrap().to_string();
-        first_backends.insert(first.clone());
+        first_backends.push(first.clone());
         for _ in 1..20 {
             let r = c
                 .get(lb.url("/api/whoami"))
@@ -161,13 +160,19 @@ async fn cookie_stickiness_holds_for_fifty_clients() {
             same += usize::from(header(&r, "x-backend") == first);
         }
     }
-    let pct = 100.0 * same as f64 / total as f64;
-    println!(
-        "cookie stickiness: {same}/{total} = {pct:.2}% (first picks over {} backends)",
-        first_backends.len()
+    let firsts = tally(&first_backends, &["app-1", "app-2", "app-3", "app-4"]);
+    println!("cookie stickiness: {same}/{total} pinned requests on their backend; first picks {firsts:?}");
+    // Every backend stays healthy and active: a pinned request has no reason
+    // ever to land elsewhere, so one misroute is a bug.
+    assert_eq!(same, total);
+    assert_eq!(total, 50 * 19);
+    // Pinned requests do not consume round-robin slots: the 50 new clients
+    // are 50 consecutive picks, 13, 13, 12, 12.
+    assert_eq!(
+        firsts,
+        vec![13, 13, 12, 12],
+        "new clients were not balanced"
     );
-    assert!(pct >= 99.0, "{pct}%");
-    assert!(first_backends.len() >= 2, "new clients were not balanced");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -20,6 +20,8 @@ fn shipped_configs_pass() {
         let (code, out, err) = check(&root.join(f));
         assert_eq!(code, 0, "{f}: {err}");
         assert!(out.contains("backends      4"), "{f} summary: {out}");
+        assert!(out.contains("head within 10s"), "{f} summary: {out}");
+        assert!(out.contains("upstream idle 4s"), "{f} summary: {out}");
         assert!(out.trim_end().ends_with(": ok"));
     }
 }
@@ -33,6 +35,9 @@ fn broken_configs_exit_2_naming_key_value_and_rule() {
         (format!("bogus = 1\n{B}"), "bogus", "unknown field"),
         (format!("[health]\ninterval = \"5 parsecs\"\n{B}"), "health.interval", "\"5 parsecs\" is not a duration"),
         (format!("[timeouts]\nconnect = \"0s\"\n{B}"), "timeouts.connect", "is out of range"),
+        (format!("[timeouts]\nupstream_idle = \"soon\"\n{B}"), "timeouts.upstream_idle", "\"soon\" is not a duration"),
+        (format!("[timeouts]\nupstream_idle = \"2h\"\n{B}"), "timeouts.upstream_idle", "is out of range"),
+        (format!("[server]\nheader_timeout = \"0s\"\n{B}"), "server.header_timeout", "is out of range"),
         (format!("[server]\nlisten = \"localhost:80\"\n{B}"), "server.listen", "is not an ip:port"),
         (format!("{B}[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:3001\"\n"), "backends[1].name", "duplicate"),
         (format!("{B}[[backends]]\nname = \"b\"\naddr = \"x:1\"\n[[backends]]\nname = \"c\"\naddr = \"x:2\"\nweight = 5000\n"),
@@ -57,6 +62,11 @@ fn broken_configs_exit_2_naming_key_value_and_rule() {
         (format!("[health]\nrise = 0\n{B}"), "health.rise", "0 is out of range 1..=100"),
         (format!("[server]\nthreads = \"two\"\n{B}"), "server.threads", "invalid type"),
         ("[[backends]\nname = \"a\"\n".into(), "(line 1)", "invalid table header"),
+        (format!("[queue]\nsize = -1\n{B}"), "queue.size", "-1 is out of range 0..=1000000"),
+        (format!("[queue]\ntimeout = \"0s\"\n{B}"), "queue.timeout", "is out of range"),
+        (format!("[queue]\nlength = 5\n{B}"), "queue.length", "unknown field"),
+        (format!("{B}max_in_flight = -3\n"), "backends[0].max_in_flight", "-3 is out of range 0..=1000000"),
+        (format!("{B}resolve = \"many\"\n"), "backends[0].resolve", "unknown variant `many`, expected `one` or `all`"),
     ];
     for (text, key, rule) in &cases {
         let (code, out, err) = check_text(text);
@@ -97,4 +107,23 @@ fn missing_file_is_exit_2() {
     let (code, _, err) = check(std::path::Path::new("/nonexistent/lb.toml"));
     assert_eq!(code, 2);
     assert!(err.contains("/nonexistent/lb.toml"), "{err}");
+}
+
+#[test]
+fn summary_shows_capacity_and_queue() {
+    let text = format!("[queue]\nsize = 8\ntimeout = \"250ms\"\n{B}max_in_flight = 50\n");
+    let (code, out, err) = check_text(&text);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("queue         8 requests, timeout 250ms"),
+        "{out}"
+    );
+    assert!(out.contains("weight 1, max_in_flight 50"), "{out}");
+    let (code, out, _) = check_text(&format!("[queue]\nsize = 0\n{B}resolve = \"all\"\n"));
+    assert_eq!(code, 0);
+    assert!(out.contains("queue         off"), "{out}");
+    assert!(
+        out.contains("resolve all (one member per address)"),
+        "{out}"
+    );
 }

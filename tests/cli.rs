@@ -26,9 +26,10 @@ async fn healthcheck_and_admin_client() {
     let apps = Apps::plain(2).await;
     let running = Lb::start(&apps.backends_toml(&[1, 1])).await;
     let admin = format!("http://{}", running.admin);
+    let dead = dead_port();
     let (lb_admin, closed) = (
         admin.clone(),
-        format!("http://127.0.0.1:{}/health", free_port()),
+        format!("http://127.0.0.1:{}/health", dead.port),
     );
     tokio::task::spawn_blocking(move || {
         // healthcheck: 0 against a live admin /health, 1 (with a reason) otherwise.

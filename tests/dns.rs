@@ -52,6 +52,10 @@ async fn hostname_moving_to_a_new_ip_is_followed_without_reload() {
     for _ in 0..5 {
         assert_eq!(who(&c, &lb).await, "old");
     }
+    let etag = lb.admin_get("/admin/weights").await.etag;
+    // A client whose one connection stays idle (kept alive) across the move.
+    let idle = client();
+    assert_eq!(who(&idle, &lb).await, "old");
 
     // The container is recreated with a new IP.
     dns.set(Some(Ipv4Addr::new(127, 0, 0, 3)));
@@ -59,6 +63,25 @@ async fn hostname_moving_to_a_new_ip_is_followed_without_reload() {
         .await
         .expect("lb did not follow the new address within 5 s");
     println!("dns: followed the new address after {followed:?} (interval 100 ms)");
+    // Its next request goes to the new address too: lb routes a request by the
+    // state at its arrival, not by the one its connection last saw.
+    assert_eq!(
+        who(&idle, &lb).await,
+        "new",
+        "a connection idle across the move"
+    );
+    // Not an operator change: the admin ETag stays, so an operator's If-Match
+    // taken before the move still applies.
+    assert_eq!(lb.admin_get("/admin/weights").await.etag, etag);
+    let r = client()
+        .put(lb.admin_url("/admin/weights"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("if-match", &etag)
+        .json(&serde_json::json!({"app": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "If-Match {etag} after a DNS change");
 
     // DNS breaks: the last good address keeps serving, and the failure is
     // logged once, not every interval.

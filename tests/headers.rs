@@ -104,8 +104,11 @@ async fn smuggling_shapes_get_400_and_never_reach_a_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lb_errors_are_json_with_request_id() {
     // One backend on a closed port: connect fails, no other backend to try.
-    let port = free_port();
-    let body = format!("[[backends]]\nname = \"gone\"\naddr = \"127.0.0.1:{port}\"\n");
+    let gone = dead_port();
+    let body = format!(
+        "[[backends]]\nname = \"gone\"\naddr = \"127.0.0.1:{}\"\n",
+        gone.port
+    );
     let lb = Lb::start(&body).await;
     let r = client().get(lb.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 502);

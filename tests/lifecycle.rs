@@ -193,3 +193,24 @@ async fn http10_and_connection_close_clients_get_their_close() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_inside_a_tokio_runtime_resolves_hostname_backends() {
+    // `Lb::build` resolves hostnames once before serving; it used to do so
+    // with `block_on` on the caller's thread, which panics inside a runtime
+    // ("Cannot start a runtime from within a runtime").
+    let dns = TestDns::start(Some(std::net::Ipv4Addr::new(127, 0, 0, 7))).await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\n[admin]\nlisten = \"127.0.0.1:{}\"\n\
+         [discovery]\nnameservers = [\"{}\"]\n\
+         [[backends]]\nname = \"app\"\naddr = \"app.lbtest:3000\"\n",
+        free_port(),
+        free_port(),
+        dns.addr
+    );
+    let config = lb::config::Config::from_toml(&text).unwrap();
+    let built = lb::server::Lb::build(config, None).expect("build");
+    let addr = built.state.load().backends[0].addr;
+    assert_eq!(addr, Some("127.0.0.7:3000".parse().unwrap()));
+    assert!(dns.queries() > 0);
+}

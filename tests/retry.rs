@@ -16,9 +16,10 @@ fn always_503(id: &str) -> Options {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_is_retried_when_the_connection_was_refused() {
     let apps = Apps::plain(1).await;
-    let dead = free_port();
+    let dead = dead_port();
     let body = format!(
-        "[[backends]]\nname = \"dead\"\naddr = \"127.0.0.1:{dead}\"\n\n{}",
+        "[[backends]]\nname = \"dead\"\naddr = \"127.0.0.1:{}\"\n\n{}",
+        dead.port,
         apps.backends_toml(&[1])
     );
     let lb = Lb::start(&body).await;

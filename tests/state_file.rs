@@ -94,6 +94,95 @@ async fn weights_and_modes_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_algorithm_switch_survives_a_restart() {
+    serial(async {
+        let apps = Apps::plain(2).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("lb-state.json");
+        let mut lb = Lb::start_full(&state_line(&state), &apps.backends_toml(&[1, 1])).await;
+        let r = lb
+            .admin_put("/admin/algorithm", &json!({"algorithm": "least_conn"}))
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        // The 200 came after the write: the file already says so.
+        let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        assert_eq!(saved["algorithm"], "least_conn", "{saved}");
+        assert_eq!(lb.stop().await.code(), Some(0));
+        lb.restart().await;
+        let got = lb.admin_get("/admin/algorithm").await.json;
+        assert_eq!(got["algorithm"], "least_conn", "after restart: {got}");
+    })
+    .await;
+}
+
+/// Makes `path` a FIFO: a writer's `open` blocks until someone opens it to read.
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_state_file_write_never_stalls_metrics_or_health() {
+    serial(async {
+        let apps = Apps::plain(2).await;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("lb-state.json");
+        // lb writes `.lb-state.json.tmp` first; as a FIFO with no reader, that
+        // write blocks in open(2), like a disk that stopped answering.
+        let tmp = dir.path().join(".lb-state.json.tmp");
+        mkfifo(&tmp);
+        let lb = Lb::start_full(&state_line(&state), &apps.backends_toml(&[1, 1])).await;
+        let put = {
+            let (url, c) = (lb.admin_url("/admin/weights"), client());
+            tokio::spawn(async move {
+                c.put(url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&json!({"app-1": 3}))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        };
+        // While the write is stuck, the admin runtime keeps answering. Before,
+        // the write ran inside the handler on the admin API's one thread: these
+        // waited for the disk.
+        let quick = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        let mut applied = false;
+        for path in ["/metrics", "/health", "/metrics"] {
+            let t = std::time::Instant::now();
+            let r = quick.get(lb.admin_url(path)).send().await;
+            let took = t.elapsed();
+            assert!(
+                r.as_ref().is_ok_and(|r| r.status() == 200),
+                "GET {path} while the state file write is stuck: {r:?} after {took:?}"
+            );
+            println!("[stuck write] GET {path}: 200 in {took:?}");
+            applied |= lb.weights().await["app-1"] == 3;
+        }
+        // The change itself is in effect (in memory) meanwhile.
+        assert!(applied, "weights not applied while the write is stuck");
+        // Let the writer through (it then fails on fsync of a FIFO, which is
+        // logged), remove the FIFO, and the next change is written normally.
+        let reader = tokio::task::spawn_blocking({
+            let tmp = tmp.clone();
+            move || std::fs::read(&tmp)
+        });
+        assert!(reader.await.unwrap().is_ok());
+        std::fs::remove_file(&tmp).unwrap();
+        assert_eq!(put.await.unwrap().unwrap(), 200);
+        lb.set_weights(&json!({"app-2": 4})).await;
+        let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        assert_eq!(saved["weights"], json!({"app-1": 3, "app-2": 4}));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_state_file_warns_once_and_uses_config_weights() {
     serial(async {
         let apps = Apps::plain(4).await;

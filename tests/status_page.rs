@@ -28,7 +28,8 @@ const ROWS_JS: &str = r#"JSON.stringify([...document.querySelectorAll('#rows tr'
     name: tr.dataset.backend, health: first('health'), circuit: first('circuit'),
     mode: first('mode'), weight: Number(first('weight')),
     effective_weight: Number(f('effective_weight').textContent),
-    in_flight: Number(f('in_flight').textContent), rps: Number(f('rps').textContent),
+    in_flight: Number(f('in_flight').textContent.split(' / ')[0]),
+    rps: Number(f('rps').textContent),
     since: f('health').querySelector('.since').textContent,
     spark: f('spark').querySelectorAll('polyline').length,
   };

@@ -138,6 +138,10 @@ pub(crate) struct Counters {
     pub(crate) api_requests: AtomicU64,
     pub(crate) posts: AtomicU64,
     pub(crate) in_flight: AtomicU64,
+    /// Requests outside /health, /metrics, /fault being handled right now,
+    /// and the most there ever were at once.
+    pub(crate) api_in_flight: AtomicU64,
+    pub(crate) api_in_flight_max: AtomicU64,
 }
 
 /// Shared state of one running app: counters, caches and the fault knobs.
@@ -253,6 +257,19 @@ impl App {
     /// Requests being handled right now (all paths).
     pub fn in_flight(&self) -> u64 {
         self.counters.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests outside `/health`, `/metrics` and `/fault` being handled now.
+    pub fn api_in_flight(&self) -> u64 {
+        self.counters.api_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The most requests outside `/health`, `/metrics` and `/fault` this app
+    /// ever handled at once (counted on arrival, so requests that the
+    /// concurrency limit rejects count too): what a balancer's per-backend
+    /// limit must keep bounded.
+    pub fn max_api_in_flight(&self) -> u64 {
+        self.counters.api_in_flight_max.load(Ordering::Relaxed)
     }
 
     /// Turns `/health` to 503 so balancers stop sending new work; idempotent.

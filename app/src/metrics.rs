@@ -119,6 +119,25 @@ impl Drop for InFlightGuard {
     }
 }
 
+/// In-flight count of application requests, with its high-water mark.
+struct ApiInFlight(Arc<App>);
+
+impl ApiInFlight {
+    fn enter(app: &Arc<App>) -> Self {
+        let now = app.counters.api_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        app.counters
+            .api_in_flight_max
+            .fetch_max(now, Ordering::SeqCst);
+        ApiInFlight(Arc::clone(app))
+    }
+}
+
+impl Drop for ApiInFlight {
+    fn drop(&mut self) {
+        self.0.counters.api_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Outermost middleware: counts on arrival (so requests the fault layer rejects
 /// are counted), tracks in-flight, records status and latency by route template.
 /// While shutting down it adds `Connection: close` so keep-alive clients move on.
@@ -138,6 +157,7 @@ pub(crate) async fn track(State(app): State<Arc<App>>, req: Request, next: Next)
     }
 
     let _guard = InFlightGuard::enter(&app);
+    let _api = (!is_control_path(path)).then(|| ApiInFlight::enter(&app));
     let start = Instant::now();
     let mut resp = next.run(req).await;
     let elapsed = start.elapsed().as_secs_f64();

@@ -25,6 +25,8 @@ type Peer = ConnectInfo<SocketAddr>;
 #[derive(Serialize)]
 struct BackendView {
     name: String,
+    /// The `resolve = "all"` group it is a member of (null otherwise).
+    group: Option<String>,
     addr: String,
     resolved: Option<String>,
     weight: u32,
@@ -33,6 +35,8 @@ struct BackendView {
     circuit: &'static str,
     mode: &'static str,
     in_flight: i64,
+    /// 0 = unlimited.
+    max_in_flight: u32,
     requests_total: u64,
     errors_total: u64,
     ewma_ms: f64,
@@ -42,6 +46,7 @@ fn view(b: &Backend, s: &crate::state::Snapshot, now: Instant) -> BackendView {
     let st = &b.stats;
     BackendView {
         name: st.name.to_string(),
+        group: b.group.as_deref().map(str::to_string),
         addr: b.configured_addr.clone(),
         resolved: b.addr.map(|a| a.to_string()),
         weight: b.weight,
@@ -54,6 +59,7 @@ fn view(b: &Backend, s: &crate::state::Snapshot, now: Instant) -> BackendView {
         circuit: st.circuit.state(&s.config.circuit_breaker, now).as_str(),
         mode: b.mode.as_str(),
         in_flight: st.in_flight(),
+        max_in_flight: b.max_in_flight,
         requests_total: st.requests_total.load(Ordering::Relaxed),
         errors_total: st.errors_total.load(Ordering::Relaxed),
         ewma_ms: (st.ewma.get(now).as_secs_f64() * 1e6).round() / 1e3,
@@ -142,6 +148,7 @@ pub(super) async fn put_weights(
         .set_weights(&changes, if_match(&headers), &peer.to_string())
     {
         Ok(_) => {
+            s.control.persisted().await;
             let snap = s.control.state.load();
             ok(&snap, json!(weights_of(&snap)))
         }
@@ -179,10 +186,20 @@ pub(super) async fn put_mode(
     {
         return failed(e);
     }
+    s.control.persisted().await;
     let snap = s.control.state.load();
-    match snap.index_of(&name) {
-        Some(i) => ok(&snap, json!(view(&snap.backends[i], &snap, Instant::now()))),
-        None => failed(ControlError::NotFound(name)),
+    let now = Instant::now();
+    // A backend or member: its view; a group: its members' views.
+    match (snap.index_of(&name), snap.targets(&name)) {
+        (Some(i), _) => ok(&snap, json!(view(&snap.backends[i], &snap, now))),
+        (None, Some(members)) => {
+            let views: Vec<BackendView> = members
+                .iter()
+                .map(|&i| view(&snap.backends[i], &snap, now))
+                .collect();
+            ok(&snap, json!(views))
+        }
+        (None, None) => failed(ControlError::NotFound(name)),
     }
 }
 
@@ -213,6 +230,7 @@ pub(super) async fn put_algorithm(
         .set_algorithm(a, if_match(&headers), &peer.to_string())
     {
         Ok(()) => {
+            s.control.persisted().await;
             let snap = s.control.state.load();
             ok(&snap, json!({ "algorithm": snap.algorithm.as_str() }))
         }
@@ -220,8 +238,16 @@ pub(super) async fn put_algorithm(
     }
 }
 
-pub(super) async fn reload(State(s): State<Shared>, ConnectInfo(peer): Peer) -> Response {
-    match s.control.reload(&peer.to_string()).await {
+pub(super) async fn reload(
+    State(s): State<Shared>,
+    ConnectInfo(peer): Peer,
+    headers: HeaderMap,
+) -> Response {
+    match s
+        .control
+        .reload_if(&peer.to_string(), if_match(&headers))
+        .await
+    {
         Ok(()) => ok(&s.control.state.load(), json!({ "status": "reloaded" })),
         Err(e) => failed(e),
     }

@@ -12,6 +12,7 @@ use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, 
 
 use crate::circuit::CircuitState;
 use crate::metrics::{ErrorKind, ADMIN_KINDS};
+use crate::queue::Rejected;
 use crate::state::State;
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -41,6 +42,12 @@ pub fn render(state: &State) -> String {
         &r,
         "lb_backend_in_flight",
         "Requests in flight to the backend",
+        &["backend"],
+    );
+    let max_in_flight = gauge(
+        &r,
+        "lb_backend_max_in_flight",
+        "Configured max_in_flight (0 = unlimited)",
         &["backend"],
     );
     let up = gauge(
@@ -100,6 +107,9 @@ pub fn render(state: &State) -> String {
                 .inc_by(s.metrics.codes[i].load(Ordering::Relaxed));
         }
         in_flight.with_label_values(&[name]).set(s.in_flight());
+        max_in_flight
+            .with_label_values(&[name])
+            .set(b.max_in_flight.into());
         up.with_label_values(&[name])
             .set(i64::from(s.healthy.load(Ordering::Relaxed)));
         weight.with_label_values(&[name]).set(b.weight.into());
@@ -144,6 +154,7 @@ pub fn render(state: &State) -> String {
     no_backend
         .with_label_values(&[] as &[&str])
         .inc_by(c.no_backend.load(Ordering::Relaxed));
+    queue(&r, state);
     counter(
         &r,
         "lb_log_dropped_total",
@@ -190,6 +201,28 @@ pub fn render(state: &State) -> String {
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&families, &mut out);
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// `lb_queue_depth`, `lb_queue_wait_seconds`, `lb_queue_rejected_total{reason}`.
+fn queue(r: &Registry, state: &State) {
+    let q = &state.queue;
+    gauge(r, "lb_queue_depth", "Requests waiting in the queue", &[])
+        .with_label_values(&[] as &[&str])
+        .set(q.waiting() as i64);
+    // A clone shares the live histogram's counts.
+    r.register(Box::new(q.wait_histogram().clone()))
+        .expect("unique metric");
+    let rejected = counter(
+        r,
+        "lb_queue_rejected_total",
+        "Requests answered 503 by the queue: full, or waited queue.timeout",
+        &["reason"],
+    );
+    for why in Rejected::ALL {
+        rejected
+            .with_label_values(&[why.as_str()])
+            .inc_by(q.rejected(why));
+    }
 }
 
 /// Merges each backend's histogram into one `lb_request_duration_seconds`

@@ -148,16 +148,21 @@ async fn auth(AxState(s): AxState<Shared>, req: Request, next: Next) -> Response
     r
 }
 
-/// `If-Match`: `None` when absent or `*`; `Some(version)` otherwise
-/// (`Some(0)`, never current, for a value that is not one of our ETags).
+/// `If-Match` with RFC 9110's strong comparison: `None` when absent or `*`;
+/// `Some(version)` for one of our ETags (`"<version>"`); `Some(0)`, never a
+/// current version, for anything else, including a weak `W/"<version>"`
+/// (a weak tag never matches strongly) and lists of tags.
 pub(crate) fn if_match(h: &HeaderMap) -> Option<u64> {
     let v = h.get(header::IF_MATCH)?.to_str().unwrap_or("");
     let v = v.trim();
     if v == "*" {
         return None;
     }
-    let v = v.trim_start_matches("W/").trim_matches('"');
-    Some(v.parse().unwrap_or(0))
+    let strong = v
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()));
+    Some(strong.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 /// Attaches `ETag: "<version>"`.
@@ -204,8 +209,13 @@ mod tests {
         assert_eq!(if_match(&h), None);
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"7\""));
         assert_eq!(if_match(&h), Some(7));
+        // Strong comparison: a weak tag never matches, even with our version.
         h.insert(header::IF_MATCH, HeaderValue::from_static("W/\"8\""));
-        assert_eq!(if_match(&h), Some(8));
+        assert_eq!(if_match(&h), Some(0));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("\"7\", \"8\""));
+        assert_eq!(if_match(&h), Some(0));
+        h.insert(header::IF_MATCH, HeaderValue::from_static("7"));
+        assert_eq!(if_match(&h), Some(0));
         h.insert(header::IF_MATCH, HeaderValue::from_static("*"));
         assert_eq!(if_match(&h), None);
         h.insert(header::IF_MATCH, HeaderValue::from_static("\"abc\""));

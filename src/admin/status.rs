@@ -90,13 +90,13 @@ fn row(b: &BackendView) -> String {
 
 /// `GET /`.
 pub(super) async fn page(State(s): State<Shared>) -> Response {
-    let snap = s.control.state.load();
-    let view = s.history.view(&snap, Instant::now(), unix_ms());
+    let view = s.history.view(&s.control.state, Instant::now(), unix_ms());
     let rows: String = view.backends.iter().map(row).collect();
     let body = PAGE
         .replace("{{ALGORITHM}}", view.algorithm)
         .replace("{{VERSION}}", env!("CARGO_PKG_VERSION"))
         .replace("{{COUNT}}", &view.backends.len().to_string())
+        .replace("{{QUEUED}}", &view.queue.depth.to_string())
         .replace("{{ROWS}}", &rows);
     with_headers("text/html; charset=utf-8", body)
 }
@@ -118,7 +118,6 @@ pub(super) async fn icon() -> Response {
 
 /// `GET /history`: see [`crate::history::HistoryView`].
 pub(super) async fn history(State(s): State<Shared>) -> Response {
-    let snap = s.control.state.load();
-    let view = s.history.view(&snap, Instant::now(), unix_ms());
+    let view = s.history.view(&s.control.state, Instant::now(), unix_ms());
     with_headers("application/json", Json(view))
 }

@@ -3,7 +3,7 @@
 //! Every `dynamic.interval` the proxy's background task measures each backend
 //! over the interval (mean upstream response time, error rate) and moves its
 //! factor toward a target in bounded steps; effective weight = operator weight ×
-//! factor (see [`crate::state::Backend::effective_weight`]), never below 1 while the
+//! factor (see [`crate::backend::Backend::effective_weight`]), never below 1 while the
 //! operator weight is above 0, and selection is smooth WRR over those weights.
 //!
 //! target = clamp(fastest mean / own mean, MIN_FACTOR, 1) × (1 − error rate)²,

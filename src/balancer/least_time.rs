@@ -123,7 +123,7 @@ mod tests {
     }
 
     /// Picks `k` requests that do not finish (in-flight grows); picks per backend.
-    fn burst(bs: &[crate::state::Backend], k: usize, now: Instant) -> Vec<usize> {
+    fn burst(bs: &[crate::backend::Backend], k: usize, now: Instant) -> Vec<usize> {
         let p = pool(bs, Algorithm::LeastTime);
         let sel = LeastTime::default();
         let mut got = vec![0; bs.len()];

@@ -5,7 +5,7 @@
 //! weight > 0) and the bit set this request must avoid (`excluded`: backends it
 //! already tried). Selectors keep only rotation counters and caches; every
 //! per-backend number they read (in-flight, EWMA, dynamic factor) lives in
-//! [`crate::state::BackendStats`], so rebuilding a selector loses nothing.
+//! [`crate::backend::BackendStats`], so rebuilding a selector loses nothing.
 
 mod dynamic;
 mod least_conn;
@@ -21,8 +21,8 @@ pub use least_time::LeastTime;
 pub use rendezvous::{rendezvous_pick, IpHash};
 pub use round_robin::SmoothWeighted;
 
+use crate::backend::Backend;
 use crate::config::Algorithm;
-use crate::state::Backend;
 
 /// A set of backend indices (config has at most 64 backends).
 pub type Mask = u64;
@@ -93,7 +93,7 @@ pub(crate) mod testing {
     use std::sync::Arc;
 
     use super::*;
-    use crate::state::{BackendStats, Mode};
+    use crate::backend::{BackendStats, Mode};
 
     /// Backends named b0, b1, ... with the given weights, all reachable.
     pub fn backends(weights: &[u32]) -> Vec<Backend> {
@@ -106,6 +106,8 @@ pub(crate) mod testing {
                 weight: w,
                 config_weight: w,
                 mode: Mode::Active,
+                max_in_flight: 0,
+                group: None,
                 stats: Arc::new(BackendStats::new(&format!("b{i}"))),
             })
             .collect()

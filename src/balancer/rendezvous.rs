@@ -14,7 +14,7 @@ use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::{has, Balancer, Mask, Pool};
-use crate::state::Backend;
+use crate::backend::Backend;
 
 /// Score of backend `b` (weight `w`) for `key`.
 #[inline]

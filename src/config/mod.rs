@@ -15,7 +15,8 @@ use http::HeaderName;
 
 pub use validate::ConfigError;
 
-/// Maximum number of backends: eligibility is tracked in a `u64` bit set.
+/// Maximum number of backends, group members included: eligibility is tracked
+/// in a `u64` bit set.
 pub const MAX_BACKENDS: usize = 64;
 /// Upper bound of an operator weight (SPEC: integers 0..=1000).
 pub const MAX_WEIGHT: u32 = 1000;
@@ -203,6 +204,28 @@ pub struct LogConfig {
     pub access: bool,
 }
 
+/// `[queue]`: where requests wait when every eligible backend is at its
+/// `max_in_flight` (SPEC "Per-backend capacity and the queue").
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueConfig {
+    /// Most requests waiting at once (default 1024; 0 = no queue: a request
+    /// that finds every backend full gets 503 at once).
+    pub size: usize,
+    /// Longest wait before `503` (default 1 s).
+    pub timeout: Duration,
+}
+
+/// How a backend's hostname becomes addresses (SPEC "Backends that resolve to
+/// many addresses").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolve {
+    /// One backend at the first address (IPv4 preferred).
+    One,
+    /// A group: one member backend per address (A and AAAA), named
+    /// `<name>@<ip>:<port>`.
+    All,
+}
+
 /// One backend as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
@@ -212,6 +235,11 @@ pub struct BackendConfig {
     pub addr: String,
     /// Operator weight 0..=1000 (default 1).
     pub weight: u32,
+    /// Most requests in flight to it at once; 0 (default) = unlimited. For a
+    /// group, each member's.
+    pub max_in_flight: u32,
+    /// `resolve` (default [`Resolve::One`]).
+    pub resolve: Resolve,
 }
 
 /// The whole validated configuration.
@@ -237,6 +265,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[queue]`
+    pub queue: QueueConfig,
     /// `[[backends]]`, in file order (at least one, at most [`MAX_BACKENDS`]).
     pub backends: Vec<BackendConfig>,
 }
@@ -272,6 +302,12 @@ impl Config {
             Sticky::Header(h) => format!("header {h}"),
         };
         let _ = writeln!(s, "listen        {}", self.server.listen);
+        let sv = &self.server;
+        let _ = writeln!(
+            s,
+            "client        {} thread(s); head within {:?}, keep-alive {:?}, at most {} fields / {} bytes",
+            sv.threads, sv.header_timeout, sv.keepalive_timeout, sv.max_headers, sv.max_header_bytes
+        );
         let _ = writeln!(s, "admin         {}", self.admin.listen);
         let _ = writeln!(s, "algorithm     {} (sticky: {sticky})", b.algorithm);
         let h = &self.health;
@@ -289,12 +325,40 @@ impl Config {
         );
         let _ = writeln!(
             s,
-            "retry         {} attempts, statuses {:?}; timeouts connect {:?} response {:?}",
-            self.retry.attempts, self.retry.statuses, self.timeouts.connect, self.timeouts.response
+            "retry         {} attempts, statuses {:?}; timeouts connect {:?} response {:?}; upstream idle {:?}",
+            self.retry.attempts,
+            self.retry.statuses,
+            self.timeouts.connect,
+            self.timeouts.response,
+            self.timeouts.upstream_idle
         );
+        let q = &self.queue;
+        let _ = if q.size == 0 {
+            writeln!(
+                s,
+                "queue         off (a request finding every backend full gets 503)"
+            )
+        } else {
+            writeln!(
+                s,
+                "queue         {} requests, timeout {:?}",
+                q.size, q.timeout
+            )
+        };
         let _ = writeln!(s, "backends      {}", self.backends.len());
         for be in &self.backends {
-            let _ = writeln!(s, "  {:<20} {:<28} weight {}", be.name, be.addr, be.weight);
+            let mut cap = match be.max_in_flight {
+                0 => String::new(),
+                n => format!(", max_in_flight {n}"),
+            };
+            if be.resolve == Resolve::All {
+                cap.push_str(", resolve all (one member per address)");
+            }
+            let _ = writeln!(
+                s,
+                "  {:<20} {:<28} weight {}{cap}",
+                be.name, be.addr, be.weight
+            );
         }
         s
     }

@@ -19,6 +19,7 @@ pub struct RawConfig {
     pub dynamic: RawDynamic,
     pub discovery: RawDiscovery,
     pub log: RawLog,
+    pub queue: RawQueue,
     pub backends: Vec<RawBackend>,
 }
 
@@ -242,6 +243,30 @@ impl Default for RawLog {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueue {
+    pub size: i64,
+    pub timeout: String,
+}
+
+impl Default for RawQueue {
+    fn default() -> Self {
+        Self {
+            size: 1024,
+            timeout: "1s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawResolve {
+    #[default]
+    One,
+    All,
+}
+
 /// One `[[backends]]` entry; `name` and `addr` are required.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +275,11 @@ pub struct RawBackend {
     pub addr: String,
     #[serde(default = "default_weight")]
     pub weight: i64,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_in_flight: i64,
+    #[serde(default)]
+    pub resolve: RawResolve,
 }
 
 fn default_weight() -> i64 {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use super::raw::{RawAlgorithm, RawConfig, RawLogFormat, RawSticky};
+use super::raw::{RawAlgorithm, RawConfig, RawLogFormat, RawResolve, RawSticky};
 use super::*;
 
 /// A config that cannot be used. `Display` is the one line `lb check` prints.
@@ -164,6 +164,10 @@ fn backend_addr(key: &str, s: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Upper bound of `queue.size` (each waiter costs a few hundred bytes).
+const MAX_QUEUE: u32 = 1_000_000;
+/// Upper bound of `max_in_flight` (0 = unlimited).
+const MAX_IN_FLIGHT: u32 = 1_000_000;
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -266,6 +270,10 @@ impl TryFrom<RawConfig> for Config {
             },
             access: r.log.access,
         };
+        let queue = QueueConfig {
+            size: int_in("queue.size", r.queue.size, 0, MAX_QUEUE as i64)? as usize,
+            timeout: duration("queue.timeout", &r.queue.timeout, MS, HOUR)?,
+        };
         let backends = backends(&r)?;
         Ok(Config {
             server,
@@ -278,6 +286,7 @@ impl TryFrom<RawConfig> for Config {
             dynamic_interval,
             discovery,
             log,
+            queue,
             backends,
         })
     }
@@ -435,10 +444,21 @@ fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
             0,
             MAX_WEIGHT as i64,
         )?;
+        let max_in_flight = int_in(
+            &format!("backends[{i}].max_in_flight"),
+            b.max_in_flight,
+            0,
+            MAX_IN_FLIGHT as i64,
+        )?;
         out.push(BackendConfig {
             name: b.name.clone(),
             addr: b.addr.clone(),
             weight,
+            max_in_flight,
+            resolve: match b.resolve {
+                RawResolve::One => Resolve::One,
+                RawResolve::All => Resolve::All,
+            },
         });
     }
     if out.iter().all(|b| b.weight == 0) {

@@ -45,15 +45,15 @@ fn points_and_window_follow_the_counters() {
     let s = state();
     let h = History::new();
     let now = Instant::now();
-    h.sample(&s.load(), now, 1_000);
+    h.sample(&s, now, 1_000);
     // 12 seconds of 100 answers/s on `a`, 10 % of them 5xx, all 3-4 ms
     // (bucket (2.5 ms, 5 ms]).
     for sec in 1..=12u64 {
         answer(&s, 0, 90, 200, 0.003);
         answer(&s, 0, 10, 503, 0.004);
-        h.sample(&s.load(), now, 1_000 + sec * 1_000);
+        h.sample(&s, now, 1_000 + sec * 1_000);
     }
-    let v = h.view(&s.load(), now, 13_000);
+    let v = h.view(&s, now, 13_000);
     let a = &v.backends[0];
     assert_eq!(a.series.rps.len(), 12);
     assert!(
@@ -76,6 +76,18 @@ fn points_and_window_follow_the_counters() {
     assert_eq!(b.window.rps, 0.0);
     assert_eq!(b.window.p99_ms, None);
     assert_eq!(b.series.effective_weight.last(), Some(&10));
+
+    // Two requests waiting in lb's queue show at the next sample.
+    let t = tokio::time::Instant::now();
+    let waiting = (s.queue.join(8, t), s.queue.join(8, t));
+    assert_eq!(v.queue.depth, 0);
+    h.sample(&s, now, 14_000);
+    let v = h.view(&s, now, 14_000);
+    assert_eq!(v.queue.depth, 2);
+    assert_eq!(v.queue.series.len(), 14);
+    assert_eq!(v.queue.series.last(), Some(&2));
+    drop(waiting);
+    assert_eq!(h.view(&s, now, 14_000).queue.depth, 0);
 }
 
 #[test]
@@ -84,9 +96,9 @@ fn rings_have_fixed_sizes() {
     let h = History::new();
     let now = Instant::now();
     for sec in 0..(POINTS as u64 + 50) {
-        h.sample(&s.load(), now, sec * 1_000);
+        h.sample(&s, now, sec * 1_000);
     }
-    let v = h.view(&s.load(), now, 0);
+    let v = h.view(&s, now, 0);
     assert_eq!(v.backends[0].series.rps.len(), POINTS);
     for w in 0..(EVENTS as u32 + 7) {
         s.update(|c| {
@@ -94,7 +106,7 @@ fn rings_have_fixed_sizes() {
             bs[0].weight = w + 1;
             c.with(bs, c.algorithm)
         });
-        h.sample(&s.load(), now, 1_000_000 + u64::from(w));
+        h.sample(&s, now, 1_000_000 + u64::from(w));
     }
     let events = h.events();
     assert_eq!(events.len(), EVENTS);
@@ -106,7 +118,7 @@ fn state_changes_become_events_with_their_time() {
     let s = state();
     let h = History::new();
     let now = Instant::now();
-    h.sample(&s.load(), now, 1_000);
+    h.sample(&s, now, 1_000);
     assert!(
         h.events().is_empty(),
         "the first sample is the starting point"
@@ -128,7 +140,7 @@ fn state_changes_become_events_with_their_time() {
         bs[1].weight = 3;
         c.with(bs, Algorithm::LeastConn)
     });
-    h.sample(&s.load(), now, 2_000);
+    h.sample(&s, now, 2_000);
     let mut got = kinds(&h);
     got.sort();
     let want = |k: &'static str, b: &str, f: &str, t: &str| (k, b.into(), f.into(), t.into());
@@ -142,7 +154,7 @@ fn state_changes_become_events_with_their_time() {
             want("weight", "b", "10", "3"),
         ]
     );
-    let v = h.view(&s.load(), now, 2_500);
+    let v = h.view(&s, now, 2_500);
     assert_eq!(
         (v.backends[1].health, v.backends[1].health_since_ms),
         ("down", 2_000)
@@ -162,7 +174,7 @@ fn state_changes_become_events_with_their_time() {
         .stats
         .healthy
         .store(true, Ordering::Relaxed);
-    let v = h.view(&s.load(), now + Duration::from_millis(10), 2_600);
+    let v = h.view(&s, now + Duration::from_millis(10), 2_600);
     assert_eq!(
         (v.backends[1].health, v.backends[1].health_since_ms),
         ("up", 2_600)
@@ -174,21 +186,14 @@ fn backends_joining_and_leaving_are_pool_events() {
     let s = state();
     let h = History::new();
     let now = Instant::now();
-    h.sample(&s.load(), now, 1_000);
+    h.sample(&s, now, 1_000);
     s.update(|c| c.with(c.backends[..1].to_vec(), c.algorithm));
-    h.sample(&s.load(), now, 2_000);
+    h.sample(&s, now, 2_000);
     let text = "[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n\
                 [[backends]]\nname = \"c\"\naddr = \"127.0.0.1:3\"\n";
     let cfg = Arc::new(Config::from_toml(text).unwrap());
-    s.update(|c| {
-        let prev = c
-            .backends
-            .iter()
-            .map(|b| (b.stats.name.clone(), b.clone()))
-            .collect();
-        crate::state::build(&cfg, &prev, c.algorithm)
-    });
-    h.sample(&s.load(), now, 3_000);
+    s.update(|c| crate::state::build(&cfg, Some(c), c.algorithm));
+    h.sample(&s, now, 3_000);
     h.record("pool", "c", "starting", "ready", 3_500);
     assert_eq!(
         kinds(&h),
@@ -200,7 +205,7 @@ fn backends_joining_and_leaving_are_pool_events() {
         ]
     );
     let names: Vec<String> = h
-        .view(&s.load(), now, 4_000)
+        .view(&s, now, 4_000)
         .backends
         .into_iter()
         .map(|b| b.name)

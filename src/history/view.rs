@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{between, health_of, Event, History, Rates, Reading, Seen, POINTS, WINDOW};
-use crate::state::Snapshot;
+use crate::state::State;
 
 /// Per-second series of one backend, oldest first (up to [`POINTS`]).
 #[derive(Debug, Default, Serialize)]
@@ -29,6 +29,8 @@ pub struct Series {
 pub struct BackendView {
     /// Backend name.
     pub name: String,
+    /// The `resolve = "all"` group it is a member of (null otherwise).
+    pub group: Option<String>,
     /// `host:port` as configured.
     pub addr: String,
     /// `up` | `down`.
@@ -48,6 +50,8 @@ pub struct BackendView {
     pub effective_weight: u32,
     /// Requests in flight now.
     pub in_flight: i64,
+    /// Its capacity (0 = unlimited).
+    pub max_in_flight: u32,
     /// Completed attempts since start.
     pub requests_total: u64,
     /// Rate, error rate, p50 and p99 over the last [`WINDOW`] seconds.
@@ -74,8 +78,19 @@ pub struct HistoryView {
     pub algorithm: &'static str,
     /// Backends in config order.
     pub backends: Vec<BackendView>,
+    /// lb's queue (requests waiting for a backend below its `max_in_flight`).
+    pub queue: QueueView,
     /// The last state changes, newest first.
     pub events: Vec<Event>,
+}
+
+/// The queue in [`HistoryView`].
+#[derive(Debug, Serialize)]
+pub struct QueueView {
+    /// Requests waiting now.
+    pub depth: usize,
+    /// Waiting requests at each of the last [`POINTS`] samples, oldest first.
+    pub series: Vec<usize>,
 }
 
 const NO_RATES: Rates = Rates {
@@ -86,8 +101,9 @@ const NO_RATES: Rates = Rates {
 };
 
 impl History {
-    /// The view of `snap` at `now` / `now_ms` with what the rings hold.
-    pub fn view(&self, snap: &Snapshot, now: Instant, now_ms: u64) -> HistoryView {
+    /// The view of `state` at `now` / `now_ms` with what the rings hold.
+    pub fn view(&self, state: &State, now: Instant, now_ms: u64) -> HistoryView {
+        let snap = &*state.load_full();
         let inner = self.lock();
         let backends = snap
             .backends
@@ -113,6 +129,7 @@ impl History {
                 };
                 BackendView {
                     name: b.stats.name.to_string(),
+                    group: b.group.as_deref().map(str::to_string),
                     addr: b.configured_addr.clone(),
                     health: health_of(b),
                     health_since_ms,
@@ -122,6 +139,7 @@ impl History {
                     weight: b.weight,
                     effective_weight: b.effective_weight(snap.algorithm),
                     in_flight: b.stats.in_flight(),
+                    max_in_flight: b.max_in_flight,
                     requests_total: b.stats.requests_total.load(Ordering::Relaxed),
                     window,
                     series,
@@ -136,6 +154,10 @@ impl History {
             version: snap.version,
             algorithm: snap.algorithm.as_str(),
             backends,
+            queue: QueueView {
+                depth: state.queue.waiting(),
+                series: inner.queue.iter().copied().collect(),
+            },
             events: inner.events.iter().rev().cloned().collect(),
         }
     }

@@ -68,6 +68,8 @@ pub struct Ctx {
     pub(super) status_retry: bool,
     pub(super) set_cookie: bool,
     pub(super) no_backend: bool,
+    /// Why admission refused the request (queue full or timed out, client gone).
+    pub(super) refusal: Option<&'static str>,
     /// Whether the last failed attempt timed out (504 rather than 502).
     pub(super) last_timed_out: bool,
     pub(super) upstream_ttfb: Option<Duration>,
@@ -96,6 +98,7 @@ impl Ctx {
             status_retry: false,
             set_cookie: false,
             no_backend: false,
+            refusal: None,
             last_timed_out: false,
             upstream_ttfb: None,
             final_status: 0,

@@ -13,6 +13,7 @@ use super::{headers::REQUEST_ID, Ctx};
 fn classify(e: &Error, ctx: &Ctx) -> (u16, &'static str) {
     match e.etype() {
         HTTPStatus(503) if ctx.no_backend => (503, "no eligible backend"),
+        HTTPStatus(503) if ctx.refusal.is_some() => (503, ctx.refusal.unwrap_or("")),
         HTTPStatus(400) => (400, "bad request"),
         HTTPStatus(431) => (431, "request header fields too large"),
         HTTPStatus(504) => (504, "upstream timed out"),

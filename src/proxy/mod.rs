@@ -7,6 +7,7 @@
 //! whole request, so every attempt is routed by one complete weight map even while
 //! the admin API swaps it.
 
+mod admit;
 mod ctx;
 mod errors;
 pub mod fast;
@@ -23,8 +24,9 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::state::{InFlight, Snapshot, State};
-use crate::sticky::{self, Choice};
+use crate::state::{Snapshot, State};
+use crate::sticky;
+use admit::{admit, Refusal};
 
 pub use ctx::{Ctx, Outcome};
 pub use headers::{new_request_id, sane_request_id};
@@ -62,38 +64,6 @@ fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
     }
 }
 
-/// Chooses a backend whose circuit admits the request: stickiness (`sticky` is
-/// the request's [`sticky::sticky_value`]), then the algorithm; a backend not yet
-/// tried when one exists, else any eligible one.
-fn select(snap: &Snapshot, sticky: Option<&[u8]>, ctx: &mut Ctx) -> Option<Choice> {
-    let now = Instant::now();
-    let mut buf = [0u8; 16];
-    let key = ip_key(ctx.client_ip, &mut buf);
-    let cb = &snap.config.circuit_breaker;
-    for excluded_tried in [true, false] {
-        // At most one refusal per backend: the loop is bounded by their number.
-        for _ in 0..=snap.backends.len() {
-            let excluded = ctx.refused | if excluded_tried { ctx.tried } else { 0 };
-            let Some(choice) = sticky::choose(snap, sticky, excluded, key, now) else {
-                break; // nothing untried left: a retry may reuse a tried backend
-            };
-            let stats = &snap.backends[choice.index].stats;
-            match stats.circuit.acquire(cb, now) {
-                Some(permit) => {
-                    ctx.permit = Some(permit);
-                    return Some(choice);
-                }
-                // Lost a race for the last half-open probe slot.
-                None => ctx.refused |= 1 << choice.index,
-            }
-        }
-        if ctx.attempts == 0 {
-            break;
-        }
-    }
-    None
-}
-
 impl Proxy {
     /// Whether a failed attempt may be retried: attempts left, nothing sent to
     /// the client yet, and the request body (if any) fully buffered for replay.
@@ -104,7 +74,8 @@ impl Proxy {
     }
 }
 
-/// Does an eligible backend this request has not tried yet exist?
+/// Does an eligible backend this request has not tried yet exist? (Full or
+/// not: a retry may queue.)
 fn untried_left(ctx: &Ctx) -> bool {
     ctx.snapshot
         .as_ref()
@@ -158,7 +129,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let snap = ctx
+        let mut snap = ctx
             .snapshot
             .get_or_insert_with(|| self.state.load_full())
             .clone();
@@ -168,19 +139,31 @@ impl ProxyHttp for Proxy {
         let retried_from = (ctx.attempts > 0)
             .then(|| ctx.backend_stats().cloned())
             .flatten();
+        // The previous attempt's slot goes back before choosing again: this
+        // retry (or the queue's next request) may need it.
+        ctx.in_flight = None;
+        ctx.permit = None;
         let sticky = sticky::sticky_value(&snap, &session.req_header().headers);
-        let Some(choice) = select(&snap, sticky, ctx) else {
-            if ctx.attempts > 0 {
+        let admitted = admit(&self.state, &mut snap, sticky, ctx, std::future::pending()).await;
+        let choice = match admitted {
+            Ok(choice) => choice,
+            Err(Refusal::NoBackend) if ctx.attempts > 0 => {
                 // All attempts failed and nothing is left: report the last failure.
                 let code = if ctx.last_timed_out { 504 } else { 502 };
                 return Err(Error::explain(HTTPStatus(code), "all attempts failed"));
             }
-            ctx.no_backend = true;
-            self.state
-                .counters
-                .no_backend
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(Error::explain(HTTPStatus(503), "no eligible backend"));
+            Err(Refusal::NoBackend) => {
+                ctx.no_backend = true;
+                self.state
+                    .counters
+                    .no_backend
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Error::explain(HTTPStatus(503), "no eligible backend"));
+            }
+            Err(refusal) => {
+                ctx.refusal = Some(refusal.message());
+                return Err(Error::explain(HTTPStatus(503), refusal.message()));
+            }
         };
         let backend = &snap.backends[choice.index];
         let Some(addr) = backend.addr else {
@@ -197,8 +180,6 @@ impl ProxyHttp for Proxy {
         ctx.attempts += 1;
         ctx.backend = Some(choice.index);
         ctx.set_cookie = choice.set_cookie;
-        // Replacing the guard ends the previous attempt's in-flight count.
-        ctx.in_flight = Some(InFlight::start(&backend.stats));
         ctx.attempt_started = Instant::now();
         ctx.recorded = false;
 

@@ -28,11 +28,31 @@ mod ops;
 mod process;
 
 /// A free TCP port on 127.0.0.1 (bound then released; lb start retries on a race).
+/// Only for something that will listen on it; for a port where nothing must
+/// answer, use [`dead_port`].
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral port")
+}
+
+/// A loopback port where nothing listens, for "dead backend" tests: a socket
+/// bound to it but not listening, held as long as this value lives, so the
+/// port cannot be handed to another listener (another test's app or lb) in the
+/// meantime. Connecting to it is refused (RST), like a stopped backend.
+pub struct DeadPort {
+    _held: tokio::net::TcpSocket,
+    /// The port.
+    pub port: u16,
+}
+
+/// See [`DeadPort`]; keep the value alive for the whole test.
+pub fn dead_port() -> DeadPort {
+    let s = tokio::net::TcpSocket::new_v4().expect("socket");
+    s.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let port = s.local_addr().expect("local_addr").port();
+    DeadPort { _held: s, port }
 }
 
 /// Demo backends running on the test's tokio runtime.

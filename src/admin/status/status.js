@@ -94,10 +94,8 @@
   }
 
   // --- one table row per backend, created once, updated in place ---
-  function sparkline(series) {
+  function sparkline(series, w = 150, h = 28) {
     const NS = 'http://www.w3.org/2000/svg';
-    const w = 150;
-    const h = 28;
     const svg = document.createElementNS(NS, 'svg');
     svg.setAttribute('class', 'spark');
     svg.setAttribute('width', w);
@@ -120,13 +118,15 @@
       svg.appendChild(p);
       return max;
     };
-    if (series.rps.length > 1) {
+    const t = document.createElementNS(NS, 'title');
+    if (series.queue) {
+      if (series.queue.length > 1) t.textContent = 'most queued ' + line(series.queue, 'rps');
+    } else if (series.rps.length > 1) {
       const top = line(series.rps, 'rps');
       const worst = line(series.p99_ms, 'p99');
-      const t = document.createElementNS(NS, 'title');
       t.textContent = 'peak ' + top.toFixed(1) + ' req/s, worst p99 ' + worst.toFixed(1) + ' ms';
-      svg.appendChild(t);
     }
+    svg.appendChild(t);
     return svg;
   }
 
@@ -185,7 +185,7 @@
 
   function update(r, b, now) {
     const c = r.cells;
-    r.addr.textContent = b.addr;
+    r.addr.textContent = b.group ? b.addr + ' · group ' + b.group : b.addr;
     for (const f of ['health', 'circuit', 'mode']) {
       c[f].textContent = b[f];
       c[f].className = b[f];
@@ -203,7 +203,7 @@
       r.modeInput.value = b.mode;
     }
     c.effective_weight.textContent = b.effective_weight;
-    c.in_flight.textContent = b.in_flight;
+    c.in_flight.textContent = b.max_in_flight ? b.in_flight + ' / ' + b.max_in_flight : b.in_flight;
     c.rps.textContent = b.rps.toFixed(1);
     c.error_rate.textContent = (100 * b.error_rate).toFixed(2) + ' %';
     c.p50_ms.textContent = b.p50_ms === null ? '–' : b.p50_ms.toFixed(1);
@@ -236,6 +236,8 @@
     }
     $('algorithm').textContent = v.algorithm;
     $('count').textContent = v.backends.length;
+    $('queued').textContent = v.queue.depth;
+    $('queue-spark').replaceChildren(sparkline({ queue: v.queue.series }, 80, 16));
     const sel = $('algorithm-input');
     if (!sel.dataset.dirty && document.activeElement !== sel) sel.value = v.algorithm;
     const list = $('events');

@@ -14,12 +14,14 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::pool;
+use super::relay::{relay, Relay};
 use super::request::{self, Head, Limits, Route, StickyLookup};
-use super::response::{self, Chunked, ClientSide, Framing, RespHead};
+use super::response::{self, ClientSide, RespHead};
 use crate::config::Sticky;
+use crate::proxy::admit::{admit, Refusal};
 use crate::proxy::ctx::{Ctx, Outcome};
-use crate::proxy::{errors, headers, log_request, select, untried_left};
-use crate::state::{InFlight, Snapshot, State};
+use crate::proxy::{errors, headers, log_request, untried_left};
+use crate::state::{Snapshot, State};
 
 /// Per-read limit while a request body arrives (Pingora's default).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -29,6 +31,8 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Initial client read buffer (grows up to `server.max_header_bytes` + body).
 const CLIENT_BUF: usize = 4 * 1024;
+/// Per-connection buffers larger than this are released between requests.
+const SHRINK_ABOVE: usize = 8 * 1024;
 
 /// Why reading a request head ended without a request.
 enum End {
@@ -100,8 +104,23 @@ impl<'a> Conn<'a> {
         let mut shutdown = shutdown.clone();
         let mut up = Vec::new();
         loop {
+            // Wait for the request's first bytes, then take the snapshot that
+            // routes it: a change made meanwhile (DNS, weights, modes, reload)
+            // applies to it. Taken before the wait, it would be the state of
+            // whenever the connection was accepted or its previous request
+            // ended, however long ago (clients keep idle connections, some
+            // opened and never used yet).
+            let arrived = if self.buf.is_empty() {
+                self.wait_for_request(&mut shutdown).await
+            } else {
+                Ok(()) // pipelined
+            };
             let snap = self.state.load_full();
-            let head = match self.read_head(&snap, &mut up, &mut shutdown).await {
+            let head = match arrived {
+                Ok(()) => self.read_head(&snap, &mut up).await,
+                Err(end) => Err(end),
+            };
+            let head = match head {
                 Ok(head) => head,
                 Err(End::Close) => return None,
                 Err(End::Reply(code, message)) => {
@@ -115,22 +134,65 @@ impl<'a> Conn<'a> {
             if head.route == Route::Fallback || self.pingora_only {
                 return rewound(self.stream, &self.buf);
             }
+            // A change may also have landed while the head was arriving (a
+            // slow client has up to `header_timeout`): route by the state of now.
+            let snap = if Arc::ptr_eq(&self.state.load(), &snap) {
+                snap
+            } else {
+                self.state.load_full()
+            };
             let shutting_down = *shutdown.borrow();
             if !self.exchange(&head, snap, &mut up, shutting_down).await {
                 return None;
             }
             self.buf.drain(..head.len + head.body_len);
             self.served += 1;
+            // An idle connection keeps small buffers only (memory per idle
+            // connection), whatever the largest request on it needed.
+            if up.capacity() > SHRINK_ABOVE {
+                up = Vec::new();
+            }
+            if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// Waits for the first bytes of a request: on a new connection until its
+    /// head is due (`server.header_timeout` after accept), on a kept-alive one
+    /// for at most `server.keepalive_timeout` and only until shutdown.
+    async fn wait_for_request(&mut self, shutdown: &mut ShutdownWatch) -> Result<(), End> {
+        let (header_timeout, idle) = {
+            let snap = self.state.load();
+            let server = &snap.config.server;
+            (server.header_timeout, server.keepalive_timeout)
+        };
+        if self.buf.capacity() - self.buf.len() < 512 {
+            self.buf.reserve(CLIENT_BUF);
+        }
+        let read = if self.served == 0 {
+            let due = self.accepted + header_timeout;
+            match tokio::time::timeout_at(due.into(), self.stream.read_buf(&mut self.buf)).await {
+                Ok(r) => r,
+                Err(_) => return Err(End::Reply(408, "request header timeout")),
+            }
+        } else {
+            tokio::select! {
+                r = timeout(idle, self.stream.read_buf(&mut self.buf)) => match r {
+                    Ok(r) => r,
+                    Err(_) => return Err(End::Close),
+                },
+                _ = shutdown_signal(shutdown) => return Err(End::Close),
+            }
+        };
+        match read {
+            Ok(n) if n > 0 => Ok(()),
+            _ => Err(End::Close),
         }
     }
 
     /// Reads until a whole request head is buffered and valid.
-    async fn read_head(
-        &mut self,
-        snap: &Snapshot,
-        up: &mut Vec<u8>,
-        shutdown: &mut ShutdownWatch,
-    ) -> Result<Head, End> {
+    async fn read_head(&mut self, snap: &Snapshot, up: &mut Vec<u8>) -> Result<Head, End> {
         let server = &snap.config.server;
         let limits = Limits {
             max_headers: server.max_headers,
@@ -142,13 +204,17 @@ impl<'a> Conn<'a> {
             Sticky::Header(name) => StickyLookup::Header(name.as_str()),
         };
         // A new connection's head is due `header_timeout` after accept; a kept-alive
-        // one's after the first byte of the next request.
-        let mut deadline = (self.served == 0).then(|| self.accepted + server.header_timeout);
+        // one's after the first byte of the next request (already buffered, see
+        // `wait_for_request`).
+        let deadline = if self.served == 0 {
+            self.accepted + server.header_timeout
+        } else {
+            Instant::now() + server.header_timeout
+        };
         loop {
             if !self.buf.is_empty() {
-                let d = *deadline.get_or_insert_with(|| Instant::now() + server.header_timeout);
                 match request::parse(&self.buf, limits, sticky, up, self.client_ip) {
-                    Ok(Some(head)) => return self.read_body(head, d).await,
+                    Ok(Some(head)) => return self.read_body(head, deadline).await,
                     Ok(None) if self.buf.len() >= server.max_header_bytes => {
                         return Err(End::Reply(431, "request header fields too large"));
                     }
@@ -162,26 +228,13 @@ impl<'a> Conn<'a> {
             if self.buf.capacity() - self.buf.len() < 512 {
                 self.buf.reserve(CLIENT_BUF);
             }
-            let read = match deadline {
-                Some(d) => {
-                    match tokio::time::timeout_at(d.into(), self.stream.read_buf(&mut self.buf))
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(_) => return Err(End::Reply(408, "request header timeout")),
-                    }
-                }
-                None => {
-                    let idle = server.keepalive_timeout;
-                    tokio::select! {
-                        r = timeout(idle, self.stream.read_buf(&mut self.buf)) => match r {
-                            Ok(r) => r,
-                            Err(_) => return Err(End::Close),
-                        },
-                        _ = shutdown_signal(shutdown) => return Err(End::Close),
-                    }
-                }
-            };
+            let read =
+                match tokio::time::timeout_at(deadline.into(), self.stream.read_buf(&mut self.buf))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => return Err(End::Reply(408, "request header timeout")),
+                };
             match read {
                 Ok(0) | Err(_) => return Err(End::Close),
                 Ok(_) => {}
@@ -218,7 +271,7 @@ impl<'a> Conn<'a> {
     async fn exchange(
         &mut self,
         head: &Head,
-        snap: Arc<Snapshot>,
+        mut snap: Arc<Snapshot>,
         up: &mut Vec<u8>,
         shutting_down: bool,
     ) -> bool {
@@ -238,26 +291,48 @@ impl<'a> Conn<'a> {
         let mut bytes = 0u64;
 
         let (status, keep) = loop {
-            let Some(choice) = select(&snap, sticky.as_deref(), &mut ctx) else {
-                let (code, message) = if ctx.attempts > 0 {
-                    if ctx.last_timed_out {
-                        (504, "upstream timed out")
-                    } else {
-                        (502, "upstream failed")
-                    }
-                } else {
-                    ctx.no_backend = true;
-                    self.state
-                        .counters
-                        .no_backend
-                        .fetch_add(1, Ordering::Relaxed);
-                    (503, "no eligible backend")
-                };
-                error = error.or(Some(message));
-                let keep = self
-                    .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
-                    .await;
-                break (code, keep);
+            // The backend whose failure caused this retry; its slot goes back
+            // before choosing again (this retry or a queued request may need it).
+            let retried_from = ctx
+                .in_flight
+                .take()
+                .filter(|_| ctx.attempts > 0)
+                .map(|slot| slot.stats().clone());
+            ctx.permit = None;
+            let state: &Arc<State> = self.state;
+            let gone = client_gone(&mut self.stream, &mut self.buf);
+            let admitted = admit(state, &mut snap, sticky.as_deref(), &mut ctx, gone).await;
+            let choice = match admitted {
+                Ok(choice) => choice,
+                Err(Refusal::ClientGone) => {
+                    error = Some(Refusal::ClientGone.message());
+                    break (499, false);
+                }
+                Err(refusal) => {
+                    let (code, message) = match refusal {
+                        Refusal::NoBackend if ctx.attempts > 0 => {
+                            if ctx.last_timed_out {
+                                (504, "upstream timed out")
+                            } else {
+                                (502, "upstream failed")
+                            }
+                        }
+                        Refusal::NoBackend => {
+                            ctx.no_backend = true;
+                            self.state
+                                .counters
+                                .no_backend
+                                .fetch_add(1, Ordering::Relaxed);
+                            (503, refusal.message())
+                        }
+                        _ => (503, refusal.message()),
+                    };
+                    error = error.or(Some(message));
+                    let keep = self
+                        .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
+                        .await;
+                    break (code, keep);
+                }
             };
             let backend = &snap.backends[choice.index];
             let Some(addr) = backend.addr else {
@@ -272,16 +347,13 @@ impl<'a> Conn<'a> {
                     .await;
                 break (503, keep);
             };
-            if ctx.attempts > 0 {
-                if let Some(stats) = ctx.backend_stats() {
-                    stats.retries_total.fetch_add(1, Ordering::Relaxed);
-                }
+            if let Some(stats) = retried_from {
+                stats.retries_total.fetch_add(1, Ordering::Relaxed);
             }
             ctx.tried |= 1 << choice.index;
             ctx.attempts += 1;
             ctx.backend = Some(choice.index);
             ctx.set_cookie = choice.set_cookie;
-            ctx.in_flight = Some(InFlight::start(&backend.stats));
             ctx.attempt_started = Instant::now();
             ctx.recorded = false;
 
@@ -536,95 +608,6 @@ impl<'a> Conn<'a> {
     }
 }
 
-/// How relaying a body ended.
-enum Relay {
-    /// The whole body reached the client; the backend sent nothing beyond it.
-    Done { upstream_clean: bool },
-    /// The backend or the client failed mid-body.
-    Broken,
-}
-
-/// Sends the encoded head in `out` with the body bytes already in `rbuf` (from
-/// `resp.len`), then streams the rest of the body as it arrives.
-async fn relay(
-    client: &mut Stream,
-    upc: &mut TcpStream,
-    rbuf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    resp: RespHead,
-    read_timeout: Duration,
-    bytes: &mut u64,
-) -> Relay {
-    let mut chunked = Chunked::default();
-    let mut remaining = match resp.upstream {
-        Framing::Length(n) => n,
-        _ => 0,
-    };
-    let mut start = resp.len;
-    let mut first = true;
-    loop {
-        // Move this read's body bytes into `out` (after the head on the first
-        // round) and note whether the body ended.
-        let avail = &rbuf[start..];
-        let (done, extra) = match resp.upstream {
-            Framing::Empty => (true, !avail.is_empty()),
-            Framing::Length(_) => {
-                let n = (avail.len() as u64).min(remaining) as usize;
-                out.extend_from_slice(&avail[..n]);
-                *bytes += n as u64;
-                remaining -= n as u64;
-                (remaining == 0, avail.len() > n)
-            }
-            Framing::Chunked => {
-                let before = out.len();
-                let fed = if resp.dechunk {
-                    chunked.feed(avail, |d| out.extend_from_slice(d))
-                } else {
-                    chunked
-                        .feed(avail, |_| {})
-                        .inspect(|&(n, _)| out.extend_from_slice(&avail[..n]))
-                };
-                let Ok((n, done)) = fed else {
-                    return Relay::Broken;
-                };
-                *bytes += (out.len() - before) as u64;
-                (done, avail.len() > n)
-            }
-            Framing::Close => {
-                out.extend_from_slice(avail);
-                *bytes += avail.len() as u64;
-                (false, false)
-            }
-        };
-        if !out.is_empty() || first {
-            if client.write_all(out).await.is_err() {
-                return Relay::Broken;
-            }
-            out.clear();
-        }
-        first = false;
-        if done {
-            let _ = client.flush().await;
-            return Relay::Done {
-                upstream_clean: !extra,
-            };
-        }
-        rbuf.clear();
-        start = 0;
-        match timeout(read_timeout, upc.read_buf(rbuf)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            // Until-close bodies end here.
-            Ok(Ok(_)) if resp.upstream == Framing::Close => {
-                let _ = client.flush().await;
-                return Relay::Done {
-                    upstream_clean: false,
-                };
-            }
-            _ => return Relay::Broken,
-        }
-    }
-}
-
 /// `stream` with `data` put back in front of what is still to be read, so the
 /// Pingora path parses the request as if nothing had been read yet. (Only
 /// Pingora's TCP stream supports this; the listener makes nothing else.)
@@ -650,6 +633,22 @@ async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, bool> {
     }
 }
 
+/// Resolves if the client closes its connection (or it fails) while its
+/// request waits in the queue. Pipelined bytes it sends meanwhile are kept
+/// (up to a bound, after which the client is no longer watched).
+async fn client_gone(stream: &mut Stream, buf: &mut Vec<u8>) {
+    while buf.len() < 2 * MAX_RESPONSE_HEAD {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(CLIENT_BUF);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+    std::future::pending().await
+}
+
 /// Resolves once the server is shutting down.
 async fn shutdown_signal(rx: &mut ShutdownWatch) {
     loop {
@@ -659,5 +658,113 @@ async fn shutdown_signal(rx: &mut ShutdownWatch) {
         if rx.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use tokio::net::TcpListener;
+
+    /// A backend answering every request on every connection with `body`.
+    async fn backend(ip: &str, port: u16, body: &'static str) -> SocketAddr {
+        let l = TcpListener::bind((ip, port)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            if s.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                        }
+                        buf.clear();
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// One request on `c` (kept alive); the response body.
+    async fn get(c: &mut TcpStream) -> String {
+        c.write_all(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        loop {
+            let n = c.read_buf(&mut buf).await.unwrap();
+            assert!(n > 0, "lb closed the connection");
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .expect("content-length");
+                if body.len() >= len {
+                    return body[..len].to_string();
+                }
+            }
+        }
+    }
+
+    /// A client connection to a fast-path `Conn` on `state`.
+    async fn connect_to(state: &Arc<State>) -> TcpStream {
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = front.accept().await.unwrap();
+        let s = state.clone();
+        tokio::spawn(async move {
+            let (_stop, shutdown) = tokio::sync::watch::channel(false);
+            let active = Arc::new(AtomicUsize::new(0));
+            let stream: Stream = Box::new(L4Stream::from(accepted));
+            Conn::new(stream, &s, &active, false).serve(&shutdown).await;
+        });
+        client
+    }
+
+    /// A request is routed by the state at its arrival, not by the one its
+    /// connection saw when it was accepted or when its previous request ended:
+    /// here a backend hostname moves (DNS) while a kept-alive connection and a
+    /// never-used one (clients open spares) sit idle, as in `tests/dns.rs`.
+    /// The same holds for weights, modes and reloads.
+    #[tokio::test]
+    async fn requests_are_routed_by_the_state_at_their_arrival() {
+        let old = backend("127.0.0.2", 0, "old").await;
+        let new = backend("127.0.0.3", old.port(), "new").await;
+        let configured = format!("app.test:{}", old.port());
+        let toml = format!("[[backends]]\nname = \"app\"\naddr = \"{configured}\"\n");
+        let state = Arc::new(State::new(Arc::new(Config::from_toml(&toml).unwrap())));
+        state.set_addrs(&[("app".into(), configured.clone(), old)]);
+
+        let mut kept = connect_to(&state).await;
+        assert_eq!(get(&mut kept).await, "old");
+        let mut unused = connect_to(&state).await;
+        // Let both connections wait for their next (first) request.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The name moves while they are idle.
+        state.set_addrs(&[("app".into(), configured, new)]);
+        assert_eq!(get(&mut kept).await, "new", "kept-alive connection");
+        assert_eq!(
+            get(&mut unused).await,
+            "new",
+            "connection accepted before the move"
+        );
     }
 }

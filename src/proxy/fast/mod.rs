@@ -20,6 +20,7 @@
 
 mod conn;
 pub mod pool;
+mod relay;
 pub mod request;
 pub mod response;
 

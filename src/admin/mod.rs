@@ -1,11 +1,13 @@
-//! The admin server on `admin.listen`: `GET /health`, `GET /metrics` and the
-//! status page `GET /` open (read-only, the same facts as the metrics),
+//! The admin server on `admin.listen`: `GET /health`, `GET /metrics`, the
+//! status page `GET /` (with its script and style) and `GET /history` (what
+//! the page draws) open — read-only, the same facts as the metrics —
 //! everything under `/admin/` behind `Authorization: Bearer <token>` (compared
 //! in constant time). JSON in and out; responses carry an `ETag` (the state
 //! version) and mutations with a stale `If-Match` get `412`.
 
 mod handlers;
 pub mod metrics;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use crate::control::Control;
+use crate::history::History;
 
 /// Where the admin token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,7 @@ pub fn resolve_token(
 #[derive(Clone)]
 pub(crate) struct Shared {
     control: Arc<Control>,
+    history: Arc<History>,
     token: Arc<str>,
 }
 
@@ -70,11 +74,18 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// An admin server for `control` on `listen`, accepting `token`.
-    pub fn new(control: Arc<Control>, token: String, listen: SocketAddr) -> Self {
+    /// An admin server for `control` on `listen`, accepting `token`; the
+    /// status page draws `history`.
+    pub fn new(
+        control: Arc<Control>,
+        history: Arc<History>,
+        token: String,
+        listen: SocketAddr,
+    ) -> Self {
         Admin {
             shared: Shared {
                 control,
+                history,
                 token: token.into(),
             },
             listen,
@@ -97,7 +108,11 @@ impl Admin {
             .route("/reload", post(handlers::reload))
             .layer(middleware::from_fn_with_state(self.shared.clone(), auth));
         Router::new()
-            .route("/", get(handlers::status_page))
+            .route("/", get(status::page))
+            .route("/status.js", get(status::script))
+            .route("/status.css", get(status::style))
+            .route("/favicon.svg", get(status::icon))
+            .route("/history", get(status::history))
             .route(
                 "/health",
                 get(|| async { Json(serde_json::json!({"status": "ok"})) }),

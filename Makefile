@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run run-pool test lint deps build images bench bench-peers bench-queue clean
+.PHONY: run run-pool test lint deps build images bench bench-peers bench-queue scenarios clean
 
 CARGO ?= cargo
 
@@ -18,24 +18,37 @@ run-pool: deps
 	$(CARGO) build --release --workspace --bins
 	@scripts/run-pool.sh target/release
 
-## The whole test suite (unit, integration, chaos, and the compose end-to-end
-## test when a Docker engine is reachable, images built first; it is #[ignore]d
-## otherwise, and LB_REQUIRE_DOCKER=1 makes a missing engine a failure).
+## The whole test suite (unit, integration, chaos, the scenario driver's smoke
+## run, the status page in headless Chromium where one can start, and the
+## compose end-to-end tests when a Docker engine is reachable, images built
+## first). The browser and compose tests are #[ignore]d by a plain cargo test
+## and run here with --ignored only where they can; LB_REQUIRE_DOCKER=1 makes a
+## missing engine a failure.
 test: deps
+	@scripts/deps.sh test
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
-	 else echo "no Docker engine reachable: the compose end-to-end test stays ignored"; fi
+	 else echo "no Docker engine reachable: the compose end-to-end tests stay ignored"; fi
 	$(CARGO) test --workspace --no-fail-fast
+	@echo "== the status page in headless Chromium (tests/status_page.rs, #[ignore]d by default)"
+	@if scripts/chromium-ok.sh; then $(CARGO) test --test status_page --no-fail-fast -- --ignored; \
+	 else echo "Chromium cannot start here: tests/status_page.rs stays ignored, not passed"; fi
 	@if docker info >/dev/null 2>&1 || [ "$${LB_REQUIRE_DOCKER:-0}" = 1 ]; then \
-	   echo "== against the Docker engine (tests/compose.rs, tests/pool_docker.rs; #[ignore]d by default)"; \
-	   $(CARGO) test --test compose --test pool_docker -- --ignored; \
+	   echo "== against the Docker engine (tests/compose.rs, tests/compose_scale.rs, tests/pool_docker.rs; #[ignore]d by default)"; \
+	   $(CARGO) test --no-fail-fast $(COMPOSE_TESTS) -- --ignored; \
 	 fi
 	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
 	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
 
+# The end-to-end tests against a Docker engine (one after the other: cargo runs
+# test binaries in sequence, so two compose projects never compete for the CPUs).
+COMPOSE_TESTS := --test compose --test compose_scale
+
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header
-# timeout, HTTP/1.0 de-chunking) and the Docker engine tests.
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose pool_docker,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+# timeout, HTTP/1.0 de-chunking), the compose end-to-end tests (lb runs in its
+# image there), the scenario smoke run and the browser test (neither tests the
+# request path), and the pool's docker test.
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale scenarios status_page pool_docker,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:
@@ -55,6 +68,16 @@ images: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --workspace --bins \
 	  --target $(STATIC_TARGET) --target-dir target/static
 	@scripts/build-images.sh $(STATIC_DIR)
+
+## The seeds' experiments with one, two and four apps (issue 12) against real
+## app and lb processes: writes docs/scenarios.md (tables, SVG charts) and
+## target/scenarios/results.json, then prints the seeds' criteria, met or not.
+## About 15 min; SCENARIOS_QUICK=1: the same capacities, ~4 min.
+SCENARIOS_QUICK ?= 0
+scenarios: build
+	@scripts/deps.sh scenarios
+	SCENARIOS_QUICK=$(SCENARIOS_QUICK) python3 scripts/scenarios.py
+	@python3 scripts/scenarios-report.py target/scenarios/results.json
 
 ## lb vs nginx on loopback (needs wrk and nginx: apt-get install wrk nginx).
 bench: build

@@ -7,11 +7,25 @@
 #   prometheus       for `promtool check metrics` (tests/metrics.rs validates
 #                    /metrics with it); installed without its recommends (the
 #                    node exporter), and its server is never started by lb's tests
+# With an argument, also what that target needs:
+#   scripts/deps.sh test       + python3 and wrk (tests/scenarios.rs runs the
+#                                scenario driver), chromium (tests/status_page.rs)
+#   scripts/deps.sh scenarios  + python3 and wrk (`make scenarios`)
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+case "${1:-}" in
+  test | scenarios)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+    command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    ;;
+esac
+if [ "${1:-}" = test ] && ! command -v chromium >/dev/null 2>&1 \
+   && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "${LB_CHROMIUM:-}" ]; then
+  missing+=(chromium)
+fi
 # The compose end-to-end test drives Docker with Compose (v2 plugin or v1).
 if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1 \
    && ! command -v docker-compose >/dev/null 2>&1; then

@@ -22,6 +22,8 @@
 //!   counters and histograms `/metrics` renders; [`clock`] their time origin;
 //!   [`queue`] the FIFO where requests wait for a backend below its
 //!   `max_in_flight`.
+//! - [`history`] keeps the status page's recent per-backend series and state
+//!   changes, sampled once a second off the hot path.
 //! - [`config`] parses and validates `lb.toml`; [`client`] is the blocking HTTP
 //!   client of the `lb healthcheck` / `lb admin` commands.
 //! - [`pool`] starts, watches, recycles, scales and stops backends lb owns
@@ -41,6 +43,7 @@ pub mod dynamic;
 pub mod ewma;
 pub mod group;
 pub mod health;
+pub mod history;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -25,6 +25,7 @@ use crate::control::Control;
 use crate::discovery::Discovery;
 use crate::dynamic::DynamicWeights;
 use crate::health::HealthChecker;
+use crate::history::{History, Sampler};
 use crate::pool::Pool;
 use crate::proxy::fast::FrontDoor;
 use crate::proxy::Proxy;
@@ -164,9 +165,20 @@ impl Lb {
             "dynamic-weights",
             DynamicWeights::new(state.clone()),
         ));
+        let history = Arc::new(History::new());
+        server.add_service(background_service(
+            "history",
+            Sampler::new(state.clone(), history.clone()),
+        ));
         server.add_service(background_service(
             "admin",
-            Admin::new(control.clone(), pool.clone(), token, config.admin.listen),
+            Admin::new(
+                control.clone(),
+                history,
+                pool.clone(),
+                token,
+                config.admin.listen,
+            ),
         ));
         server.add_service(background_service(
             "sighup",

@@ -128,6 +128,66 @@ async fn auth_is_required_for_admin_only() {
     assert_eq!(w, json!({"app-1": 1, "app-2": 1, "app-3": 1, "app-4": 1}));
 }
 
+/// The status page's assets and data are open and carry the strict policy;
+/// `/history` shows the traffic within a couple of samples and a weight change
+/// among its events (the page itself is driven in tests/status_page.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_assets_and_history() {
+    let (_apps, lb) = four().await;
+    let c = client();
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/status.js", "text/javascript"),
+        ("/status.css", "text/css"),
+        ("/favicon.svg", "image/svg+xml"),
+        ("/history", "application/json"),
+    ] {
+        let r = c.get(lb.admin_url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(header(&r, "content-type").starts_with(kind), "{path}");
+        let csp = header(&r, "content-security-policy");
+        assert!(csp.starts_with("default-src 'none'"), "{path}: {csp}");
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff", "{path}");
+    }
+    route(&lb, 40).await;
+    let history = || async {
+        let r = c.get(lb.admin_url("/history")).send().await.unwrap();
+        r.json::<Value>().await.unwrap()
+    };
+    let mut seen = false;
+    for _ in 0..100 {
+        let h = history().await;
+        let b = h["backends"].as_array().unwrap();
+        if b.len() == 4
+            && b.iter()
+                .all(|b| b["requests_total"] == 10 && b["rps"].as_f64().unwrap() > 0.0)
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "/history never showed the traffic: {}",
+        history().await
+    );
+    lb.set_weights(&json!({"app-4": 3})).await;
+    let mut event = false;
+    for _ in 0..50 {
+        let h = history().await;
+        event = h["events"].as_array().unwrap().iter().any(|e| {
+            e["kind"] == "weight" && e["backend"] == "app-4" && e["from"] == "1" && e["to"] == "3"
+        });
+        if event {
+            assert_eq!(h["backends"][3]["weight"], 3);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(event, "no weight event: {}", history().await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weights_route_the_very_next_requests() {
     let (_apps, lb) = four().await;
@@ -302,8 +362,19 @@ async fn backends_algorithm_and_reload_success_paths() {
     let (_apps, lb) = four().await;
     let a = AdminClient::new(&lb);
     route(&lb, 8).await;
-    let (st, _, list) = a.get("/admin/backends").await;
-    assert_eq!(st, 200);
+    // A request counts as in flight until lb has finished it, which on the
+    // Pingora path (LB_PATH=pingora) is just after the client has its
+    // response: poll (bounded) until the last slots are given back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let list = loop {
+        let (st, _, v) = a.get("/admin/backends").await;
+        assert_eq!(st, 200);
+        let idle = v.as_array().unwrap().iter().all(|b| b["in_flight"] == 0);
+        if idle || std::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 4);
     for b in list {
@@ -344,7 +415,14 @@ async fn backends_algorithm_and_reload_success_paths() {
         a.get("/admin/algorithm").await.2,
         json!({"algorithm": "least_conn"})
     );
-    assert!(lb.log_text().contains("admin change"), "no audit line");
+    // Log lines reach the file through lb's non-blocking writer: poll.
+    assert!(
+        eventually(std::time::Duration::from_secs(2), || lb
+            .log_text()
+            .contains("admin change"))
+        .await,
+        "no audit line"
+    );
 }
 
 /// A cookie-pinned client: (cookie, backend it is pinned to).

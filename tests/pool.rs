@@ -138,9 +138,20 @@ async fn boots_size_members_and_reports_them() {
             .await
             .unwrap();
         assert!(
-            page.contains("<h2>pool (process)</h2>"),
+            page.contains("<section id=\"pool\">"),
             "status page shows the pool"
         );
+        assert!(page.contains("process · size 3 (2..=4)"), "{page}");
+        assert!(page.contains(&format!("<td>{}-1<div", p.name)), "{page}");
+        let history: Value = client()
+            .get(p.lb.admin_url("/history"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(history["pool"]["members"].as_array().map(Vec::len), Some(3));
         // Memory is read from /proc at check_interval.
         assert!(p
             .lb

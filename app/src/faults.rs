@@ -1,8 +1,9 @@
 //! Fault injection for tests and demos: added delay, injected 500s, the
 //! performance mode's extra latency and the max-concurrency limit, plus the
-//! `/fault` endpoint that changes delay and error rate at run time (so a test can
-//! make a backend fail and then recover it without a restart) and can make the
-//! app leak memory (`leak_mb`, for lb's pool recycling).
+//! `/fault` endpoint that changes delay, error rate and the capacity model's
+//! service time at run time (so a test can make a backend fail or slow down and
+//! then recover it without a restart) and can make the app leak memory
+//! (`leak_mb`, for lb's pool recycling).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -109,9 +110,11 @@ pub(crate) fn is_api_path(path: &str) -> bool {
     path == "/api" || path.starts_with("/api/")
 }
 
-/// Middleware: max concurrency (503 at once), then delay, then injected 500s.
-/// The concurrency permit is held across the delay, so a delayed request keeps
-/// its slot, which is what makes "second concurrent request gets 503" testable.
+/// Middleware: max concurrency (503 at once), then a worker of the capacity
+/// model (queued FIFO, held for the service time), then delay, then injected
+/// 500s. The concurrency permit is held across everything after it, so a
+/// delayed or queued request keeps its slot, which is what makes "second
+/// concurrent request gets 503" testable.
 pub(crate) async fn inject(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if is_control_path(path) {
@@ -135,7 +138,18 @@ pub(crate) async fn inject(State(app): State<Arc<App>>, req: Request, next: Next
         },
         _ => None,
     };
+    if api && app.capacity.is_active() {
+        let pool = Arc::clone(&app);
+        return pool
+            .capacity
+            .serve(delay_then_fail(app, api, req, next))
+            .await;
+    }
+    delay_then_fail(app, api, req, next).await
+}
 
+/// The delay (plus low mode's), then maybe an injected 500, then the handler.
+async fn delay_then_fail(app: Arc<App>, api: bool, req: Request, next: Next) -> Response {
     let mut delay = app.faults.delay();
     if api && app.mode == Mode::Low {
         delay += LOW_MODE_DELAY;
@@ -152,13 +166,14 @@ pub(crate) async fn inject(State(app): State<Arc<App>>, req: Request, next: Next
     next.run(req).await
 }
 
-/// Body of `PUT /fault`; both fields optional, unknown fields rejected so a typo
+/// Body of `PUT /fault`; every field optional, unknown fields rejected so a typo
 /// is an error rather than a silent no-op.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaultUpdate {
     delay_ms: Option<u64>,
     error_rate: Option<f64>,
+    service_time_ms: Option<u64>,
     /// MiB to allocate and hold (adds to earlier leaks).
     leak_mb: Option<u64>,
 }
@@ -169,6 +184,8 @@ fn current(app: &App) -> Response {
         "container": app.id,
         "delay_ms": u64::try_from(app.faults.delay().as_millis()).unwrap_or(u64::MAX),
         "error_rate": app.faults.error_rate(),
+        "service_time_ms": app.capacity.service_time().as_secs_f64() * 1e3,
+        "workers": app.capacity.workers(),
         "leaked_mb": app.faults.leaked_mb(),
     }))
     .into_response()
@@ -198,12 +215,15 @@ pub(crate) async fn put_fault(State(app): State<Arc<App>>, body: Bytes) -> Respo
             return json_error(&app, StatusCode::BAD_REQUEST, e);
         }
     }
-    if let Some(ms) = update.delay_ms {
-        if ms > MAX_DELAY_MS {
+    for (key, value) in [
+        ("delay_ms", update.delay_ms),
+        ("service_time_ms", update.service_time_ms),
+    ] {
+        if let Some(ms) = value.filter(|ms| *ms > MAX_DELAY_MS) {
             return json_error(
                 &app,
                 StatusCode::BAD_REQUEST,
-                format!("delay_ms must be at most {MAX_DELAY_MS}, got {ms}"),
+                format!("{key} must be at most {MAX_DELAY_MS}, got {ms}"),
             );
         }
     }
@@ -222,6 +242,9 @@ pub(crate) async fn put_fault(State(app): State<Arc<App>>, body: Bytes) -> Respo
     if let Some(mb) = update.leak_mb {
         app.faults.leak(mb);
     }
+    if let Some(ms) = update.service_time_ms {
+        app.capacity.set_service_time(Duration::from_millis(ms));
+    }
     if let Some(r) = update.error_rate {
         app.faults.set_error_rate(r);
     }
@@ -229,6 +252,7 @@ pub(crate) async fn put_fault(State(app): State<Arc<App>>, body: Bytes) -> Respo
         container = %app.id,
         delay_ms = ?update.delay_ms,
         error_rate = ?update.error_rate,
+        service_time_ms = ?update.service_time_ms,
         leak_mb = ?update.leak_mb,
         "faults changed"
     );

@@ -71,7 +71,8 @@ fn uptime_s(app: &App) -> f64 {
 }
 
 /// `GET /health`: 200 healthy, or 503 once shutdown began. `in_flight` includes
-/// this probe itself.
+/// this probe itself; `workers`, `busy` and `queued` describe the capacity model
+/// (all 0 without a worker pool).
 async fn health(State(app): State<Arc<App>>) -> Response {
     let (status, text) = if app.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
@@ -83,6 +84,9 @@ async fn health(State(app): State<Arc<App>>) -> Response {
         "container": app.id,
         "uptime_s": uptime_s(&app),
         "in_flight": app.in_flight(),
+        "workers": app.capacity.workers(),
+        "busy": app.capacity.busy(),
+        "queued": app.capacity.queued(),
     });
     (status, Json(body)).into_response()
 }

@@ -6,6 +6,8 @@
 //!   fault knobs) and [`serve`] (graceful, k8s-style shutdown);
 //! - `handlers`: the HTTP endpoints (`/health`, `/api/*`) and the router;
 //! - `faults`: fault injection (delay, error rate, max concurrency, mode) and `/fault`;
+//! - `capacity`: the worker-pool model (N workers, a service time, a FIFO queue) that
+//!   gives apps a capacity in requests per second independent of the host's CPU;
 //! - `metrics`: the per-App Prometheus registry, the counting middleware and `/metrics`;
 //! - `store`: the bounded FIFO map behind the session counters and the data cache;
 //! - `work`: deterministic data generation, the CPU-bound hashing loop, time formatting;
@@ -17,6 +19,7 @@
 
 #![warn(missing_docs)]
 
+mod capacity;
 mod faults;
 mod handlers;
 mod healthcheck;
@@ -38,6 +41,7 @@ pub use faults::{validate_error_rate, MAX_DELAY_MS};
 pub use handlers::{DATA_CACHE_CAPACITY, DATA_TTL, MAX_ITERATIONS, SESSION_CAPACITY};
 pub use healthcheck::healthcheck;
 
+use capacity::Capacity;
 use faults::Faults;
 use metrics::Metrics;
 use store::BoundedMap;
@@ -99,6 +103,13 @@ pub struct Options {
     /// Beyond this many concurrent `/api/*` requests, answer 503 at once.
     /// `Some(0)` rejects every `/api/*` request; `None` means no limit.
     pub max_concurrency: Option<usize>,
+    /// Worker-pool mode: at most this many `/api/*` requests are in service at
+    /// once; the rest wait in a FIFO queue (see `capacity`). `None`: no pool.
+    /// `Some(0)` counts as 1.
+    pub workers: Option<usize>,
+    /// Time each `/api/*` request holds its worker (a timer, not CPU work), so
+    /// capacity is `workers / service_time` requests per second. Zero: none.
+    pub service_time: Duration,
     /// After the shutdown signal, keep serving (with `/health` = 503) this long
     /// before closing the listener, like a Kubernetes preStop hook.
     pub shutdown_delay: Duration,
@@ -112,6 +123,8 @@ impl Default for Options {
             error_rate: 0.0,
             mode: Mode::Normal,
             max_concurrency: None,
+            workers: None,
+            service_time: Duration::ZERO,
             shutdown_delay: Duration::ZERO,
         }
     }
@@ -142,6 +155,8 @@ pub struct App {
     pub(crate) faults: Faults,
     /// `Some` when `max_concurrency` is set; a permit per `/api/*` request in flight.
     pub(crate) api_slots: Option<Arc<Semaphore>>,
+    /// Workers, service time and queue of the capacity model.
+    pub(crate) capacity: Capacity,
     pub(crate) counters: Counters,
     pub(crate) metrics: Metrics,
     /// Session id -> request count.
@@ -156,6 +171,7 @@ impl App {
         let app = App {
             faults: Faults::new(opts.delay, opts.error_rate),
             api_slots: opts.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
+            capacity: Capacity::new(opts.workers.map(|n| n.max(1)), opts.service_time),
             id: opts.id,
             mode: opts.mode,
             shutdown_delay: opts.shutdown_delay,
@@ -205,6 +221,22 @@ impl App {
     /// The injected error rate now in force.
     pub fn error_rate(&self) -> f64 {
         self.faults.error_rate()
+    }
+
+    /// Changes the service time of the capacity model (requests arriving from
+    /// now on); see [`Options::service_time`].
+    pub fn set_service_time(&self, d: Duration) {
+        self.capacity.set_service_time(d);
+    }
+
+    /// The service time now in force.
+    pub fn service_time(&self) -> Duration {
+        self.capacity.service_time()
+    }
+
+    /// Requests waiting for a worker right now (0 without a pool).
+    pub fn queued(&self) -> u64 {
+        self.capacity.queued()
     }
 
     /// Every request handled, all paths, including those rejected early.

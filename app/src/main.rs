@@ -46,6 +46,16 @@ struct Cli {
     #[arg(long)]
     max_concurrency: Option<usize>,
 
+    /// Worker-pool mode: at most N /api/* requests in service at once, the rest
+    /// wait in a FIFO queue; with --service-time-ms the app serves at most
+    /// N / service time requests per second, whatever the host's CPU.
+    #[arg(long, env = "WORKERS", value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    workers: Option<u64>,
+
+    /// Time each /api/* request holds its worker (a timer, not CPU work).
+    #[arg(long, env = "SERVICE_TIME_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=MAX_DELAY_MS))]
+    service_time_ms: u64,
+
     /// After SIGTERM, keep serving this many ms with /health = 503 before closing
     /// the listener (like a Kubernetes preStop hook).
     #[arg(long, default_value_t = 0)]
@@ -98,6 +108,8 @@ fn main() -> ExitCode {
         error_rate: cli.error_rate,
         mode: cli.mode,
         max_concurrency: cli.max_concurrency,
+        workers: cli.workers.map(|n| n as usize),
+        service_time: Duration::from_millis(cli.service_time_ms),
         shutdown_delay: Duration::from_millis(cli.shutdown_delay_ms),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

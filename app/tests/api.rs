@@ -245,6 +245,62 @@ async fn max_concurrency_rejects_with_retry_after() {
     s.stop().await;
 }
 
+/// Worker-pool mode: one worker, 100 ms each. Three requests at once are
+/// served one after another (the last waits two service times in the queue,
+/// shown by `/health`), and `PUT /fault` changes the service time. Only lower
+/// bounds on time: a loaded machine is slower, never faster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_pool_queues_beyond_its_workers() {
+    let s = start(Options {
+        workers: Some(1),
+        service_time: Duration::from_millis(100),
+        ..opts("pool")
+    })
+    .await;
+    let c = client();
+    let t = Instant::now();
+    let reqs: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(c.get(s.url("/api/whoami")).send()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.app.queued() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (status, health) = get_json(&c, &s.url("/health")).await;
+    assert_eq!(status, 200, "health is never queued");
+    assert_eq!(health["workers"], 1);
+    assert_eq!(health["busy"], 1);
+    assert_eq!(health["queued"], 2);
+    for r in reqs {
+        assert_eq!(r.await.expect("join").expect("request").status(), 200);
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(s.app.queued(), 0);
+
+    let resp = c
+        .put(s.url("/fault"))
+        .body(r#"{"service_time_ms": 20}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["service_time_ms"], 20.0);
+    assert_eq!(s.app.service_time(), Duration::from_millis(20));
+    let resp = c
+        .put(s.url("/fault"))
+        .body(r#"{"service_time_ms": 99999999}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 400);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn put_fault_validates_and_applies() {
     let s = start(opts("fault")).await;

@@ -1,7 +1,7 @@
 /* openloop: a fixed-rate (open-loop) HTTP/1.1 keep-alive load generator for
  * scripts/bench-peers.sh (Debian has no wrk2/vegeta/oha).
  *
- *   openloop HOST PORT PATH RATE SECONDS CONNS
+ *   openloop HOST PORT PATH RATE SECONDS CONNS [LOG]
  *
  * Request i is due at t0 + i/RATE whatever happened before it; it goes out on
  * the first idle connection of a fixed pool of CONNS keep-alive connections (no
@@ -14,6 +14,12 @@
  * Prints one line of key=value: due, completed, errors, non2xx, unfinished,
  * rate (achieved, completed/s) and latency percentiles in ms (p50 p90 p99 p999
  * max).
+ *
+ * With LOG (used by scripts/scenarios.py), one line per request is written
+ * there: "due_us latency_us status backend" — due time in microseconds since
+ * the run's start, latency from that due time, the HTTP status (0: the
+ * connection failed; -1: unfinished when the run ended) and the response's
+ * X-Backend header ("-" when absent).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -37,6 +43,7 @@ typedef struct {
   int busy;
   uint64_t due; /* intended send time of the request in flight */
   size_t len;
+  char backend[64]; /* X-Backend of the response being parsed */
   char buf[BUFSZ];
 } conn_t;
 
@@ -47,6 +54,8 @@ static conn_t *conns;
 static int *idle, nidle, epfd;
 static uint32_t *lat; /* microseconds */
 static uint64_t ncompleted, nerrors, nnon2xx;
+static FILE *logf;
+static uint64_t t0;
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -73,9 +82,22 @@ static void open_conn(int i) {
   idle[nidle++] = i;
 }
 
-static void record(uint64_t due, uint64_t t) {
+static void record(uint64_t due, uint64_t t, int status, const char *backend) {
   uint64_t us = t > due ? (t - due) / 1000 : 0;
   lat[ncompleted++] = us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
+  if (logf)
+    fprintf(logf, "%llu %llu %d %s\n", (unsigned long long)((due > t0 ? due - t0 : 0) / 1000),
+            (unsigned long long)us, status, backend && *backend ? backend : "-");
+}
+
+/* Copies the value of header line l ("Name: value\r\n...") into out. */
+static void header_value(const char *l, size_t name_len, char *out, size_t cap) {
+  const char *v = l + name_len;
+  while (*v == ' ' || *v == '\t') v++;
+  size_t n = 0;
+  while (v[n] && v[n] != '\r' && v[n] != ' ' && n + 1 < cap) n++;
+  memcpy(out, v, n);
+  out[n] = 0;
 }
 
 /* A whole response in c->buf? Returns its length, 0 if not yet, -1 if garbage. */
@@ -90,6 +112,8 @@ static long response_len(conn_t *c, int *status) {
   int chunked = 0;
   for (char *l = strstr(c->buf, "\r\n"); l && l < end; l = strstr(l + 2, "\r\n")) {
     if (strncasecmp(l + 2, "content-length:", 15) == 0) clen = atol(l + 17);
+    if (logf && strncasecmp(l + 2, "x-backend:", 10) == 0)
+      header_value(l + 2, 10, c->backend, sizeof c->backend);
     if (strncasecmp(l + 2, "transfer-encoding:", 18) == 0 && strcasestr(l + 2, "chunked") &&
         strcasestr(l + 2, "chunked") < strstr(l + 2, "\r\n"))
       chunked = 1;
@@ -115,9 +139,14 @@ static double pct(uint64_t n, double p) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 7) {
-    fprintf(stderr, "usage: %s HOST PORT PATH RATE SECONDS CONNS\n", argv[0]);
+  if (argc != 7 && argc != 8) {
+    fprintf(stderr, "usage: %s HOST PORT PATH RATE SECONDS CONNS [LOG]\n", argv[0]);
     return 2;
+  }
+  if (argc == 8) {
+    logf = fopen(argv[7], "w");
+    if (!logf) die("fopen");
+    setvbuf(logf, NULL, _IOFBF, 1 << 20);
   }
   double rate = atof(argv[4]), secs = atof(argv[5]);
   int nconn = atoi(argv[6]);
@@ -137,7 +166,8 @@ int main(int argc, char **argv) {
   for (int i = 0; i < nconn; i++) open_conn(i);
 
   double interval = 1e9 / rate;
-  uint64_t t0 = now_ns() + 20000000ull, sent = 0, inflight = 0;
+  t0 = now_ns() + 20000000ull;
+  uint64_t sent = 0, inflight = 0;
   uint64_t deadline = t0 + (uint64_t)(secs * 1e9) + 3000000000ull, last_done = t0;
   struct epoll_event evs[256];
   for (;;) {
@@ -148,6 +178,7 @@ int main(int argc, char **argv) {
       conn_t *c = &conns[idle[--nidle]];
       c->due = due;
       c->busy = 1;
+      c->backend[0] = 0;
       if (write(c->fd, req, reqlen) != (ssize_t)reqlen) die("write");
       sent++;
       inflight++;
@@ -183,7 +214,7 @@ int main(int argc, char **argv) {
         if (whole == 0) continue;
       }
       if (r > 0 && whole > 0 && c->busy) {
-        record(c->due, now);
+        record(c->due, now, status, c->backend);
         last_done = now;
         if (status < 200 || status > 299) nnon2xx++;
         c->busy = 0;
@@ -198,6 +229,9 @@ int main(int argc, char **argv) {
       if (c->busy) {
         nerrors++;
         inflight--;
+        if (logf) /* in the log only: the summary's percentiles stay as before */
+          fprintf(logf, "%llu %llu 0 -\n", (unsigned long long)((c->due - t0) / 1000),
+                  (unsigned long long)((now - c->due) / 1000));
       }
       epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
       close(c->fd);
@@ -210,16 +244,17 @@ int main(int argc, char **argv) {
   uint64_t unfinished = 0;
   for (int i = 0; i < nconn; i++)
     if (conns[i].busy) {
-      record(conns[i].due, end);
+      record(conns[i].due, end, -1, NULL);
       unfinished++;
     }
   for (; sent < total; sent++) { /* due but never sent: lower bound of their latency */
     uint64_t due = t0 + (uint64_t)((double)sent * interval);
     if (due < end) {
-      record(due, end);
+      record(due, end, -1, NULL);
       unfinished++;
     }
   }
+  if (logf) fclose(logf);
   uint64_t done = ncompleted - unfinished;
   qsort(lat, ncompleted, sizeof *lat, cmp_u32);
   double span = (double)(last_done - t0) / 1e9;

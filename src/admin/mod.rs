@@ -1,5 +1,6 @@
-//! The admin server on `admin.listen`: `GET /health`, `GET /metrics` and the
-//! status page `GET /` open (read-only, the same facts as the metrics),
+//! The admin server on `admin.listen`: `GET /health`, `GET /metrics`, the
+//! status page `GET /` (with its script and style) and `GET /history` (what
+//! the page draws) open — read-only, the same facts as the metrics —
 //! everything under `/admin/` behind `Authorization: Bearer <token>` (compared
 //! in constant time). JSON in and out; responses carry an `ETag` (the state
 //! version) and mutations with a stale `If-Match` get `412`.
@@ -7,6 +8,7 @@
 mod handlers;
 pub mod metrics;
 mod pool;
+mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use crate::control::Control;
+use crate::history::History;
 use crate::pool::Pool;
 
 /// Where the admin token came from.
@@ -63,6 +66,7 @@ pub fn resolve_token(
 pub(crate) struct Shared {
     control: Arc<Control>,
     pool: Option<Arc<Pool>>,
+    history: Arc<History>,
     token: Arc<str>,
 }
 
@@ -74,9 +78,10 @@ pub struct Admin {
 
 impl Admin {
     /// An admin server for `control` (and `pool`, if any) on `listen`,
-    /// accepting `token`.
+    /// accepting `token`; the status page draws `history`.
     pub fn new(
         control: Arc<Control>,
+        history: Arc<History>,
         pool: Option<Arc<Pool>>,
         token: String,
         listen: SocketAddr,
@@ -84,6 +89,7 @@ impl Admin {
         Admin {
             shared: Shared {
                 control,
+                history,
                 pool,
                 token: token.into(),
             },
@@ -110,7 +116,11 @@ impl Admin {
             .route("/pool/rollout", post(pool::post_rollout))
             .layer(middleware::from_fn_with_state(self.shared.clone(), auth));
         Router::new()
-            .route("/", get(handlers::status_page))
+            .route("/", get(status::page))
+            .route("/status.js", get(status::script))
+            .route("/status.css", get(status::style))
+            .route("/favicon.svg", get(status::icon))
+            .route("/history", get(status::history))
             .route(
                 "/health",
                 get(|| async { Json(serde_json::json!({"status": "ok"})) }),

@@ -32,6 +32,9 @@ pub const OWNER_ENV: &str = "LB_POOL_OWNER";
 
 struct Running {
     child: Child,
+    /// Kept apart from `child`, which forgets it once reaped: the group
+    /// (a wrapper's children) may outlive the process itself.
+    pid: u32,
     port: u16,
 }
 
@@ -158,8 +161,9 @@ impl Provider for ProcessProvider {
         let child = cmd
             .spawn()
             .map_err(|e| ProviderError::new(&format!("spawn {:?}", args[0]), e))?;
-        tracing::info!(member = name, pid = child.id(), port, command = ?args, "pool: process spawned");
-        lock(&self.children).insert(name.to_string(), Running { child, port });
+        let pid = child.id().unwrap_or(0);
+        tracing::info!(member = name, pid, port, command = ?args, "pool: process spawned");
+        lock(&self.children).insert(name.to_string(), Running { child, pid, port });
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
@@ -186,9 +190,12 @@ impl Provider for ProcessProvider {
         let Some(mut r) = lock(&self.children).remove(name) else {
             return;
         };
-        let Some(pid) = r.child.id() else {
-            return; // already reaped
-        };
+        let pid = r.pid;
+        if r.child.id().is_none() {
+            // It exited and was reaped; what may be left is its group.
+            signal_group(pid, libc::SIGKILL);
+            return;
+        }
         signal_group(pid, libc::SIGTERM);
         let how = match tokio::time::timeout(grace, r.child.wait()).await {
             Ok(status) => status.map_or_else(|e| e.to_string(), |s| s.to_string()),
@@ -212,6 +219,10 @@ impl Provider for ProcessProvider {
 
 /// Signals the process group led by `pid` (each member leads its own).
 fn signal_group(pid: u32, sig: libc::c_int) {
+    // kill(0) and kill(-1) would signal lb's own group, or everything.
+    if pid <= 1 {
+        return;
+    }
     if let Ok(pgid) = libc::pid_t::try_from(pid) {
         // SAFETY: kill(2) on a negative pid signals that process group; an
         // empty group is ESRCH, which is fine.
@@ -244,6 +255,9 @@ fn processes_of_pool(pool: &str) -> Vec<(u32, String)> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
+        if pid <= 1 || pid == std::process::id() {
+            continue;
+        }
         let Ok(env) = std::fs::read(e.path().join("environ")) else {
             continue; // gone, or not ours to read
         };

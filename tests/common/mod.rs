@@ -24,6 +24,7 @@ pub use pool::*;
 #[allow(unused_imports)]
 pub use process::*;
 
+pub mod compose;
 mod dns;
 mod load;
 mod ops;

@@ -134,9 +134,8 @@ impl<'a> Conn<'a> {
             if head.route == Route::Fallback || self.pingora_only {
                 return rewound(self.stream, &self.buf);
             }
-            // The snapshot was taken before a kept-alive connection's idle
-            // wait: route by the state of now (an operator's drain, mode or
-            // weight change, a reload, a DNS change since then).
+            // A change may also have landed while the head was arriving (a
+            // slow client has up to `header_timeout`): route by the state of now.
             let snap = if Arc::ptr_eq(&self.state.load(), &snap) {
                 snap
             } else {

@@ -1,0 +1,179 @@
+//! The `GET /history` answer. Current facts (health, circuit, mode, weights,
+//! in-flight) are read from the snapshot at request time, exactly as
+//! `/admin/backends` reads them, so the two agree; the aggregates, series and
+//! events come from the rings.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::{between, health_of, Event, History, Rates, Reading, Seen, POINTS, WINDOW};
+use crate::state::State;
+
+/// Per-second series of one backend, oldest first (up to [`POINTS`]).
+#[derive(Debug, Default, Serialize)]
+pub struct Series {
+    /// Answers per second.
+    pub rps: Vec<f64>,
+    /// 5xx share.
+    pub error_rate: Vec<f64>,
+    /// p99 in ms (0 for a second without requests).
+    pub p99_ms: Vec<f64>,
+    /// Effective weight.
+    pub effective_weight: Vec<u32>,
+}
+
+/// One backend in [`HistoryView`].
+#[derive(Debug, Serialize)]
+pub struct BackendView {
+    /// Backend name.
+    pub name: String,
+    /// The `resolve = "all"` group it is a member of (null otherwise).
+    pub group: Option<String>,
+    /// `host:port` as configured.
+    pub addr: String,
+    /// `up` | `down`.
+    pub health: &'static str,
+    /// When health last changed (Unix ms; lb's start or the backend's arrival
+    /// if it never did).
+    pub health_since_ms: u64,
+    /// `closed` | `open` | `half_open`.
+    pub circuit: &'static str,
+    /// When the circuit last changed (as `health_since_ms`).
+    pub circuit_since_ms: u64,
+    /// `active` | `drain` | `maintenance`.
+    pub mode: &'static str,
+    /// Operator weight.
+    pub weight: u32,
+    /// Weight the balancer uses now.
+    pub effective_weight: u32,
+    /// Requests in flight now.
+    pub in_flight: i64,
+    /// Its capacity (0 = unlimited).
+    pub max_in_flight: u32,
+    /// Completed attempts since start.
+    pub requests_total: u64,
+    /// Rate, error rate, p50 and p99 over the last [`WINDOW`] seconds.
+    #[serde(flatten)]
+    pub window: Rates,
+    /// The last [`POINTS`] seconds.
+    pub series: Series,
+}
+
+/// Everything the status page shows.
+#[derive(Debug, Serialize)]
+pub struct HistoryView {
+    /// Unix ms of this answer.
+    pub now_ms: u64,
+    /// Seconds between points.
+    pub interval_s: u32,
+    /// Seconds the aggregates cover.
+    pub window_s: usize,
+    /// Points kept per backend.
+    pub points: usize,
+    /// The state version (the admin API's ETag).
+    pub version: u64,
+    /// Active algorithm.
+    pub algorithm: &'static str,
+    /// Backends in config order.
+    pub backends: Vec<BackendView>,
+    /// lb's queue (requests waiting for a backend below its `max_in_flight`).
+    pub queue: QueueView,
+    /// The last state changes, newest first.
+    pub events: Vec<Event>,
+}
+
+/// The queue in [`HistoryView`].
+#[derive(Debug, Serialize)]
+pub struct QueueView {
+    /// Requests waiting now.
+    pub depth: usize,
+    /// Waiting requests at each of the last [`POINTS`] samples, oldest first.
+    pub series: Vec<usize>,
+}
+
+const NO_RATES: Rates = Rates {
+    rps: 0.0,
+    error_rate: 0.0,
+    p50_ms: None,
+    p99_ms: None,
+};
+
+impl History {
+    /// The view of `state` at `now` / `now_ms` with what the rings hold.
+    pub fn view(&self, state: &State, now: Instant, now_ms: u64) -> HistoryView {
+        let snap = &*state.load_full();
+        let inner = self.lock();
+        let backends = snap
+            .backends
+            .iter()
+            .map(|b| {
+                let seen = Seen::of(b, snap, now);
+                let track = inner.tracks.iter().find(|t| *t.name == *b.stats.name);
+                // A change not sampled yet happened within the last second.
+                let since = |same: bool, at: u64| if same { at } else { now_ms };
+                let (health_since_ms, circuit_since_ms, window, series) = match track {
+                    Some(t) => (
+                        since(t.seen.health == seen.health, t.health_since_ms),
+                        since(t.seen.circuit == seen.circuit, t.circuit_since_ms),
+                        aggregate(t.readings.front(), t.readings.back()),
+                        Series {
+                            rps: t.points.iter().map(|p| p.rps).collect(),
+                            error_rate: t.points.iter().map(|p| p.error_rate).collect(),
+                            p99_ms: t.points.iter().map(|p| p.p99_ms).collect(),
+                            effective_weight: t.points.iter().map(|p| p.effective_weight).collect(),
+                        },
+                    ),
+                    None => (now_ms, now_ms, NO_RATES, Series::default()),
+                };
+                BackendView {
+                    name: b.stats.name.to_string(),
+                    group: b.group.as_deref().map(str::to_string),
+                    addr: b.configured_addr.clone(),
+                    health: health_of(b),
+                    health_since_ms,
+                    circuit: seen.circuit,
+                    circuit_since_ms,
+                    mode: seen.mode,
+                    weight: b.weight,
+                    effective_weight: b.effective_weight(snap.algorithm),
+                    in_flight: b.stats.in_flight(),
+                    max_in_flight: b.max_in_flight,
+                    requests_total: b.stats.requests_total.load(Ordering::Relaxed),
+                    window,
+                    series,
+                }
+            })
+            .collect();
+        HistoryView {
+            now_ms,
+            interval_s: 1,
+            window_s: WINDOW,
+            points: POINTS,
+            version: snap.version,
+            algorithm: snap.algorithm.as_str(),
+            backends,
+            queue: QueueView {
+                depth: state.queue.waiting(),
+                series: inner.queue.iter().copied().collect(),
+            },
+            events: inner.events.iter().rev().cloned().collect(),
+        }
+    }
+}
+
+fn aggregate(oldest: Option<&Reading>, newest: Option<&Reading>) -> Rates {
+    match (oldest, newest) {
+        (Some(a), Some(b)) if b.at_ms > a.at_ms => {
+            let r = between(a, b);
+            Rates {
+                rps: (r.rps * 100.0).round() / 100.0,
+                error_rate: (r.error_rate * 1e4).round() / 1e4,
+                p50_ms: r.p50_ms.map(|v| (v * 100.0).round() / 100.0),
+                p99_ms: r.p99_ms.map(|v| (v * 100.0).round() / 100.0),
+            }
+        }
+        _ => NO_RATES,
+    }
+}

@@ -40,8 +40,9 @@ test: deps
 	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
 
 # The end-to-end tests against a Docker engine (one after the other: cargo runs
-# test binaries in sequence, so two compose projects never compete for the CPUs).
-COMPOSE_TESTS := --test compose --test compose_scale
+# test binaries in sequence, so two compose projects never compete for the CPUs),
+# and the pool's docker provider (it builds its own image from the debug app).
+COMPOSE_TESTS := --test compose --test compose_scale --test pool_docker
 
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header

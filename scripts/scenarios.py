@@ -92,6 +92,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="lb-scenarios.")
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     results, raw = {}, {}
     try:
         ol = build_openloop(work)
@@ -107,6 +108,13 @@ def main():
         raise
     finally:
         Reaper.stop_all()
+    # lb's and the apps' own logs (warnings, errors) are kept; the per-request
+    # load logs are large and already summarised.
+    logs = os.path.join(args.out, "logs")
+    os.makedirs(logs, exist_ok=True)
+    for name in os.listdir(work):
+        if (name.startswith(("lb", "app-", "calib-")) and name.endswith((".log", ".toml"))):
+            shutil.copy(os.path.join(work, name), logs)
     shutil.rmtree(work, ignore_errors=True)
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -115,6 +123,8 @@ def main():
         if mode != "smoke" else "scripts/scenarios.py --smoke",
         "mode": mode,
         "minutes": round((time.monotonic() - started) / 60, 1),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
         "plan": {k: v for k, v in vars(plan).items() if k != "bin"},
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:

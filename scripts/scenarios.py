@@ -75,7 +75,18 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "target", "scenarios"))
     p.add_argument("--doc", help="default: docs/scenarios.md (smoke: OUT/scenarios.md)")
     p.add_argument("--only", default="single,dual,quad")
+    p.add_argument("--doc-only", action="store_true",
+                   help="rewrite the doc from OUT/results.json and OUT/raw.json; run nothing")
     args = p.parse_args()
+    if args.doc_only:
+        with open(os.path.join(args.out, "results.json")) as f:
+            results = json.load(f)
+        with open(os.path.join(args.out, "raw.json")) as f:
+            saved = json.load(f)
+        doc_path = args.doc or os.path.join(ROOT, "docs", "scenarios.md")
+        doc.write(doc_path, results, saved["raw"], saved["meta"])
+        print(f"scenarios: rewrote {doc_path} from {args.out}", file=sys.stderr)
+        return
     mode = "smoke" if args.smoke else args.mode
     plan = plan_for(mode)
     plan.bin = os.path.abspath(args.bin)

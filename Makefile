@@ -14,30 +14,35 @@ run: deps
 
 ## The whole test suite (unit, integration, chaos, the scenario driver's smoke
 ## run, the status page in headless Chromium where one can start, and the
-## compose end-to-end test when a Docker engine is reachable, images built
+## compose end-to-end tests when a Docker engine is reachable, images built
 ## first). The browser and compose tests are #[ignore]d by a plain cargo test
 ## and run here with --ignored only where they can; LB_REQUIRE_DOCKER=1 makes a
 ## missing engine a failure.
 test: deps
 	@scripts/deps.sh test
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
-	 else echo "no Docker engine reachable: the compose end-to-end test stays ignored"; fi
+	 else echo "no Docker engine reachable: the compose end-to-end tests stay ignored"; fi
 	$(CARGO) test --workspace --no-fail-fast
 	@echo "== the status page in headless Chromium (tests/status_page.rs, #[ignore]d by default)"
 	@if scripts/chromium-ok.sh; then $(CARGO) test --test status_page --no-fail-fast -- --ignored; \
 	 else echo "Chromium cannot start here: tests/status_page.rs stays ignored, not passed"; fi
 	@if docker info >/dev/null 2>&1 || [ "$${LB_REQUIRE_DOCKER:-0}" = 1 ]; then \
-	   echo "== the compose end-to-end test (tests/compose.rs, #[ignore]d by default)"; \
-	   $(CARGO) test --test compose -- --ignored; \
+	   echo "== the compose end-to-end tests (tests/compose.rs, tests/compose_scale.rs, #[ignore]d by default)"; \
+	   $(CARGO) test --no-fail-fast $(COMPOSE_TESTS) -- --ignored; \
 	 fi
 	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
 	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
 
+# The end-to-end tests against a Docker engine (one after the other: cargo runs
+# test binaries in sequence, so two compose projects never compete for the CPUs).
+COMPOSE_TESTS := --test compose --test compose_scale
+
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header
-# timeout, HTTP/1.0 de-chunking), the compose end-to-end test, the scenario
-# smoke run and the browser test (neither tests the request path).
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+# timeout, HTTP/1.0 de-chunking), the compose end-to-end tests (lb runs in its
+# image there), the scenario smoke run and the browser test (neither tests the
+# request path).
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:

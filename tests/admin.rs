@@ -362,8 +362,19 @@ async fn backends_algorithm_and_reload_success_paths() {
     let (_apps, lb) = four().await;
     let a = AdminClient::new(&lb);
     route(&lb, 8).await;
-    let (st, _, list) = a.get("/admin/backends").await;
-    assert_eq!(st, 200);
+    // A request counts as in flight until lb has finished it, which on the
+    // Pingora path (LB_PATH=pingora) is just after the client has its
+    // response: poll (bounded) until the last slots are given back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let list = loop {
+        let (st, _, v) = a.get("/admin/backends").await;
+        assert_eq!(st, 200);
+        let idle = v.as_array().unwrap().iter().all(|b| b["in_flight"] == 0);
+        if idle || std::time::Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 4);
     for b in list {
@@ -404,7 +415,14 @@ async fn backends_algorithm_and_reload_success_paths() {
         a.get("/admin/algorithm").await.2,
         json!({"algorithm": "least_conn"})
     );
-    assert!(lb.log_text().contains("admin change"), "no audit line");
+    // Log lines reach the file through lb's non-blocking writer: poll.
+    assert!(
+        eventually(std::time::Duration::from_secs(2), || lb
+            .log_text()
+            .contains("admin change"))
+        .await,
+        "no audit line"
+    );
 }
 
 /// A cookie-pinned client: (cookie, backend it is pinned to).

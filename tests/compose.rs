@@ -1,136 +1,14 @@
 //! End-to-end through the real docker-compose.yml and the images `make images`
-//! builds. `#[ignore]`d, so a plain `cargo test` reports it as ignored, never as
-//! passed; `make test` runs it (`--ignored`, images built first) when `docker
-//! info` succeeds, or when `LB_REQUIRE_DOCKER=1`. Run that way it fails, naming
-//! what is missing, when it cannot run.
-//! A unique project name keeps parallel runs apart; `down -v` runs on drop,
-//! also when an assertion fails.
+//! builds (how these tests run and clean up: tests/common/compose.rs).
 
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::compose::*;
 use common::*;
-
-const TOKEN: &str = "compose-test-token";
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
-}
-
-fn ok(cmd: &mut Command) -> String {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Why the test cannot run here, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    match Command::new("docker").arg("info").output() {
-        Ok(o) if o.status.success() => {}
-        Ok(_) => return Some("no Docker engine reachable (docker info failed)".into()),
-        Err(_) => return Some("docker CLI not installed".into()),
-    }
-    for image in ["lb:local", "lb-app:local"] {
-        let o = Command::new("docker")
-            .args(["image", "inspect", image])
-            .output();
-        if !o.is_ok_and(|o| o.status.success()) {
-            return Some(format!("image {image} not built (run `make images`)"));
-        }
-    }
-    if compose_cmd().is_none() {
-        return Some("neither `docker compose` nor `docker-compose` is installed".into());
-    }
-    None
-}
-
-/// `docker compose` (v2) if present, else `docker-compose` (v1).
-fn compose_cmd() -> Option<Vec<&'static str>> {
-    let v2 = Command::new("docker").args(["compose", "version"]).output();
-    if v2.is_ok_and(|o| o.status.success()) {
-        return Some(vec!["docker", "compose"]);
-    }
-    let v1 = Command::new("docker-compose").arg("version").output();
-    v1.is_ok_and(|o| o.status.success())
-        .then(|| vec!["docker-compose"])
-}
-
-/// A compose project; `down -v` on drop.
-struct Project {
-    name: String,
-    cmd: Vec<&'static str>,
-    port: u16,
-}
-
-impl Project {
-    fn compose(&self) -> Command {
-        let mut c = Command::new(self.cmd[0]);
-        c.args(&self.cmd[1..])
-            .args(["-p", &self.name, "-f"])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/docker-compose.yml"))
-            .env("LB_PUBLISH", format!("127.0.0.1:{}", self.port))
-            .env("LB_ADMIN_TOKEN", TOKEN)
-            .env("RUST_LOG", "info,access=off");
-        c
-    }
-
-    fn container(&self, service: &str) -> String {
-        ok(self.compose().args(["ps", "-q", service]))
-    }
-
-    fn health(&self, service: &str) -> String {
-        let id = self.container(service);
-        ok(Command::new("docker").args(["inspect", "-f", "{{.State.Health.Status}}", &id]))
-    }
-
-    fn ip(&self, service: &str) -> String {
-        let id = self.container(service);
-        ok(Command::new("docker").args([
-            "inspect",
-            "-f",
-            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-            &id,
-        ]))
-    }
-
-    fn network(&self) -> String {
-        format!("{}_default", self.name)
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-}
-
-impl Drop for Project {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let logs = run(self.compose().args(["logs", "--tail", "30", "lb"]));
-            eprintln!("--- lb logs ---\n{}", String::from_utf8_lossy(&logs.stdout));
-        }
-        // The placeholder holds the network: remove it first, then the project.
-        let _ = Command::new("docker")
-            .args(["rm", "-f", &format!("{}-placeholder", self.name)])
-            .output();
-        let out = run(self
-            .compose()
-            .args(["down", "-v", "--remove-orphans", "-t", "2"]));
-        if !out.status.success() {
-            eprintln!(
-                "compose down failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-}
 
 async fn backends_of(p: &Project, n: usize) -> (HashMap<String, usize>, usize) {
     let c = client();
@@ -178,11 +56,7 @@ async fn compose_end_to_end() {
     if let Some(why) = missing_prerequisite() {
         panic!("compose end-to-end cannot run: {why}");
     }
-    let p = Project {
-        name: format!("lbtest{}", std::process::id()),
-        cmd: compose_cmd().unwrap(),
-        port: free_port(),
-    };
+    let mut p = Project::new("lbtest", "docker-compose.yml");
     let t0 = Instant::now();
     ok(p.compose().args(["up", "-d"]));
     let mut healthy = None;
@@ -249,6 +123,8 @@ async fn compose_end_to_end() {
     // Occupy the freed address so the new container cannot get it back. The
     // placeholder listens only on its own loopback: lb's stale address refuses.
     let placeholder = format!("{}-placeholder", p.name);
+    // Removed before `down` (it holds the network), also on failure.
+    p.extra_containers.push(placeholder.clone());
     ok(Command::new("docker").args([
         "run",
         "-d",
@@ -271,38 +147,17 @@ async fn compose_end_to_end() {
     println!("compose: app-3 recreated {old_ip} -> {new_ip}; serving again after {followed:?}");
 
     // A weight change through the admin API from inside the compose network.
-    let out = ok(Command::new("docker").args([
-        "run",
-        "--rm",
-        "--network",
-        &p.network(),
-        "-e",
-        &format!("LB_ADMIN_TOKEN={TOKEN}"),
-        "lb:local",
-        "admin",
-        "--url",
-        "http://lb:9901",
+    let out = p.admin(&[
         "PUT",
         "/admin/weights",
         r#"{"app-1": 0, "app-2": 0, "app-3": 0}"#,
-    ]));
+    ]);
     println!("compose: admin PUT from inside the network -> {out}");
     let (seen, failed) = backends_of(&p, 50).await;
     assert_eq!(failed, 0);
     assert_eq!(seen.get("app-4"), Some(&50), "{seen:?}");
     // No reload happened: the config's reload counter is still zero.
-    let reloads = ok(Command::new("docker").args([
-        "run",
-        "--rm",
-        "--network",
-        &p.network(),
-        "lb:local",
-        "admin",
-        "--url",
-        "http://lb:9901",
-        "GET",
-        "/metrics",
-    ]));
+    let reloads = p.admin(&["GET", "/metrics"]);
     assert!(
         reloads.contains("lb_config_reloads_total{result=\"success\"} 0"),
         "reloaded?"

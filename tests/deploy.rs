@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use lb::config::Config;
+use lb::config::{Config, Resolve};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -68,18 +68,18 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
     let dep = get(&m, "Deployment", "lb");
     let svc = get(&m, "Service", "lb");
     let hpa = get(&m, "HorizontalPodAutoscaler", "lb");
-    let sts = get(&m, "StatefulSet", "app");
-    let headless = get(&m, "Service", "app");
 
-    // The embedded lb.toml is a valid config.
+    // The embedded lb.toml is a valid config, for the library and for `lb check`.
     let toml = cm["data"]["lb.toml"]
         .as_str()
         .expect("ConfigMap key lb.toml");
     let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("ConfigMap lb.toml: {e}"));
+    lb_check(toml);
 
-    // lb Deployment: 2 replicas, selector matches the template, non-root, read-only.
+    // lb Deployment: the HPA owns the count, selector matches the template,
+    // non-root, read-only.
     let spec = &dep["spec"];
-    assert_eq!(spec["replicas"], 2);
+    assert!(spec["replicas"].is_null(), "replicas would fight the HPA");
     let labels = &spec["template"]["metadata"]["labels"];
     assert_eq!(&spec["selector"]["matchLabels"], labels);
     let pod = &spec["template"]["spec"];
@@ -147,36 +147,138 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
     // HPA scales that Deployment on CPU.
     assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "lb");
+    assert_eq!(hpa["spec"]["minReplicas"], 2);
     assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
+}
 
-    // Apps: a StatefulSet governed by the headless Service; one backend per pod.
-    assert_eq!(headless["spec"]["clusterIP"], "None");
-    assert_eq!(sts["spec"]["serviceName"], "app");
-    let app_labels = &sts["spec"]["template"]["metadata"]["labels"];
-    assert_eq!(&sts["spec"]["selector"]["matchLabels"], app_labels);
-    assert_eq!(&headless["spec"]["selector"], app_labels);
-    let ac = &sts["spec"]["template"]["spec"]["containers"][0];
-    let app_port = container_port(ac, &Value::from("http"));
+/// `lb check` on `toml` (written to a temporary file) succeeds.
+fn lb_check(toml: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lb.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "lb check:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn kubernetes_app_is_a_deployment_with_an_hpa_behind_a_headless_service_lb_resolves() {
+    let m = manifests();
+    assert!(
+        !m.keys().any(|(kind, _)| kind == "StatefulSet"),
+        "the app is a Deployment now"
+    );
+    let cm = get(&m, "ConfigMap", "lb-config");
+    let config = Config::from_toml(cm["data"]["lb.toml"].as_str().unwrap()).unwrap();
+    let dep = get(&m, "Deployment", "app");
+    let svc = get(&m, "Service", "app");
+    let hpa = get(&m, "HorizontalPodAutoscaler", "app");
+
+    // Deployment: the HPA owns the count; selector matches the template.
+    let spec = &dep["spec"];
+    assert!(spec["replicas"].is_null(), "replicas would fight the HPA");
+    let labels = &spec["template"]["metadata"]["labels"];
+    assert_eq!(&spec["selector"]["matchLabels"], labels);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    let app_port = container_port(c, &Value::from("http"));
+    // The app listens where the container port says.
+    let args: Vec<&str> = c["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let listen = args[args.iter().position(|a| *a == "--listen").unwrap() + 1];
     assert_eq!(
-        container_port(ac, &headless["spec"]["ports"][0]["targetPort"]),
+        listen.parse::<std::net::SocketAddr>().unwrap().port(),
         app_port
     );
-    assert_eq!(ac["readinessProbe"]["httpGet"]["path"], "/health");
-    let replicas = sts["spec"]["replicas"].as_u64().unwrap() as usize;
-    assert_eq!(config.backends.len(), replicas, "one backend per app pod");
-    for (i, b) in config.backends.iter().enumerate() {
-        assert_eq!(
-            b.addr,
-            format!("app-{i}.app.default.svc.cluster.local:{app_port}"),
-            "{}",
-            b.name
+    // Probes: the app's /health on its port, readiness soon and often.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["path"], "/health", "{probe}");
+        assert_eq!(container_port(c, &c[probe]["httpGet"]["port"]), app_port);
+    }
+    assert!(c["readinessProbe"]["periodSeconds"].as_u64().unwrap() <= 5);
+    // Requests (what CPU utilisation is measured against) and limits.
+    for k in ["requests", "limits"] {
+        assert!(
+            c["resources"][k]["cpu"].is_string() && c["resources"][k]["memory"].is_string(),
+            "{k}"
         );
     }
+    // A terminating pod keeps serving (health 503) long enough for lb's
+    // checks to take it out, and its grace period covers that delay.
+    let delay_ms: u64 = args[args
+        .iter()
+        .position(|a| *a == "--shutdown-delay-ms")
+        .unwrap()
+        + 1]
+    .parse()
+    .unwrap();
+    let seen_down = config.health.interval * config.health.fall + config.health.timeout;
+    assert!(
+        u128::from(delay_ms) >= seen_down.as_millis(),
+        "shutdown delay {delay_ms} ms < lb's {seen_down:?} to see a pod go"
+    );
+    assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() * 1000 > delay_ms);
+
+    // HPA: the seeds' shape, 3 → 20 replicas at 70 % CPU, on this Deployment.
+    let h = &hpa["spec"];
+    assert_eq!(h["scaleTargetRef"]["apiVersion"], "apps/v1");
+    assert_eq!(h["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(h["scaleTargetRef"]["name"], "app");
+    assert_eq!(h["minReplicas"], 3);
+    assert_eq!(h["maxReplicas"], 20);
+    let cpu = &h["metrics"][0]["resource"];
+    assert_eq!(cpu["name"], "cpu");
+    assert_eq!(cpu["target"]["type"], "Utilization");
+    assert_eq!(cpu["target"]["averageUtilization"], 70);
+    // Every pod the HPA may start fits under lb's backend cap (members count).
+    assert!(h["maxReplicas"].as_u64().unwrap() as usize <= lb::config::MAX_BACKENDS);
+
+    // Headless Service selecting those pods, ready ones only in DNS.
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    assert_eq!(&svc["spec"]["selector"], labels);
+    assert_ne!(svc["spec"]["publishNotReadyAddresses"], true);
+    let sp = &svc["spec"]["ports"][0];
+    assert_eq!(container_port(c, &sp["targetPort"]), app_port);
+    let svc_port = port_of(&sp["port"]);
+
+    // lb: one backend, `resolve = "all"` on the Service's full DNS name.
+    assert_eq!(config.backends.len(), 1, "one entry for every app pod");
+    let b = &config.backends[0];
+    assert_eq!(b.resolve, Resolve::All, "{}", b.name);
+    let namespace = dep["metadata"]["namespace"].as_str().unwrap_or("default");
+    assert_eq!(
+        b.addr,
+        format!(
+            "{}.{namespace}.svc.cluster.local:{svc_port}",
+            svc["metadata"]["name"].as_str().unwrap()
+        )
+    );
+    assert!(config.discovery.nameservers.is_empty(), "the cluster DNS");
 }
 
 /// Parsed docker-compose.yml.
 fn compose() -> Value {
-    let text = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
+    compose_file("docker-compose.yml")
+}
+
+/// A parsed compose file (path relative to the repository root).
+fn compose_file(file: &str) -> Value {
+    let text = std::fs::read_to_string(root().join(file)).unwrap();
     assert!(
         !text.lines().any(|l| l.starts_with("version:")),
         "no `version:` key (Compose spec)"
@@ -235,6 +337,93 @@ fn compose_file_matches_lb_toml_and_the_seed_limits() {
     for m in ["prometheus", "grafana"] {
         assert_eq!(s[m]["profiles"][0], "monitoring", "{m}");
     }
+}
+
+#[test]
+fn compose_scale_file_matches_its_lb_config() {
+    let c = compose_file("deploy/compose-scale.yml");
+    let s = &c["services"];
+    let (lb, app) = (&s["lb"], &s["app"]);
+    // lb: port 80 published (LB_PUBLISH overrides), admin only exposed, its
+    // config mounted from next to the compose file, started once app is healthy.
+    let ports: Vec<&str> = lb["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(ports, vec!["${LB_PUBLISH:-80}:80"]);
+    let mount = lb["volumes"][0].as_str().unwrap();
+    let (src, dst) = mount.split_once(':').unwrap();
+    assert_eq!(src, "./lb-scale.toml");
+    assert!(dst.starts_with("/etc/lb/lb.toml"), "{mount}");
+    let args: Vec<&str> = lb["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args[args.iter().position(|a| *a == "-c").unwrap() + 1],
+        "/etc/lb/lb.toml"
+    );
+    assert_eq!(lb["depends_on"]["app"]["condition"], "service_healthy");
+    let toml_path = root().join("deploy/lb-scale.toml");
+    lb_check(&std::fs::read_to_string(&toml_path).unwrap());
+    let config = Config::load(&toml_path).unwrap();
+    assert_eq!(config.server.listen.port(), 80);
+    assert!(lb["expose"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p.as_str() == Some(&config.admin.listen.port().to_string())));
+    assert!(
+        config.admin.listen.ip().is_unspecified(),
+        "admin reachable on the network"
+    );
+
+    // app: one scalable service (no fixed name, nothing published), two
+    // replicas by default, a healthcheck, the seeds' per-replica limits.
+    assert!(app["container_name"].is_null() && app["ports"].is_null());
+    assert_eq!(app["deploy"]["replicas"], 2);
+    assert!(app["healthcheck"]["test"][1]
+        .as_str()
+        .unwrap()
+        .ends_with("/app"));
+    assert!(app["cpus"].is_f64() && app["mem_limit"].is_string());
+    let app_args: Vec<&str> = app["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let arg = |k: &str| app_args[app_args.iter().position(|a| *a == k).unwrap() + 1];
+    let app_port = arg("--listen")
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
+    assert!(app["expose"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p.as_str() == Some(&app_port.to_string())));
+
+    // lb's one backend is the service, every replica: resolve = "all" on the
+    // service name and port, through Docker's DNS (the container's resolv.conf).
+    assert_eq!(config.backends.len(), 1);
+    let b = &config.backends[0];
+    assert_eq!(b.resolve, Resolve::All);
+    assert_eq!(b.addr, format!("app:{app_port}"));
+    assert!(config.discovery.nameservers.is_empty());
+    // A stopping replica serves (health 503) until lb's checks took it out.
+    let delay_ms: u64 = arg("--shutdown-delay-ms").parse().unwrap();
+    let seen_down = config.health.interval * config.health.fall + config.health.timeout;
+    assert!(
+        u128::from(delay_ms) >= seen_down.as_millis(),
+        "shutdown delay {delay_ms} ms < lb's {seen_down:?} to see a replica go"
+    );
+    let grace = humantime::parse_duration(app["stop_grace_period"].as_str().unwrap()).unwrap();
+    assert!(grace.as_millis() > u128::from(delay_ms));
 }
 
 #[test]

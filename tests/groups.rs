@@ -147,7 +147,13 @@ async fn a_group_follows_its_addresses_up_and_down_under_load_without_failures()
         assert_eq!(list[0]["addr"], format!("app.lbtest:{port}"));
         let m = lb.scrape().await;
         assert!(m.backend("lb_requests_total", &names[2], &[("code", "2xx")]) > 0.0);
-        assert!(lb.log_text().contains("dns: members changed"));
+        // Through lb's non-blocking log writer: poll.
+        assert!(
+            eventually(std::time::Duration::from_secs(2), || lb
+                .log_text()
+                .contains("dns: members changed"))
+            .await
+        );
     })
     .await;
 }

@@ -88,7 +88,13 @@ async fn weights_and_modes_survive_a_restart() {
         );
         assert_eq!(m1, vec!["active", "active", "drain", "maintenance"]);
         assert_eq!(routed, vec![8, 4, 0, 0]);
-        assert!(lb.log_text().contains("state file applied"));
+        // Through lb's non-blocking log writer: poll.
+        assert!(
+            eventually(std::time::Duration::from_secs(2), || lb
+                .log_text()
+                .contains("state file applied"))
+            .await
+        );
     })
     .await;
 }

@@ -22,6 +22,7 @@ pub use ops::*;
 #[allow(unused_imports)]
 pub use process::*;
 
+pub mod compose;
 mod dns;
 mod load;
 mod ops;

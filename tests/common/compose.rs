@@ -1,0 +1,183 @@
+//! Compose projects for the end-to-end tests against a real Docker engine
+//! (tests/compose.rs, tests/compose_scale.rs). Those tests are `#[ignore]`d,
+//! so a plain `cargo test` reports them as ignored, never as passed; `make
+//! test` runs them (`--ignored`, images built first) when `docker info`
+//! succeeds, or when `LB_REQUIRE_DOCKER=1`. Run that way they fail, naming
+//! what is missing, when they cannot run.
+//!
+//! Each project has a unique name and publishes lb only on 127.0.0.1 (an
+//! ephemeral port); `down -v` runs on drop, also when an assertion fails.
+
+use std::process::{Command, Output};
+
+use super::free_port;
+
+/// The admin token the projects' lb uses.
+pub const COMPOSE_TOKEN: &str = "compose-test-token";
+
+/// Runs `cmd`; panics if it cannot be started.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// Runs `cmd`, asserts success, returns its trimmed stdout.
+pub fn ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Why the compose tests cannot run here, if they cannot.
+pub fn missing_prerequisite() -> Option<String> {
+    match Command::new("docker").arg("info").output() {
+        Ok(o) if o.status.success() => {}
+        Ok(_) => return Some("no Docker engine reachable (docker info failed)".into()),
+        Err(_) => return Some("docker CLI not installed".into()),
+    }
+    for image in ["lb:local", "lb-app:local"] {
+        let o = Command::new("docker")
+            .args(["image", "inspect", image])
+            .output();
+        if !o.is_ok_and(|o| o.status.success()) {
+            return Some(format!("image {image} not built (run `make images`)"));
+        }
+    }
+    if compose_cmd().is_none() {
+        return Some("neither `docker compose` nor `docker-compose` is installed".into());
+    }
+    None
+}
+
+/// `docker compose` (v2) if present, else `docker-compose` (v1).
+pub fn compose_cmd() -> Option<Vec<&'static str>> {
+    let v2 = Command::new("docker").args(["compose", "version"]).output();
+    if v2.is_ok_and(|o| o.status.success()) {
+        return Some(vec!["docker", "compose"]);
+    }
+    let v1 = Command::new("docker-compose").arg("version").output();
+    v1.is_ok_and(|o| o.status.success())
+        .then(|| vec!["docker-compose"])
+}
+
+/// A compose project; `down -v` on drop.
+pub struct Project {
+    /// Unique project name (`-p`).
+    pub name: String,
+    /// The compose file, relative to the repository root.
+    pub file: &'static str,
+    cmd: Vec<&'static str>,
+    /// lb's published port on 127.0.0.1.
+    pub port: u16,
+    /// Containers the test started itself on the project's network, removed
+    /// before `down` (they would hold the network).
+    pub extra_containers: Vec<String>,
+}
+
+impl Project {
+    /// A project for `file` (relative to the repository root) named
+    /// `<prefix><pid>`; nothing runs until the test calls `up`.
+    pub fn new(prefix: &str, file: &'static str) -> Project {
+        Project {
+            name: format!("{prefix}{}", std::process::id()),
+            file,
+            cmd: compose_cmd().expect("a compose CLI"),
+            port: free_port(),
+            extra_containers: Vec::new(),
+        }
+    }
+
+    /// A compose command for this project (add the subcommand).
+    pub fn compose(&self) -> Command {
+        let mut c = Command::new(self.cmd[0]);
+        c.args(&self.cmd[1..])
+            .args(["-p", &self.name, "-f"])
+            .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(self.file))
+            .env("LB_PUBLISH", format!("127.0.0.1:{}", self.port))
+            .env("LB_ADMIN_TOKEN", COMPOSE_TOKEN)
+            .env("RUST_LOG", "info,access=off");
+        c
+    }
+
+    /// The container ids of `service` (one per replica), sorted.
+    pub fn containers(&self, service: &str) -> Vec<String> {
+        let mut v: Vec<String> = ok(self.compose().args(["ps", "-q", service]))
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The container id of a single-replica `service`.
+    pub fn container(&self, service: &str) -> String {
+        ok(self.compose().args(["ps", "-q", service]))
+    }
+
+    /// Docker's health status of a single-replica `service`.
+    pub fn health(&self, service: &str) -> String {
+        let id = self.container(service);
+        ok(Command::new("docker").args(["inspect", "-f", "{{.State.Health.Status}}", &id]))
+    }
+
+    /// The IP address of a single-replica `service`.
+    pub fn ip(&self, service: &str) -> String {
+        container_ip(&self.container(service))
+    }
+
+    /// The project's default network.
+    pub fn network(&self) -> String {
+        format!("{}_default", self.name)
+    }
+
+    /// `http://127.0.0.1:<published port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `lb admin <args>` from a throwaway lb container on the project's
+    /// network, against the lb service's admin API; its stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        ok(Command::new("docker")
+            .args(["run", "--rm", "--network", &self.network()])
+            .args(["-e", &format!("LB_ADMIN_TOKEN={COMPOSE_TOKEN}")])
+            .args(["lb:local", "admin", "--url", "http://lb:9901"])
+            .args(args))
+    }
+}
+
+/// A container's IP address on its (only) network.
+pub fn container_ip(id: &str) -> String {
+    ok(Command::new("docker").args([
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        id,
+    ]))
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = run(self.compose().args(["logs", "--tail", "30", "lb"]));
+            eprintln!("--- lb logs ---\n{}", String::from_utf8_lossy(&logs.stdout));
+        }
+        for c in &self.extra_containers {
+            let _ = Command::new("docker").args(["rm", "-f", c]).output();
+        }
+        let out = run(self
+            .compose()
+            .args(["down", "-v", "--remove-orphans", "-t", "2"]));
+        if !out.status.success() {
+            eprintln!(
+                "compose down failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

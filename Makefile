@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run test lint deps build images bench bench-peers bench-queue scenarios clean
+.PHONY: run run-pool test lint deps build images bench bench-peers bench-queue scenarios clean
 
 CARGO ?= cargo
 
@@ -11,6 +11,12 @@ deps:
 run: deps
 	$(CARGO) build --release --workspace --bins
 	@scripts/run-local.sh target/release
+
+## lb owning its backends: examples/pool.toml starts 3 app processes itself; a
+## tour shows a member killed and replaced, a leak recycled, a burst scaling up.
+run-pool: deps
+	$(CARGO) build --release --workspace --bins
+	@scripts/run-pool.sh target/release
 
 ## The whole test suite (unit, integration, chaos, the scenario driver's smoke
 ## run, the status page in headless Chromium where one can start, and the
@@ -27,7 +33,7 @@ test: deps
 	@if scripts/chromium-ok.sh; then $(CARGO) test --test status_page --no-fail-fast -- --ignored; \
 	 else echo "Chromium cannot start here: tests/status_page.rs stays ignored, not passed"; fi
 	@if docker info >/dev/null 2>&1 || [ "$${LB_REQUIRE_DOCKER:-0}" = 1 ]; then \
-	   echo "== the compose end-to-end tests (tests/compose.rs, tests/compose_scale.rs, #[ignore]d by default)"; \
+	   echo "== against the Docker engine (tests/compose.rs, tests/compose_scale.rs, tests/pool_docker.rs; #[ignore]d by default)"; \
 	   $(CARGO) test --no-fail-fast $(COMPOSE_TESTS) -- --ignored; \
 	 fi
 	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
@@ -35,14 +41,14 @@ test: deps
 
 # The end-to-end tests against a Docker engine (one after the other: cargo runs
 # test binaries in sequence, so two compose projects never compete for the CPUs).
-COMPOSE_TESTS := --test compose --test compose_scale
+COMPOSE_TESTS := --test compose --test compose_scale --test pool_docker
 
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header
-# timeout, HTTP/1.0 de-chunking), the compose end-to-end tests (lb runs in its
-# image there), the scenario smoke run and the browser test (neither tests the
-# request path).
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+# timeout, HTTP/1.0 de-chunking), the Docker engine tests (lb runs in its
+# image there or drives the engine), the scenario smoke run and the browser
+# test (neither tests the request path).
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale pool_docker scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:

@@ -190,6 +190,9 @@ pub struct Backend {
     pub group: Option<Arc<str>>,
     /// Counters that survive snapshot swaps.
     pub stats: Arc<BackendStats>,
+    /// Started and owned by the `[pool]`: not in the file, so kept as they are
+    /// by reloads and re-layouts, and never written to the state file.
+    pub pool: bool,
 }
 
 impl Backend {
@@ -242,6 +245,7 @@ mod tests {
             max_in_flight,
             group: None,
             stats: Arc::new(BackendStats::new("a")),
+            pool: false,
         }
     }
 

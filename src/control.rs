@@ -300,7 +300,7 @@ impl Control {
             let snap = snap.relayout(groups);
             // Operator weights kept for unchanged backends can combine with the
             // file's into all zeros, which PUT /admin/weights would refuse too.
-            if snap.backends.iter().all(|b| b.weight == 0) {
+            if !snap.backends.is_empty() && snap.backends.iter().all(|b| b.weight == 0) {
                 return Err(ControlError::Invalid(
                     "reload would leave every weight at 0 (operator weights are kept for backends \
                      whose weight the file did not change); raise one first"
@@ -454,7 +454,8 @@ fn write_state_file(state: &State, failing: &AtomicBool) {
     };
     // Backends and group members by name, and groups (what members that join
     // later start with) by theirs.
-    let backends = snap.backends.iter();
+    // Pool members come and go under new names: nothing to restore.
+    let backends = snap.backends.iter().filter(|b| !b.pool);
     let backends = backends.map(|b| (&*b.stats.name, b.weight, b.config_weight, b.mode));
     let groups = snap.groups.iter();
     let groups = groups.map(|g| (&*g.name, g.weight, g.config_weight, g.mode));
@@ -487,6 +488,11 @@ fn restart_only_changes(old: &Config, new: &Config) {
     {
         tracing::warn!(
             "reload: server.listen, server.threads and admin.listen apply at the next restart"
+        );
+    }
+    if old.pool != new.pool {
+        tracing::warn!(
+            "reload: [pool] changes apply at the next restart (new versions: POST /admin/pool/rollout)"
         );
     }
 }

@@ -66,6 +66,7 @@ impl Group {
             max_in_flight: self.max_in_flight,
             group: Some(self.name.clone()),
             stats: Arc::new(BackendStats::new(&member_name(&self.name, addr))),
+            pool: false,
         }
     }
 

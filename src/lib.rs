@@ -26,6 +26,8 @@
 //!   changes, sampled once a second off the hot path.
 //! - [`config`] parses and validates `lb.toml`; [`client`] is the blocking HTTP
 //!   client of the `lb healthcheck` / `lb admin` commands.
+//! - [`pool`] starts, watches, recycles, scales and stops backends lb owns
+//!   (child processes or containers), as ordinary members of the snapshot.
 
 pub mod access_log;
 pub mod admin;
@@ -43,6 +45,7 @@ pub mod group;
 pub mod health;
 pub mod history;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod queue;
 pub mod server;

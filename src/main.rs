@@ -48,21 +48,75 @@ enum Command {
         #[arg(default_value = "http://127.0.0.1:9901/health")]
         url: String,
     },
-    /// Call the admin API: `lb admin PUT /admin/weights '{"app-1": 0}'`.
+    /// Call the admin API: `lb admin PUT /admin/weights '{"app-1": 0}'`, or
+    /// `lb admin pool rollout --image lb-app:v2`.
     Admin {
         /// Admin base URL.
-        #[arg(long, default_value = lb::client::DEFAULT_ADMIN_URL)]
+        #[arg(long, default_value = lb::client::DEFAULT_ADMIN_URL, global = true)]
         url: String,
         /// Bearer token (default: env LB_ADMIN_TOKEN).
-        #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true)]
+        #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true, global = true)]
         token: Option<String>,
+        #[command(subcommand)]
+        what: Option<AdminCommand>,
         /// GET, PUT or POST.
-        method: String,
+        method: Option<String>,
         /// e.g. /admin/weights
-        path: String,
+        path: Option<String>,
         /// JSON body for PUT/POST.
         body: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// The pool: `status`, `size N`, `rollout --image I | --command ARGV...`.
+    Pool {
+        #[command(subcommand)]
+        action: PoolAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum PoolAction {
+    /// GET /admin/pool.
+    Status,
+    /// PUT /admin/pool/size: the target size (min_size..=max_size).
+    Size {
+        /// Members wanted.
+        size: u32,
+    },
+    /// POST /admin/pool/rollout: replace every member, one at a time.
+    Rollout {
+        /// New image (provider = "docker").
+        #[arg(long, required_unless_present = "command", conflicts_with = "command")]
+        image: Option<String>,
+        /// New argv (provider = "process"), the rest of the line, with
+        /// {name} and {port} placeholders.
+        #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+}
+
+impl PoolAction {
+    /// (method, path, body) of the admin call.
+    fn request(self) -> (&'static str, &'static str, Option<String>) {
+        match self {
+            PoolAction::Status => ("GET", "/admin/pool", None),
+            PoolAction::Size { size } => (
+                "PUT",
+                "/admin/pool/size",
+                Some(serde_json::json!({ "size": size }).to_string()),
+            ),
+            PoolAction::Rollout { image, command } => {
+                let body = match image {
+                    Some(i) => serde_json::json!({ "image": i }),
+                    None => serde_json::json!({ "command": command }),
+                };
+                ("POST", "/admin/pool/rollout", Some(body.to_string()))
+            }
+        }
+    }
 }
 
 fn load(args: &RunArgs) -> Result<Config, ExitCode> {
@@ -187,25 +241,51 @@ fn main() -> ExitCode {
         Some(Command::Admin {
             url,
             token,
+            what,
             method,
             path,
             body,
-        }) => match lb::client::admin(&url, token.as_deref(), &method, &path, body.as_deref()) {
-            Ok((status, text)) => {
-                println!("{}", text.trim_end());
-                if (200..300).contains(&status) {
-                    ExitCode::SUCCESS
-                } else {
-                    eprintln!("lb: admin API answered {status}");
-                    ExitCode::from(1)
+        }) => {
+            let (method, path, body) = match (what, method, path) {
+                (Some(AdminCommand::Pool { action }), _, _) => {
+                    let (m, p, b) = action.request();
+                    (m.to_string(), p.to_string(), b)
                 }
-            }
-            Err(e) => {
-                eprintln!("lb: {e}");
+                (None, Some(m), Some(p)) => (m, p, body),
+                _ => {
+                    eprintln!(
+                        "lb: admin needs METHOD PATH [BODY], or a subcommand (lb admin --help)"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            admin_call(&url, token.as_deref(), &method, &path, body.as_deref())
+        }
+        None => run(&cli.run),
+    }
+}
+
+fn admin_call(
+    url: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> ExitCode {
+    match lb::client::admin(url, token, method, path, body) {
+        Ok((status, text)) => {
+            println!("{}", text.trim_end());
+            if (200..300).contains(&status) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("lb: admin API answered {status}");
                 ExitCode::from(1)
             }
-        },
-        None => run(&cli.run),
+        }
+        Err(e) => {
+            eprintln!("lb: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

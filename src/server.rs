@@ -26,6 +26,7 @@ use crate::discovery::Discovery;
 use crate::dynamic::DynamicWeights;
 use crate::health::HealthChecker;
 use crate::history::{History, Sampler};
+use crate::pool::Pool;
 use crate::proxy::fast::FrontDoor;
 use crate::proxy::Proxy;
 use crate::state::State;
@@ -54,6 +55,9 @@ pub enum StartError {
     /// The admin token could not be determined.
     #[error("{0}")]
     Token(String),
+    /// The pool's provider cannot run members (e.g. no Docker engine).
+    #[error("[pool]: {0}")]
+    Pool(crate::pool::ProviderError),
 }
 
 /// Requests currently inside the proxy (all stages), for graceful shutdown.
@@ -66,6 +70,8 @@ pub struct Lb {
     pub state: Arc<State>,
     /// Operator actions (admin API, SIGHUP).
     pub control: Arc<Control>,
+    /// The `[pool]`, if configured (its members are already ready).
+    pub pool: Option<Arc<Pool>>,
     active: ActiveRequests,
     grace: Duration,
 }
@@ -105,11 +111,21 @@ impl Lb {
         // first, so a member's saved weight and mode apply too.
         resolve_at_start(&state);
         control.load_state_file();
+        // SPEC: lb accepts traffic once the pool's members are healthy, so
+        // the pool starts (and waits) before the listeners exist.
+        let pool = match config.pool {
+            Some(_) => Some(Pool::start(state.clone()).map_err(StartError::Pool)?),
+            None => None,
+        };
+        // At SIGTERM members stop after lb's own requests finished: give
+        // Pingora's grace period room for both.
+        let grace_total = config.server.grace_period
+            + pool.as_ref().map_or(Duration::ZERO, |p| p.shutdown_time());
 
         let conf = ServerConf {
             threads: config.server.threads,
             // Whole seconds, rounded up; the drain watcher exits earlier.
-            grace_period_seconds: Some(config.server.grace_period.as_secs_f64().ceil() as u64),
+            grace_period_seconds: Some(grace_total.as_secs_f64().ceil() as u64),
             graceful_shutdown_timeout_seconds: Some(1),
             // One runtime per worker thread, connections never migrate: ~15% more
             // requests per core than tokio's work stealing in `make bench`.
@@ -156,7 +172,13 @@ impl Lb {
         ));
         server.add_service(background_service(
             "admin",
-            Admin::new(control.clone(), history, token, config.admin.listen),
+            Admin::new(
+                control.clone(),
+                history,
+                pool.clone(),
+                token,
+                config.admin.listen,
+            ),
         ));
         server.add_service(background_service(
             "sighup",
@@ -166,6 +188,7 @@ impl Lb {
             server,
             state,
             control,
+            pool,
             active,
             grace: config.server.grace_period,
         })
@@ -176,6 +199,7 @@ impl Lb {
     pub fn run_with(self, signal: Box<dyn ShutdownSignalWatch>) {
         let cfg = self.state.load().config.clone();
         tracing::info!(listen = %cfg.server.listen, backends = cfg.backends.len(),
+            pool = cfg.pool.as_ref().map(|p| p.name.as_str()),
             algorithm = %cfg.balancer.algorithm, "lb started");
         self.server.run(RunArgs {
             shutdown_signal: signal,
@@ -187,6 +211,7 @@ impl Lb {
         let signal = Box::new(GracefulOnSignal {
             active: self.active.clone(),
             grace: self.grace,
+            pool: self.pool.clone(),
         });
         self.run_with(signal);
     }
@@ -233,6 +258,7 @@ fn resolve_at_start(state: &Arc<State>) {
 struct GracefulOnSignal {
     active: ActiveRequests,
     grace: Duration,
+    pool: Option<Arc<Pool>>,
 }
 
 #[async_trait]
@@ -253,30 +279,39 @@ impl ShutdownSignalWatch for GracefulOnSignal {
         crate::access_log::stop_batching();
         let active = self.active.clone();
         let deadline = Instant::now() + self.grace;
-        std::thread::spawn(move || drain_then_exit(active, deadline));
+        let pool = self.pool.clone();
+        std::thread::spawn(move || drain_then_exit(active, deadline, pool));
         ShutdownSignal::GracefulTerminate
     }
 }
 
 /// Exits the process once no request is active (or at the deadline, when
-/// Pingora's own grace period ends anyway).
-fn drain_then_exit(active: ActiveRequests, deadline: Instant) {
+/// Pingora's own grace period ends anyway), after stopping the pool's members.
+fn drain_then_exit(active: ActiveRequests, deadline: Instant, pool: Option<Arc<Pool>>) {
     // Give Pingora a moment to close its listeners before we sample, and
     // access-log lines batched before the signal time to be handed over.
     std::thread::sleep(crate::access_log::BATCH_DELAY + Duration::from_millis(50));
+    let mut drained = false;
     while Instant::now() < deadline {
         if active.load(Ordering::Acquire) == 0 {
-            tracing::info!("all requests finished; exiting");
-            crate::access_log::before_exit();
-            std::process::exit(0);
+            drained = true;
+            break;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let left = active.load(Ordering::Acquire);
-    tracing::warn!(
-        left,
-        "grace period over; exiting with requests still in flight"
-    );
+    if drained {
+        tracing::info!("all requests finished; exiting");
+    } else {
+        let left = active.load(Ordering::Acquire);
+        tracing::warn!(
+            left,
+            "grace period over; exiting with requests still in flight"
+        );
+    }
+    // Members go last: lb's own requests to them have finished.
+    if let Some(pool) = pool {
+        pool.shutdown(pool.shutdown_time());
+    }
     crate::access_log::before_exit();
     std::process::exit(0);
 }

@@ -181,7 +181,8 @@ impl Snapshot {
                     .find(|g| *g.name == *bc.name)
                     .map(|g| Entry::Group(g.members(&self.backends))),
             });
-        let backends = layout(entries.collect());
+        let entries = entries.chain(pool_members(&self.backends)).collect();
+        let backends = layout(entries);
         self.with_groups(backends, groups, self.algorithm)
     }
 }
@@ -328,6 +329,17 @@ pub enum UpdateError<E> {
     Rejected(E),
 }
 
+/// The `[pool]`'s members, which no config entry describes: they stay as
+/// they are, after the file's backends (and before groups in the cap: a
+/// plain entry always fits, and the pool's size is validated to fit).
+fn pool_members(backends: &[Backend]) -> impl Iterator<Item = Entry> + '_ {
+    backends
+        .iter()
+        .filter(|b| b.pool)
+        .cloned()
+        .map(Entry::Plain)
+}
+
 fn any_limited(backends: &[Backend]) -> bool {
     backends.iter().any(|b| b.max_in_flight > 0)
 }
@@ -370,6 +382,7 @@ pub fn build(config: &Arc<Config>, previous: Option<&Snapshot>, algorithm: Algor
             }
         }
     }
+    entries.extend(pool_members(prev_backends));
     let backends = layout(entries);
     Snapshot {
         version: 1,
@@ -412,6 +425,7 @@ fn plain(bc: &BackendConfig, prev: Option<&Backend>) -> Backend {
             || Arc::new(BackendStats::new(&bc.name)),
             |p| p.stats.clone(),
         ),
+        pool: false,
     }
 }
 

@@ -2,7 +2,8 @@
 //! performance mode's extra latency and the max-concurrency limit, plus the
 //! `/fault` endpoint that changes delay, error rate and the capacity model's
 //! service time at run time (so a test can make a backend fail or slow down and
-//! then recover it without a restart).
+//! then recover it without a restart) and can make the app leak memory
+//! (`leak_mb`, for lb's pool recycling).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,11 +37,18 @@ pub fn validate_error_rate(r: f64) -> Result<f64, String> {
     }
 }
 
+/// Most memory `/fault` may leak in total: enough to cross any demo's
+/// `max_memory`, not enough to take the machine down.
+pub const MAX_LEAK_MB: u64 = 4096;
+
 /// The run-time fault knobs; atomics so the hot path never takes a lock.
 pub(crate) struct Faults {
     delay_ns: AtomicU64,
     /// `f64::to_bits` of the error rate.
     error_rate: AtomicU64,
+    /// Memory held on purpose (`leak_mb`), never freed: a leaking app for the
+    /// pool's memory recycling.
+    leaked: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 impl Faults {
@@ -48,6 +56,7 @@ impl Faults {
         let f = Faults {
             delay_ns: AtomicU64::new(0),
             error_rate: AtomicU64::new(0),
+            leaked: std::sync::Mutex::new(Vec::new()),
         };
         f.set_delay(delay);
         f.set_error_rate(error_rate);
@@ -71,6 +80,22 @@ impl Faults {
 
     pub(crate) fn error_rate(&self) -> f64 {
         f64::from_bits(self.error_rate.load(Ordering::Relaxed))
+    }
+
+    /// MiB leaked so far.
+    pub(crate) fn leaked_mb(&self) -> u64 {
+        let held = self.leaked.lock().unwrap_or_else(|p| p.into_inner());
+        held.iter().map(|b| b.len() as u64 >> 20).sum()
+    }
+
+    /// Allocates `mb` MiB more and keeps it. The bytes are written (not
+    /// zero pages the kernel never backs), so resident memory grows.
+    pub(crate) fn leak(&self, mb: u64) {
+        let block = vec![0xA5u8; (mb as usize) << 20];
+        self.leaked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(block);
     }
 }
 
@@ -149,6 +174,8 @@ struct FaultUpdate {
     delay_ms: Option<u64>,
     error_rate: Option<f64>,
     service_time_ms: Option<u64>,
+    /// MiB to allocate and hold (adds to earlier leaks).
+    leak_mb: Option<u64>,
 }
 
 /// The fault knobs now in force.
@@ -159,6 +186,7 @@ fn current(app: &App) -> Response {
         "error_rate": app.faults.error_rate(),
         "service_time_ms": app.capacity.service_time().as_secs_f64() * 1e3,
         "workers": app.capacity.workers(),
+        "leaked_mb": app.faults.leaked_mb(),
     }))
     .into_response()
 }
@@ -199,11 +227,23 @@ pub(crate) async fn put_fault(State(app): State<Arc<App>>, body: Bytes) -> Respo
             );
         }
     }
+    if let Some(mb) = update.leak_mb {
+        if app.faults.leaked_mb() + mb > MAX_LEAK_MB {
+            return json_error(
+                &app,
+                StatusCode::BAD_REQUEST,
+                format!("leak_mb: at most {MAX_LEAK_MB} MiB in total may leak"),
+            );
+        }
+    }
     if let Some(ms) = update.delay_ms {
         app.faults.set_delay(Duration::from_millis(ms));
     }
     if let Some(ms) = update.service_time_ms {
         app.capacity.set_service_time(Duration::from_millis(ms));
+    }
+    if let Some(mb) = update.leak_mb {
+        app.faults.leak(mb);
     }
     if let Some(r) = update.error_rate {
         app.faults.set_error_rate(r);
@@ -213,6 +253,7 @@ pub(crate) async fn put_fault(State(app): State<Arc<App>>, body: Bytes) -> Respo
         delay_ms = ?update.delay_ms,
         error_rate = ?update.error_rate,
         service_time_ms = ?update.service_time_ms,
+        leak_mb = ?update.leak_mb,
         "faults changed"
     );
     current(&app)
@@ -238,6 +279,14 @@ mod tests {
         assert_eq!(f.error_rate(), 0.25);
         f.set_delay(Duration::MAX);
         assert_eq!(f.delay(), Duration::from_nanos(u64::MAX));
+    }
+
+    #[test]
+    fn leaks_are_held_and_resident() {
+        let f = Faults::new(Duration::ZERO, 0.0);
+        f.leak(2);
+        f.leak(1);
+        assert_eq!(f.leaked_mb(), 3);
     }
 
     #[test]

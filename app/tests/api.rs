@@ -342,6 +342,17 @@ async fn put_fault_validates_and_applies() {
     let (_, body) = get_json(&c, &s.url("/fault")).await;
     assert_eq!(body["delay_ms"], 50);
     assert_eq!(body["error_rate"], 0.0);
+    assert_eq!(body["leaked_mb"], 0);
+
+    // leak_mb adds up; beyond the cap nothing is allocated.
+    for _ in 0..2 {
+        let resp = put(r#"{"leak_mb": 4}"#).await.expect("request");
+        assert_eq!(resp.status(), 200);
+    }
+    let resp = put(r#"{"leak_mb": 4096}"#).await.expect("request");
+    assert_eq!(resp.status(), 400);
+    let (_, body) = get_json(&c, &s.url("/fault")).await;
+    assert_eq!(body["leaked_mb"], 8);
     s.stop().await;
 }
 

@@ -12,6 +12,7 @@ use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, 
 
 use crate::circuit::CircuitState;
 use crate::metrics::{ErrorKind, ADMIN_KINDS};
+use crate::pool::{MemberState, Pool, Reason};
 use crate::queue::Rejected;
 use crate::state::State;
 
@@ -29,7 +30,51 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 
 /// Renders every `lb_*` family plus `process_*` in the text format.
 pub fn render(state: &State) -> String {
+    render_with_pool(state, None)
+}
+
+/// `lb_pool_*` (SPEC "The pool"), present from the start when a pool is.
+fn pool_families(r: &Registry, pool: &Pool) {
+    let (c, counts) = pool.metrics();
+    let members = gauge(r, "lb_pool_members", "Pool members by state", &["state"]);
+    for (s, n) in MemberState::ALL.iter().zip(counts) {
+        members.with_label_values(&[s.as_str()]).set(n as i64);
+    }
+    let starts = counter(
+        r,
+        "lb_pool_starts_total",
+        "Member starts: ok = became healthy",
+        &["result"],
+    );
+    starts.with_label_values(&["ok"]).inc_by(c.starts_ok);
+    starts
+        .with_label_values(&["failed"])
+        .inc_by(c.starts_failed);
+    let recycles = counter(
+        r,
+        "lb_pool_recycles_total",
+        "Members replaced, by reason",
+        &["reason"],
+    );
+    for (reason, n) in Reason::RECYCLES.iter().zip(c.recycles) {
+        recycles.with_label_values(&[reason.as_str()]).inc_by(n);
+    }
+    let scale = counter(
+        r,
+        "lb_pool_scale_total",
+        "Pool size changes",
+        &["direction"],
+    );
+    scale.with_label_values(&["up"]).inc_by(c.scaled_up);
+    scale.with_label_values(&["down"]).inc_by(c.scaled_down);
+}
+
+/// [`render`], plus the pool's families when there is one.
+pub fn render_with_pool(state: &State, pool: Option<&Pool>) -> String {
     let r = Registry::new();
+    if let Some(p) = pool {
+        pool_families(&r, p);
+    }
     let snap = state.load_full();
     let now = Instant::now();
     let requests = counter(

@@ -7,6 +7,7 @@
 
 mod handlers;
 pub mod metrics;
+mod pool;
 mod status;
 
 use std::net::SocketAddr;
@@ -26,6 +27,7 @@ use subtle::ConstantTimeEq;
 
 use crate::control::Control;
 use crate::history::History;
+use crate::pool::Pool;
 
 /// Where the admin token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,7 @@ pub fn resolve_token(
 pub(crate) struct Shared {
     control: Arc<Control>,
     history: Arc<History>,
+    pool: Option<Arc<Pool>>,
     token: Arc<str>,
 }
 
@@ -74,11 +77,12 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// An admin server for `control` on `listen`, accepting `token`; the
-    /// status page draws `history`.
+    /// An admin server for `control` (and `pool`, if any) on `listen`,
+    /// accepting `token`; the status page draws `history`.
     pub fn new(
         control: Arc<Control>,
         history: Arc<History>,
+        pool: Option<Arc<Pool>>,
         token: String,
         listen: SocketAddr,
     ) -> Self {
@@ -86,6 +90,7 @@ impl Admin {
             shared: Shared {
                 control,
                 history,
+                pool,
                 token: token.into(),
             },
             listen,
@@ -106,6 +111,9 @@ impl Admin {
                 get(handlers::get_algorithm).put(handlers::put_algorithm),
             )
             .route("/reload", post(handlers::reload))
+            .route("/pool", get(pool::get_pool))
+            .route("/pool/size", put(pool::put_size))
+            .route("/pool/rollout", post(pool::post_rollout))
             .layer(middleware::from_fn_with_state(self.shared.clone(), auth));
         Router::new()
             .route("/", get(status::page))

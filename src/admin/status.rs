@@ -97,8 +97,54 @@ pub(super) async fn page(State(s): State<Shared>) -> Response {
         .replace("{{VERSION}}", env!("CARGO_PKG_VERSION"))
         .replace("{{COUNT}}", &view.backends.len().to_string())
         .replace("{{QUEUED}}", &view.queue.depth.to_string())
-        .replace("{{ROWS}}", &rows);
+        .replace("{{ROWS}}", &rows)
+        .replace(
+            "{{POOL}}",
+            &s.pool.as_deref().map(pool_section).unwrap_or_default(),
+        );
     with_headers("text/html; charset=utf-8", body)
+}
+
+/// The pool's part of the page (when lb owns a `[pool]`): size, counters, one
+/// row per member, as of the page load (`GET /admin/pool` has it live).
+fn pool_section(p: &crate::pool::Pool) -> String {
+    use std::fmt::Write;
+    let v = p.view();
+    let mut rows = String::new();
+    for m in &v.members {
+        let mem = m
+            .memory_bytes
+            .map_or("-".to_string(), |b| format!("{:.1}", b as f64 / 1048576.0));
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{mem}</td><td>{}</td><td>{}</td></tr>",
+            esc(&m.name),
+            esc(&m.addr),
+            m.state.as_str(),
+            m.age_s,
+            m.in_flight,
+            m.requests_total,
+        );
+    }
+    let rollout = v.rollout.as_ref().map_or(String::new(), |r| {
+        format!(" &middot; rollout {:?} {}/{}", r.state, r.done, r.total)
+    });
+    format!(
+        "<h2>pool ({})</h2><p>size <b>{}</b> ({}..={}) &middot; started {} &middot; replaced {} \
+         &middot; recycled age {} memory {} &middot; scaled up {} down {}{rollout}</p>\
+         <table><tr><th>member</th><th>addr</th><th>state</th><th>age s</th><th>MiB</th>\
+         <th>in flight</th><th>requests</th></tr>{rows}</table>",
+        v.provider,
+        v.size,
+        v.min_size,
+        v.max_size,
+        v.started_total,
+        v.replaced_total,
+        v.recycled_total.age,
+        v.recycled_total.memory,
+        v.scaled_up_total,
+        v.scaled_down_total,
+    )
 }
 
 /// `GET /status.js`.

@@ -109,6 +109,7 @@ pub(crate) mod testing {
                 max_in_flight: 0,
                 group: None,
                 stats: Arc::new(BackendStats::new(&format!("b{i}"))),
+                pool: false,
             })
             .collect()
     }

@@ -4,6 +4,7 @@
 //! Every failure is a [`ConfigError`] that names the key, the value and the rule,
 //! e.g. `backends[2].weight: 5000 is out of range 0..=1000`. Nothing here panics.
 
+mod pool;
 mod raw;
 mod validate;
 
@@ -242,6 +243,97 @@ pub struct BackendConfig {
     pub resolve: Resolve,
 }
 
+/// How the pool starts its members (`pool.provider` and its keys).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PoolProvider {
+    /// Child processes of lb on loopback ports.
+    Process {
+        /// argv with `{name}` and `{port}` substituted per member.
+        command: Vec<String>,
+        /// Ports handed to members, inclusive (default 3100..=3199).
+        ports: std::ops::RangeInclusive<u16>,
+    },
+    /// Containers through the Docker Engine API.
+    Docker(DockerConfig),
+}
+
+impl PoolProvider {
+    /// `"process"` or `"docker"`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PoolProvider::Process { .. } => "process",
+            PoolProvider::Docker(_) => "docker",
+        }
+    }
+}
+
+/// `[pool]` keys of `provider = "docker"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerConfig {
+    /// Image members run (never pulled by lb: it must exist on the engine).
+    pub image: String,
+    /// Network members join; lb reaches them at their address on it (default "bridge").
+    pub network: String,
+    /// Port the app listens on inside the container (default 3000).
+    pub container_port: u16,
+    /// CPU limit in cores (default 0 = none).
+    pub cpus: f64,
+    /// Memory limit in bytes (default 0 = none).
+    pub memory: u64,
+    /// Environment of every member (plus `CONTAINER_ID=<member name>`).
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Publish `container_port` on this host address at an ephemeral port and
+    /// reach members there (lb on the host, not on `network`); default none.
+    pub publish: Option<std::net::IpAddr>,
+    /// Engine address: `unix:///path` or `tcp://host:port` (default: env
+    /// `DOCKER_HOST`, else `unix:///var/run/docker.sock`).
+    pub docker_host: String,
+}
+
+/// `[pool]`: backends that lb starts, watches, recycles, scales and stops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    /// `process` or `docker`, with that provider's settings.
+    pub provider: PoolProvider,
+    /// Members are `<name>-1`, `<name>-2`, ... (numbers never reused).
+    pub name: String,
+    /// Members started at boot (default 2).
+    pub size: u32,
+    /// Never fewer ready members than this (default: `size`).
+    pub min_size: u32,
+    /// Never more members than this (default: `size`).
+    pub max_size: u32,
+    /// Operator weight of every member (default 1).
+    pub weight: u32,
+    /// Each member's capacity; 0 (default) = unlimited, no scaling on load.
+    pub max_in_flight: u32,
+    /// Every member at capacity this long: start one more (default 2 s).
+    pub scale_up_after: Duration,
+    /// A member above `min_size` with no request this long is stopped (default 5 min).
+    pub idle_timeout: Duration,
+    /// Members older than this are recycled; `None` (default, `"0s"`): never.
+    pub max_age: Option<Duration>,
+    /// Members using more memory are recycled; `None` (default, `"0"`): never.
+    pub max_memory: Option<u64>,
+    /// How often liveness, age and memory are checked (default 5 s).
+    pub check_interval: Duration,
+    /// Longest wait for a stopping member's in-flight requests, and between
+    /// SIGTERM and SIGKILL (default 30 s).
+    pub drain_timeout: Duration,
+    /// A member not healthy this long after its start has failed (default 30 s).
+    pub start_timeout: Duration,
+}
+
+impl PoolConfig {
+    /// Is `backend` a name this pool gives its members (`<name>-<digits>`)?
+    pub fn owns_name(&self, backend: &str) -> bool {
+        backend
+            .strip_prefix(self.name.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -267,8 +359,11 @@ pub struct Config {
     pub log: LogConfig,
     /// `[queue]`
     pub queue: QueueConfig,
-    /// `[[backends]]`, in file order (at least one, at most [`MAX_BACKENDS`]).
+    /// `[[backends]]`, in file order (at most [`MAX_BACKENDS`]; at least one
+    /// unless a `[pool]` provides them).
     pub backends: Vec<BackendConfig>,
+    /// `[pool]`: backends lb starts and owns (default: none).
+    pub pool: Option<PoolConfig>,
 }
 
 impl Config {
@@ -358,6 +453,22 @@ impl Config {
                 s,
                 "  {:<20} {:<28} weight {}{cap}",
                 be.name, be.addr, be.weight
+            );
+        }
+        if let Some(p) = &self.pool {
+            let what = match &p.provider {
+                PoolProvider::Process { command, ports } => format!(
+                    "process {:?} on ports {}-{}",
+                    command.join(" "),
+                    ports.start(),
+                    ports.end()
+                ),
+                PoolProvider::Docker(d) => format!("docker {} on network {}", d.image, d.network),
+            };
+            let _ = writeln!(
+                s,
+                "pool          {}-N: {what}; size {} ({}..={}), max_in_flight {}",
+                p.name, p.size, p.min_size, p.max_size, p.max_in_flight
             );
         }
         s

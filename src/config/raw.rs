@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub queue: RawQueue,
     pub backends: Vec<RawBackend>,
+    pub pool: Option<RawPool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -284,4 +285,75 @@ pub struct RawBackend {
 
 fn default_weight() -> i64 {
     1
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawProvider {
+    Process,
+    Docker,
+}
+
+/// `[pool]`: one table for both providers; keys of the other provider are
+/// errors (checked in validation, where the message can say why).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPool {
+    pub provider: RawProvider,
+    pub name: String,
+    pub size: i64,
+    pub min_size: Option<i64>,
+    pub max_size: Option<i64>,
+    pub weight: i64,
+    pub max_in_flight: i64,
+    pub scale_up_after: String,
+    pub idle_timeout: String,
+    pub max_age: String,
+    pub max_memory: String,
+    pub check_interval: String,
+    pub drain_timeout: String,
+    pub start_timeout: String,
+    // provider = "process"
+    pub command: Option<Vec<String>>,
+    pub ports: Option<String>,
+    // provider = "docker"
+    pub image: Option<String>,
+    pub network: Option<String>,
+    pub container_port: Option<i64>,
+    pub cpus: Option<f64>,
+    pub memory: Option<String>,
+    pub env: Option<std::collections::BTreeMap<String, String>>,
+    pub docker_host: Option<String>,
+    pub publish: Option<String>,
+}
+
+impl Default for RawPool {
+    fn default() -> Self {
+        Self {
+            provider: RawProvider::Process,
+            name: "app".into(),
+            size: 2,
+            min_size: None,
+            max_size: None,
+            weight: 1,
+            max_in_flight: 0,
+            scale_up_after: "2s".into(),
+            idle_timeout: "5m".into(),
+            max_age: "0s".into(),
+            max_memory: "0".into(),
+            check_interval: "5s".into(),
+            drain_timeout: "30s".into(),
+            start_timeout: "30s".into(),
+            command: None,
+            ports: None,
+            image: None,
+            network: None,
+            container_port: None,
+            cpus: None,
+            memory: None,
+            env: None,
+            docker_host: None,
+            publish: None,
+        }
+    }
 }

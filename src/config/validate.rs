@@ -70,7 +70,11 @@ impl ConfigError {
     }
 }
 
-fn invalid(key: impl Into<String>, value: impl std::fmt::Display, rule: &str) -> ConfigError {
+pub(super) fn invalid(
+    key: impl Into<String>,
+    value: impl std::fmt::Display,
+    rule: &str,
+) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         value: value.to_string(),
@@ -78,7 +82,12 @@ fn invalid(key: impl Into<String>, value: impl std::fmt::Display, rule: &str) ->
     }
 }
 
-fn duration(key: &str, s: &str, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+pub(super) fn duration(
+    key: &str,
+    s: &str,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
     let d = humantime::parse_duration(s.trim()).map_err(|_| {
         invalid(
             key,
@@ -97,7 +106,7 @@ fn duration(key: &str, s: &str, min: Duration, max: Duration) -> Result<Duration
     Ok(d)
 }
 
-fn int_in(key: &str, v: i64, lo: i64, hi: i64) -> Result<u32, ConfigError> {
+pub(super) fn int_in(key: &str, v: i64, lo: i64, hi: i64) -> Result<u32, ConfigError> {
     if v < lo || v > hi {
         return Err(invalid(key, v, &format!("is out of range {lo}..={hi}")));
     }
@@ -128,7 +137,7 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-fn valid_name(s: &str) -> bool {
+pub(super) fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
@@ -275,6 +284,7 @@ impl TryFrom<RawConfig> for Config {
             timeout: duration("queue.timeout", &r.queue.timeout, MS, HOUR)?,
         };
         let backends = backends(&r)?;
+        let pool = super::pool::pool(&r, &backends)?;
         Ok(Config {
             server,
             admin,
@@ -288,6 +298,7 @@ impl TryFrom<RawConfig> for Config {
             log,
             queue,
             backends,
+            pool,
         })
     }
 }
@@ -406,11 +417,11 @@ fn circuit(r: &RawConfig) -> Result<CircuitConfig, ConfigError> {
 }
 
 fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
-    if r.backends.is_empty() {
+    if r.backends.is_empty() && r.pool.is_none() {
         return Err(invalid(
             "backends",
             "[]",
-            "must list at least one [[backends]] entry",
+            "must list at least one [[backends]] entry (or configure a [pool])",
         ));
     }
     if r.backends.len() > MAX_BACKENDS {
@@ -461,7 +472,7 @@ fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
             },
         });
     }
-    if out.iter().all(|b| b.weight == 0) {
+    if !out.is_empty() && r.pool.is_none() && out.iter().all(|b| b.weight == 0) {
         return Err(invalid(
             "backends[*].weight",
             "0 everywhere",

@@ -20,12 +20,15 @@ pub use load::*;
 #[allow(unused_imports)]
 pub use ops::*;
 #[allow(unused_imports)]
+pub use pool::*;
+#[allow(unused_imports)]
 pub use process::*;
 
 pub mod compose;
 mod dns;
 mod load;
 mod ops;
+mod pool;
 mod process;
 
 /// A free TCP port on 127.0.0.1 (bound then released; lb start retries on a race).

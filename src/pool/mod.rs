@@ -1,0 +1,163 @@
+//! `[pool]`: backends that lb starts, watches, recycles, scales and stops
+//! (SPEC "The pool"). Members are ordinary backends in the routing snapshot
+//! (balancing, health, breakers, metrics, admin modes all apply), added once
+//! their probes pass and removed after they drained.
+//!
+//! - [`core`]: the decisions, pure, time passed in; unit-tested next to it.
+//! - [`driver`]: the loop that feeds the core events and samples and carries
+//!   out its actions on the snapshot and the provider. It runs on its own
+//!   thread (`lb-pool`) for lb's whole life: members are that thread's
+//!   children, and `PR_SET_PDEATHSIG` is tied to the forking thread.
+//! - [`provider`]: the trait; [`process`] and [`docker`] implement it.
+//! - [`view`]: `GET /admin/pool` and the metric labels.
+
+pub mod core;
+pub mod docker;
+mod driver;
+pub mod process;
+pub mod provider;
+pub mod view;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{PoolConfig, PoolProvider};
+use crate::state::State;
+
+pub use self::core::{Core, Counters, PoolError};
+pub use provider::{Provider, ProviderError, Spec};
+pub use view::{MemberState, PoolView, Reason};
+
+/// The running pool: the shared handle the admin API, metrics and shutdown use.
+pub struct Pool {
+    core: Mutex<Core>,
+    /// Spec of each generation (index = generation).
+    specs: Mutex<Vec<Spec>>,
+    /// Wakes the driver after an operator change.
+    wake: tokio::sync::Notify,
+    /// Set to ask the driver to stop every member.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Becomes true once the driver stopped every member.
+    stopped: (Mutex<bool>, Condvar),
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Pool {
+    /// Starts the pool's thread: cleans up leftovers of a killed lb, starts
+    /// `size` members, and returns once they are all ready (or after
+    /// `start_timeout`, with a warning: lb serves what is ready and the pool
+    /// keeps trying). Fails if the provider cannot be reached at all.
+    pub fn start(state: Arc<State>) -> Result<Arc<Pool>, ProviderError> {
+        let snap = state.load_full();
+        let cfg = snap
+            .config
+            .pool
+            .clone()
+            .ok_or_else(|| ProviderError("no [pool] configured".into()))?;
+        let spec = match &cfg.provider {
+            PoolProvider::Process { command, .. } => Spec::Command(command.clone()),
+            PoolProvider::Docker(d) => Spec::Image(d.image.clone()),
+        };
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let pool = Arc::new(Pool {
+            core: Mutex::new(Core::new(cfg.clone(), snap.config.health.rise)),
+            specs: Mutex::new(vec![spec]),
+            wake: tokio::sync::Notify::new(),
+            stop,
+            stopped: (Mutex::new(false), Condvar::new()),
+        });
+        let (boot_tx, boot_rx) = std::sync::mpsc::channel();
+        let p = pool.clone();
+        std::thread::Builder::new()
+            .name("lb-pool".into())
+            .spawn(move || driver::run_thread(p, state, cfg, boot_tx))
+            .map_err(|e| ProviderError::new("cannot start the pool thread", e))?;
+        let wait = pool.config().start_timeout + Duration::from_secs(1);
+        match boot_rx.recv_timeout(wait) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => tracing::warn!(
+                ready = lock(&pool.core).ready_keepers(),
+                size = pool.config().size,
+                "pool: not every member ready within pool.start_timeout; serving those that are"
+            ),
+        }
+        Ok(pool)
+    }
+
+    fn config(&self) -> PoolConfig {
+        lock(&self.core).config().clone()
+    }
+
+    /// `GET /admin/pool`.
+    pub fn view(&self) -> PoolView {
+        lock(&self.core).view(Instant::now())
+    }
+
+    /// Counters and member counts per state, for `/metrics`.
+    pub fn metrics(&self) -> (Counters, [usize; 4]) {
+        let core = lock(&self.core);
+        (
+            core.counters.clone(),
+            MemberState::ALL.map(|s| core.count(s)),
+        )
+    }
+
+    /// `PUT /admin/pool/size`: the new target, within `min_size..=max_size`.
+    pub fn set_size(&self, size: u32) -> Result<PoolView, PoolError> {
+        let mut core = lock(&self.core);
+        core.set_size(size)?;
+        let view = core.view(Instant::now());
+        drop(core);
+        self.wake.notify_one();
+        Ok(view)
+    }
+
+    /// `POST /admin/pool/rollout`: replaces every member, one at a time, by
+    /// one running `spec`.
+    pub fn rollout(&self, spec: Spec) -> Result<PoolView, PoolError> {
+        let mut specs = lock(&self.specs);
+        let mut core = lock(&self.core);
+        let kind = core.config().provider.kind();
+        let want = match kind {
+            "process" => "command",
+            _ => "image",
+        };
+        if spec.key() != want {
+            return Err(PoolError::Spec(format!(
+                "the {kind} provider rolls out {{\"{want}\": ...}}, not {:?}",
+                spec.key()
+            )));
+        }
+        let generation = specs.len() as u32;
+        core.start_rollout(generation)?;
+        specs.push(spec);
+        let view = core.view(Instant::now());
+        drop((core, specs));
+        self.wake.notify_one();
+        Ok(view)
+    }
+
+    /// Stops every member (graceful stop, kill after `drain_timeout`) and
+    /// waits for that, at most `timeout`. Called once lb's own requests have
+    /// finished, right before it exits.
+    pub fn shutdown(&self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let (flag, cv) = &self.stopped;
+        let done = lock(flag);
+        let (done, _) = cv
+            .wait_timeout_while(done, timeout, |d| !*d)
+            .unwrap_or_else(|p| p.into_inner());
+        if !*done {
+            tracing::warn!("pool: members still stopping at exit; the kernel kills the rest");
+        }
+    }
+
+    /// How long [`Pool::shutdown`] may take.
+    pub fn shutdown_time(&self) -> Duration {
+        self.config().drain_timeout + Duration::from_secs(2)
+    }
+}

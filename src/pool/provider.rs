@@ -1,0 +1,67 @@
+//! What the pool needs from whatever runs its members: start one, tell whether
+//! it is still running and how much memory it uses, stop it, and clean up
+//! what a killed lb left behind. One implementation per file
+//! ([`super::process`], [`super::docker`]); the core never sees which.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// What a member runs; one per generation (the config's, then each rollout's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Spec {
+    /// argv with `{name}` and `{port}` placeholders (process provider).
+    Command(Vec<String>),
+    /// Image name (docker provider).
+    Image(String),
+}
+
+impl Spec {
+    /// `"command"` or `"image"`, as the rollout body names it.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Spec::Command(_) => "command",
+            Spec::Image(_) => "image",
+        }
+    }
+}
+
+/// A provider's failure, as one line for the log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderError(pub String);
+
+impl ProviderError {
+    /// An error from anything displayable, with context.
+    pub fn new(what: &str, e: impl std::fmt::Display) -> Self {
+        ProviderError(format!("{what}: {e}"))
+    }
+}
+
+/// Runs members. Members are named by the core; the provider keeps whatever
+/// it needs per name (a child process, a container id).
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// Removes members that an earlier lb with this pool name left running
+    /// (it was killed before it could stop them); how many it removed.
+    async fn clean_leftovers(&self) -> Result<usize, ProviderError>;
+
+    /// Starts member `name` from `spec`; the address lb reaches it at. The
+    /// member may still be booting: the pool probes it before serving.
+    async fn start(&self, name: &str, spec: &Spec) -> Result<SocketAddr, ProviderError>;
+
+    /// `Some(why)` once the member has exited by itself.
+    async fn exited(&self, name: &str) -> Option<String>;
+
+    /// Is [`Provider::exited`] cheap enough to ask every tick (a `waitpid`),
+    /// or only every `check_interval` (an API call)?
+    fn cheap_liveness(&self) -> bool;
+
+    /// Resident memory of the member, bytes.
+    async fn memory(&self, name: &str) -> Option<u64>;
+
+    /// Stops the member: a graceful stop, a kill after `grace`, then removes
+    /// whatever is left of it. Never fails: problems are logged.
+    async fn stop(&self, name: &str, grace: Duration);
+}

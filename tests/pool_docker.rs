@@ -1,0 +1,182 @@
+//! The pool's docker provider against the real engine: boot, a `docker kill`ed
+//! member replaced, a rollout to another image, SIGTERM removing every
+//! container, and containers left by a `kill -9`ed lb removed at the next
+//! start. `#[ignore]`d, so a plain `cargo test` reports it as ignored, never
+//! as passed; `make test` runs it (`--ignored`) when `docker info` works.
+//!
+//! Nothing is pulled: the test builds its image `FROM scratch` out of the
+//! debug `app` binary and the shared libraries it links (the release images
+//! of `make images` are static, but take a release build). Members publish
+//! their port on 127.0.0.1 (`pool.publish`), so all traffic stays on loopback.
+
+mod common;
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const IMAGE: &str = "lb-app:pooltest";
+const IMAGE_V2: &str = "lb-app:pooltest-v2";
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("docker {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds (once per run) a scratch image with the debug `app` and its
+/// libraries at their paths, plus a second tag for the rollout.
+fn image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let ctx = tempfile::tempdir().unwrap();
+        let root = ctx.path().join("rootfs");
+        let app = app_bin();
+        let put = |src: &std::path::Path, dst: &str| {
+            let to = root.join(dst.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(src, &to).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        };
+        put(&app, "/usr/local/bin/app");
+        let ldd = Command::new("ldd").arg(&app).output().expect("ldd");
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = line
+                .split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(std::path::PathBuf::from);
+            if let Some(p) = path {
+                let real = std::fs::canonicalize(&p).unwrap_or(p.clone());
+                put(&real, p.to_str().unwrap());
+            }
+        }
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            "FROM scratch\nCOPY rootfs/ /\nUSER 65532:65532\nENV PORT=3000\n\
+             ENTRYPOINT [\"/usr/local/bin/app\"]\n",
+        )
+        .unwrap();
+        docker(&["build", "-q", "-t", IMAGE, ctx.path().to_str().unwrap()]);
+        docker(&["tag", IMAGE, IMAGE_V2]);
+    });
+    IMAGE
+}
+
+/// Containers labelled `lb.pool=<name>`, running or not.
+fn containers(name: &str) -> Vec<String> {
+    let out = docker(&["ps", "-aq", "--filter", &format!("label=lb.pool={name}")]);
+    out.lines().map(String::from).collect()
+}
+
+/// Removes the pool's containers on drop, also when the test fails.
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for id in containers(&self.0) {
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+    }
+}
+
+fn body(name: &str) -> String {
+    format!(
+        "[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n\n\
+         [pool]\nprovider = \"docker\"\nname = \"{name}\"\nimage = \"{}\"\nsize = 2\n\
+         network = \"bridge\"\npublish = \"127.0.0.1\"\ncontainer_port = 3000\ncpus = 0.5\n\
+         memory = \"128m\"\nenv = {{ PERFORMANCE_MODE = \"normal\" }}\n\
+         check_interval = \"300ms\"\ndrain_timeout = \"2s\"\nstart_timeout = \"20s\"\n",
+        image()
+    )
+}
+
+fn ready(v: &Value) -> Vec<String> {
+    members_in(v, "ready")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine; `make test` runs it when `docker info` works"]
+async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
+    serial("docker pool", Duration::from_secs(180), async {
+        let (name, _, _) = unique_pool();
+        let _cleanup = Cleanup(name.clone());
+        let mut lb = Lb::start(&body(&name)).await;
+        let v = lb.pool().await;
+        assert_eq!(v["provider"], "docker");
+        assert_eq!(ready(&v), [format!("{name}-1"), format!("{name}-2")]);
+        let ids = containers(&name);
+        assert_eq!(ids.len(), 2);
+        let inspect = docker(&["inspect", "-f", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{index .Config.Labels \"lb.member\"}}", &format!("lb-pool-{name}-1")]);
+        assert_eq!(inspect, format!("500000000 134217728 {name}-1"));
+        // Memory comes from the engine's stats.
+        assert!(lb
+            .wait_pool(Duration::from_secs(10), |v| v["members"][0]["memory_bytes"].as_u64() > Some(0))
+            .await
+            .is_some());
+
+        // docker kill → replaced, no request failed.
+        let load = Load::start(&lb.url("/api/whoami"), 50, 50 * 30, Duration::from_secs(30), reqwest::Method::GET);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let killed = Instant::now();
+        docker(&["kill", &format!("lb-pool-{name}-1")]);
+        let replacement = format!("{name}-3");
+        let served = load
+            .wait_for(Duration::from_secs(20), |s| s.first_served_by_after(&replacement, killed))
+            .await
+            .expect("replacement serving");
+        println!("docker kill → {replacement} serving after {:?}", served.saturating_duration_since(killed));
+
+        // Rollout to another image, one member at a time.
+        let r = lb
+            .admin_call(reqwest::Method::POST, "/admin/pool/rollout", Some(&json!({"image": IMAGE_V2})))
+            .await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        let done = lb
+            .wait_pool(Duration::from_secs(60), |v| v["rollout"]["state"] == "done")
+            .await
+            .expect("rollout done");
+        let samples = load.stop().await;
+        let failed = samples.failed();
+        println!("docker: {} requests, {} failed", samples.len(), failed.len());
+        assert!(failed.is_empty(), "{:?}", failed.iter().take(3).map(|s| s.outcome()).collect::<Vec<_>>());
+        assert_eq!(ready(&done), [format!("{name}-4"), format!("{name}-5")]);
+        // "done" once the last old member drains; it is gone soon after.
+        let images = || docker(&["ps", "--filter", &format!("label=lb.pool={name}"), "--format", "{{.Image}}"]);
+        let only_v2 = eventually(Duration::from_secs(10), || {
+            let i = images();
+            i.lines().count() == 2 && i.lines().all(|i| i == IMAGE_V2)
+        });
+        assert!(only_v2.await, "{}", images());
+
+        // SIGTERM: every container stopped and removed.
+        assert_eq!(lb.stop().await.code(), Some(0));
+        assert_eq!(containers(&name), Vec::<String>::new());
+
+        // kill -9: the containers stay (no parent-death signal for them)…
+        lb.restart().await;
+        let left = containers(&name);
+        assert_eq!(left.len(), 2);
+        lb.signal(libc::SIGKILL);
+        let _ = tokio::task::block_in_place(|| lb.wait_exit(Duration::from_secs(5)));
+        assert_eq!(containers(&name), left);
+        // …until the next start removes them by label.
+        lb.restart().await;
+        let now = containers(&name);
+        assert_eq!(now.len(), 2);
+        assert!(now.iter().all(|id| !left.contains(id)), "{left:?} still there: {now:?}");
+        assert!(lb.log_text().contains("removing a container left by an earlier lb"));
+        assert_eq!(lb.stop().await.code(), Some(0));
+    })
+    .await;
+}

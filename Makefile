@@ -46,10 +46,10 @@ COMPOSE_TESTS := --test compose --test compose_scale --test pool_docker
 
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header
-# timeout, HTTP/1.0 de-chunking), the compose end-to-end tests (lb runs in its
-# image there), the scenario smoke run and the browser test (neither tests the
-# request path), and the pool's docker test.
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale scenarios status_page pool_docker,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+# timeout, HTTP/1.0 de-chunking), the Docker engine tests (lb runs in its
+# image there or drives the engine), the scenario smoke run and the browser
+# test (neither tests the request path).
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale pool_docker scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:

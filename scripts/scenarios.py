@@ -75,7 +75,18 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "target", "scenarios"))
     p.add_argument("--doc", help="default: docs/scenarios.md (smoke: OUT/scenarios.md)")
     p.add_argument("--only", default="single,dual,quad")
+    p.add_argument("--doc-only", action="store_true",
+                   help="rewrite the doc from OUT/results.json and OUT/raw.json; run nothing")
     args = p.parse_args()
+    if args.doc_only:
+        with open(os.path.join(args.out, "results.json")) as f:
+            results = json.load(f)
+        with open(os.path.join(args.out, "raw.json")) as f:
+            saved = json.load(f)
+        doc_path = args.doc or os.path.join(ROOT, "docs", "scenarios.md")
+        doc.write(doc_path, results, saved["raw"], saved["meta"])
+        print(f"scenarios: rewrote {doc_path} from {args.out}", file=sys.stderr)
+        return
     mode = "smoke" if args.smoke else args.mode
     plan = plan_for(mode)
     plan.bin = os.path.abspath(args.bin)
@@ -92,6 +103,7 @@ def main():
 
     work = tempfile.mkdtemp(prefix="lb-scenarios.")
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     results, raw = {}, {}
     try:
         ol = build_openloop(work)
@@ -107,6 +119,13 @@ def main():
         raise
     finally:
         Reaper.stop_all()
+    # lb's and the apps' own logs (warnings, errors) are kept; the per-request
+    # load logs are large and already summarised.
+    logs = os.path.join(args.out, "logs")
+    os.makedirs(logs, exist_ok=True)
+    for name in os.listdir(work):
+        if (name.startswith(("lb", "app-", "calib-")) and name.endswith((".log", ".toml"))):
+            shutil.copy(os.path.join(work, name), logs)
     shutil.rmtree(work, ignore_errors=True)
     meta = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -115,6 +134,8 @@ def main():
         if mode != "smoke" else "scripts/scenarios.py --smoke",
         "mode": mode,
         "minutes": round((time.monotonic() - started) / 60, 1),
+        "load_before": round(load_before, 2),
+        "load_after": round(os.getloadavg()[0], 2),
         "plan": {k: v for k, v in vars(plan).items() if k != "bin"},
     }
     with open(os.path.join(args.out, "results.json"), "w") as f:

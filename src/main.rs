@@ -152,10 +152,10 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         .thread_name("lb-log")
         // Buffered: the writer thread drains every queued line into one
         // write(2) instead of one per line (it flushes whenever the queue is empty).
-        .finish(std::io::BufWriter::with_capacity(
+        .finish(Background::new(std::io::BufWriter::with_capacity(
             64 * 1024,
             std::io::stderr(),
-        ));
+        )));
     let _ = lb::metrics::LOG_DROPPED.set(writer.error_counter());
     // The access log skips tracing's formatter (see `lb::access_log`) but
     // shares the queue, so lines stay in order.
@@ -175,6 +175,42 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Text => builder.try_init(),
     };
     guard
+}
+
+/// The log writer thread's output, run at the lowest CPU priority (nice 19,
+/// set by the thread itself on its first write): on a busy core the proxy
+/// threads go first, so writing logs never adds to a request's latency; a
+/// starved writer only lets its queue fill (then lines are dropped, counted).
+struct Background<W> {
+    inner: W,
+    lowered: bool,
+}
+
+impl<W> Background<W> {
+    fn new(inner: W) -> Self {
+        Background {
+            inner,
+            lowered: false,
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Background<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !std::mem::replace(&mut self.lowered, true) {
+            // SAFETY: plain syscalls on the calling thread (Linux: `who` 0 =
+            // this thread); failure only leaves the priority as it was.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            }
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn main() -> ExitCode {

@@ -239,11 +239,11 @@ pub(crate) async fn put_fault(State(app): State<Arc<App>>, body: Bytes) -> Respo
     if let Some(ms) = update.delay_ms {
         app.faults.set_delay(Duration::from_millis(ms));
     }
-    if let Some(mb) = update.leak_mb {
-        app.faults.leak(mb);
-    }
     if let Some(ms) = update.service_time_ms {
         app.capacity.set_service_time(Duration::from_millis(ms));
+    }
+    if let Some(mb) = update.leak_mb {
+        app.faults.leak(mb);
     }
     if let Some(r) = update.error_rate {
         app.faults.set_error_rate(r);

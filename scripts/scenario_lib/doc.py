@@ -48,7 +48,8 @@ def charts(results, raw, meta):
         names = list(w[0]["effective_weight"])
         out["quad-dynamic-weights.svg"] = svg.line_chart(
             "dynamic: effective weight per backend (operator weight 10 each)",
-            [(n, [x["effective_weight"][n] for x in w]) for n in names], "effective weight")
+            [(n, [x["effective_weight"][n] for x in w]) for n in names], "effective weight",
+            binned=False)
     c = raw["quad_apps"]["chaos"]
     out["quad-chaos.svg"] = svg.line_chart(
         f"Chaos under {meta['plan']['chaos_algorithm']}, {meta['plan']['chaos_rate']} req/s: "
@@ -106,7 +107,13 @@ app's measured capacity: the app, not lb, is the limit). Open loop at {p['single
 {s['lb_rss_mib']} MiB, {s['lb_fds']} file descriptors. Recovery: a background load of
 20 % of capacity, then {p['recovery'][1]} s at 110 % of capacity (a queue builds in the
 app), then back to 20 %: the background's 100 ms mean latency was within 20 % of its
-{rec['baseline_ms']} ms baseline **{s['recovery_s']} s** after the burst ended.
+{rec['baseline_ms']} ms baseline **{s['recovery_s']} s** after the burst ended. The
+burst is 110 % of the *nominal* capacity, i.e. {110 * raw['single_app']['capacity'] / s['rps']:.0f} % of
+the {s['rps']:.0f} req/s the app really serves, so for {p['recovery'][1]} s requests
+arrive faster than they leave and a backlog of about
+{(1.1 * raw['single_app']['capacity'] - s['rps']) * p['recovery'][1]:.0f} requests builds in the
+app's queue; at the end it drains at the app's spare rate. That drain is the recovery
+time: lb forwards the backlog as fast as the app takes it and holds none itself.
 
 ![single](scenarios/single-latency.svg)
 """
@@ -122,7 +129,9 @@ def dual_section(r, raw, meta):
     rate, secs, stop, start, after = p["failover"]
     return f"""## Two apps (seed 003)
 
-Two apps of {p['dual_workers']} workers, round robin, `sticky = "cookie"`.
+Two apps of {p['dual_workers']} workers, round robin, `sticky = "cookie"` (the load
+generators keep no cookie, so it only matters to the sticky test). Smooth round robin
+alternates exactly, so the split is exact rather than merely statistically even.
 
 {table(["measure", "value"], [
         ("shares of " + str(p['share_requests']) + " requests",
@@ -176,7 +185,7 @@ def quad_section(r, raw, meta):
          f"{c['memory_pressure']['others_p99_during_ms']} ms "
          f"({c['memory_pressure']['others_p99_ratio']}×)", c["memory_pressure"]["failed"]),
         ("cascading (all but app-4, restored)", pct(c["cascading"]["availability"]),
-         f"recovered in {c['cascading']['recovery_s']} s (serving again after "
+         f"recovered in {c['cascading']['recovery_s']} s (all apps serving again after "
          f"{c['cascading']['serving_again_s']} s)" if c["cascading"]["recovery_s"] is not None
          else "not recovered before the run ended", c["cascading"]["requests_lost"]),
     ]
@@ -198,6 +207,9 @@ count in the latency percentiles with the wait they had reached, not as errors.
 
 dynamic ÷ round robin: **{q['dynamic_vs_round_robin']}×**, least_time ÷ round robin:
 **{q['least_time_vs_round_robin']}×**; most served: **{q['rps']:.0f} req/s** (closed loop).
+An algorithm that answers everything offered scores {p['quad_rate']:,} ÷ round robin's
+ceiling, so the ratios above are a floor; the closed-loop column shows how much more
+each could take.
 
 ![algorithms](scenarios/quad-algorithms.svg)
 
@@ -224,31 +236,44 @@ SIGKILL and are started again on the same port.
 def why_section(r, raw, meta):
     p = meta["plan"]
     a = r["quad_apps"]["algorithms"]
+    w = r["quad_apps"]["weights_over_time"]
     low = p["quad_workers"]["app-3"] * 1000 / p["service_ms"]
+    cal = raw["quad_apps"]["calibration"]
+    measured = sum(c["measured"] for c in cal.values())
+    most = r["quad_apps"]["rps"]
+    lost = r["quad_apps"]["chaos"]["cascading"]["requests_lost"]
+    box = (f"the most lb served in a closed loop, {most:.0f} req/s, is "
+           f"{100 * most / measured:.0f} % of the {measured:.0f} req/s the four apps measured "
+           "alone add up to")
+    box += (": the apps, not the CPU, were the limit." if most >= 0.9 * measured else
+            ": the shared CPU, not the apps, was the limit.")
     return f"""## Why the numbers are what they are
 
 - **round robin** gives every app a quarter of the traffic whatever its size, so the
-  smallest app caps the whole: at most 4 × {low:.0f} = {4 * low:.0f} req/s before
+  smallest app caps the whole: at most 4 × {low:.0f} = {4 * low:.0f} req/s (nominal) before
   app-3's queue grows without bound. At {p['quad_rate']:,} req/s offered it answered
   {a['round_robin']['rps']:.0f} req/s and its latency is the wait in that queue.
 - **least_conn** sends each request to the app with the fewest in flight; a bigger
   app finishes faster, so it naturally gets more. **least_time** weighs response time
   × in-flight; both track capacity without being told it.
 - **dynamic** starts at equal weights and moves each weight toward fastest mean ÷ own
-  mean once per `dynamic.interval`, by at most 0.25 per step; the slow start (app-3
-  is overloaded until its weight falls) is part of its figure. A weight can only fall
-  below the operator's, so the biggest app gains share only as the others lose it.
+  mean once per `dynamic.interval`, by at most 0.25 per step. Its p95/p99 come from the
+  first seconds (app-3 overloaded until its weight has fallen) and from a cycle visible
+  in the weights chart: once app-3's queue has drained its latency equals the others',
+  so its weight climbs back until it is overloaded again. It only measures latency,
+  and app-1, app-2 and app-4 answer equally fast while none is queued, so it cannot
+  tell that app-4 is the biggest: a weight never rises above the operator's, and
+  app-4's share grew only as app-3's fell ({w.get('app-4', {}).get('change_pct', 0):+g} %, the
+  same as app-1's and app-2's).
 - **Kills** cost little because lb retries a refused connection or a reset on
   another backend (`retry.attempts = 3`) and health checks take the dead app out
   within {p['health_interval']} × 2 (the circuit breaker often sooner). With three
   of four apps killed at once, a request can meet three dead apps in its three tries
   in the moment before breakers and health checks react: that is where the cascading
-  scenario's {r['quad_apps']['chaos']['cascading']['requests_lost']} lost requests come
+  scenario's {lost} lost request{'s' if lost != 1 else ''} come{'s' if lost == 1 else ''}
   from (`retry.attempts = 4` would cover it).
-- **The box**: the single-app and quad figures stop where this machine stops — lb,
-  four apps and the load generator share {meta['machine'].split(' ')[0]} cores;
-  a closed-loop figure well under the total capacity means the CPU, not the apps,
-  was the limit.
+- **The box**: lb, four apps and the load generator share {meta['machine'].split(' ')[0]}
+  cores; {box}
 """
 
 
@@ -266,7 +291,9 @@ def write(path, results, raw, meta):
         f"Generated by `{meta['command']}` ({meta['mode']} mode, {meta['minutes']} min) on "
         f"{meta['date']}, on {meta['machine']}. Regenerate with `make scenarios`; "
         "`scripts/scenarios-report.py target/scenarios/results.json` prints the criteria. "
-        "Numbers from one run on a shared VM: ratios mean more than absolutes.\n",
+        f"Numbers from one run on a shared VM (1-minute load average {meta['load_before']} "
+        f"before, {meta['load_after']} after: other work ran too): ratios mean more than "
+        "absolutes.\n",
         capacity_section(raw, meta),
         f"## The seeds' criteria ({met} of {judged} met)\n\n" +
         table(["", "seed", "criterion", "measured", "threshold"], crit) + "\n",

@@ -32,6 +32,15 @@ def free_ports(n):
             s.close()
 
 
+def accepts(port):
+    """Does 127.0.0.1:port accept a TCP connection?"""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def http(method, url, body=None, headers=None, timeout=5.0):
     """(status, parsed JSON or text, headers) of one request; status 0 if it failed."""
     data = None if body is None else json.dumps(body).encode()
@@ -185,6 +194,9 @@ class Lb:
         env = dict(os.environ, LB_ADMIN_TOKEN=self.token, RUST_LOG="warn")
         argv = [os.path.join(bin_dir, "lb"), "-c", self.config]
         self.proc = Reaper.spawn(argv, os.path.join(work, f"{tag}.log"), env)
+        # The proxy and the admin API are separate services that start
+        # independently: wait for both.
+        wait_until("lb listening", lambda: self._alive() and accepts(self.port))
         wait_until("lb admin API", lambda: self._alive() and
                    http("GET", self.admin("/health"), timeout=1)[0] == 200)
         names = [b[0] for b in backends]

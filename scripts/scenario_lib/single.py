@@ -110,6 +110,7 @@ def run(plan, ol, work):
         "per_second_mean_ms": tl.per_second(plan.steady_s, lambda w: round(w.mean_ms(), 2)),
         "per_second_p99_ms": tl.per_second(plan.steady_s, lambda w: round(w.pct(0.99), 2)),
         "recovery": rec,
+        "failures": [r for r in tl.records if not tl.ok(r)][:20],
         "recovery_mean_ms": [round(rtl.window(i / 10, (i + 1) / 10).mean_ms(), 2)
                              for i in range(int(sum(plan.recovery) * 10))],
     }

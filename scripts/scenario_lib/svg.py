@@ -6,8 +6,8 @@ import math
 from xml.sax.saxutils import escape
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
-W, H = 720, 280
-L, R, T, B = 64, 16, 34, 40  # margins
+W, H = 720, 290
+L, R, T, B = 64, 16, 46, 40  # margins (title and legend above the plot)
 
 
 def _nice(hi):
@@ -77,33 +77,37 @@ class _Frame:
                         f'<line x1="{L}" x2="{W - R}" y1="{H - B}" y2="{H - B}" stroke="#888"/>')
 
     def legend(self, labels):
-        x = W - R
-        for i, label in reversed(list(enumerate(labels))):
-            w = 14 + 6.5 * len(label)
-            x -= w + 10
+        """One row under the title, left to right."""
+        x = L
+        for i, label in enumerate(labels):
             c = PALETTE[i % len(PALETTE)]
-            self.out.append(f'<rect x="{x:.0f}" y="8" width="10" height="10" fill="{c}"/>'
-                            f'<text x="{x + 14:.0f}" y="17">{escape(label)}</text>')
+            self.out.append(f'<rect x="{x:.0f}" y="25" width="10" height="10" fill="{c}"/>'
+                            f'<text x="{x + 14:.0f}" y="34">{escape(label)}</text>')
+            x += 14 + 6.5 * len(label) + 14
 
     def done(self):
         return "\n".join(self.out + ["</svg>"]) + "\n"
 
 
 def line_chart(title, series, y_label, x_label="seconds", x_step=1.0, markers=(),
-               log=False):
-    """series: [(label, [y per step])]; markers: [(x, label)]."""
+               log=False, binned=True):
+    """series: [(label, [y per step])]; markers: [(x, label)]. `binned`: each
+    value covers [j, j + 1) steps and is drawn at the bin's middle (per-second
+    counts); otherwise value j is an instant sample at j."""
     n = max((len(s) for _, s in series), default=1)
     y_max = max((v for _, s in series for v in s), default=1) or 1
-    f = _Frame(title, y_label, (n - 1) * x_step if n > 1 else 1, y_max, log, x_label)
-    for t in range(0, int((n - 1) * x_step) + 1, max(1, int(n * x_step / 8))):
+    span = n * x_step if binned else ((n - 1) * x_step if n > 1 else 1)
+    off = 0.5 if binned else 0.0
+    f = _Frame(title, y_label, span, y_max, log, x_label)
+    for t in range(0, int(span) + 1, max(1, int(n * x_step / 8))):
         f.out.append(f'<text x="{f.x(t):.1f}" y="{H - B + 14}" text-anchor="middle">'
                      f'{t}</text>')
     for x, label in markers:
         f.out.append(f'<line x1="{f.x(x):.1f}" x2="{f.x(x):.1f}" y1="{T}" y2="{H - B}" '
                      f'stroke="#555" stroke-dasharray="4 3"/><text x="{f.x(x) + 3:.1f}" '
-                     f'y="{T + 10}" fill="#555">{escape(label)}</text>')
+                     f'y="{T + 12}" fill="#555">{escape(label)}</text>')
     for i, (_, s) in enumerate(series):
-        pts = " ".join(f"{f.x(j * x_step):.1f},{f.y(v):.1f}" for j, v in enumerate(s))
+        pts = " ".join(f"{f.x((j + off) * x_step):.1f},{f.y(v):.1f}" for j, v in enumerate(s))
         f.out.append(f'<polyline fill="none" stroke="{PALETTE[i % len(PALETTE)]}" '
                      f'stroke-width="1.6" points="{pts}"/>')
     f.legend([label for label, _ in series])

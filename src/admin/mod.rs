@@ -65,8 +65,8 @@ pub fn resolve_token(
 #[derive(Clone)]
 pub(crate) struct Shared {
     control: Arc<Control>,
-    pool: Option<Arc<Pool>>,
     history: Arc<History>,
+    pool: Option<Arc<Pool>>,
     token: Arc<str>,
 }
 

@@ -10,6 +10,7 @@ use crate::balancer::Mask;
 use crate::circuit::Permit;
 use crate::metrics::ErrorKind;
 use crate::state::{BackendStats, InFlight, Snapshot};
+use crate::sticky::Choice;
 
 /// How one attempt at a backend ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +104,21 @@ impl Ctx {
             upstream_ttfb: None,
             final_status: 0,
         }
+    }
+
+    /// Starts the next attempt at `choice` (both paths): marks the backend
+    /// tried, counts the attempt, and charges a retry to `retried_from`, the
+    /// backend whose failure caused it.
+    pub fn begin_attempt(&mut self, choice: Choice, retried_from: Option<&BackendStats>) {
+        if let Some(stats) = retried_from {
+            stats.retries_total.fetch_add(1, Ordering::Relaxed);
+        }
+        self.tried |= 1 << choice.index;
+        self.attempts += 1;
+        self.backend = Some(choice.index);
+        self.set_cookie = choice.set_cookie;
+        self.attempt_started = Instant::now();
+        self.recorded = false;
     }
 
     /// The current attempt's backend stats.

@@ -173,15 +173,7 @@ impl ProxyHttp for Proxy {
                 "backend address unresolved",
             ));
         };
-        if let Some(stats) = retried_from {
-            stats.retries_total.fetch_add(1, Ordering::Relaxed);
-        }
-        ctx.tried |= 1 << choice.index;
-        ctx.attempts += 1;
-        ctx.backend = Some(choice.index);
-        ctx.set_cookie = choice.set_cookie;
-        ctx.attempt_started = Instant::now();
-        ctx.recorded = false;
+        ctx.begin_attempt(choice, retried_from.as_deref());
 
         let t = &snap.config.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());

@@ -347,15 +347,7 @@ impl<'a> Conn<'a> {
                     .await;
                 break (503, keep);
             };
-            if let Some(stats) = retried_from {
-                stats.retries_total.fetch_add(1, Ordering::Relaxed);
-            }
-            ctx.tried |= 1 << choice.index;
-            ctx.attempts += 1;
-            ctx.backend = Some(choice.index);
-            ctx.set_cookie = choice.set_cookie;
-            ctx.attempt_started = Instant::now();
-            ctx.recorded = false;
+            ctx.begin_attempt(choice, retried_from.as_deref());
 
             up.truncate(base);
             let host = head.missing_host.then(|| addr.to_string());

@@ -100,10 +100,23 @@ impl RawBackend {
     }
 
     fn toml(&self) -> String {
+        self.toml_with("[health]\npath = \"/health\"")
+    }
+
+    /// lb's config for this one backend, after `sections` (other TOML tables).
+    fn toml_with(&self, sections: &str) -> String {
         format!(
-            "[health]\npath = \"/health\"\n\n[[backends]]\nname = \"raw\"\naddr = \"{}\"\n",
+            "{sections}\n\n[[backends]]\nname = \"raw\"\naddr = \"{}\"\n",
             self.addr
         )
+    }
+
+    /// POSTs the backend answered.
+    fn posts(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|h| h.starts_with("POST "))
+            .count()
     }
 
     /// Request heads seen for paths other than /health.
@@ -333,11 +346,7 @@ async fn post_is_resent_when_a_pooled_connection_was_closed_by_the_backend() {
         assert_eq!(r.status(), 200);
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
-    let posts = raw
-        .requests()
-        .iter()
-        .filter(|h| h.starts_with("POST "))
-        .count();
+    let posts = raw.posts();
     assert_eq!(posts, 3, "each POST processed exactly once");
 
     // Case 2: the race itself — the backend takes the request on a reused
@@ -345,11 +354,7 @@ async fn post_is_resent_when_a_pooled_connection_was_closed_by_the_backend() {
     let script: Arc<Script> =
         Arc::new(|head: &str, n| (head.contains(" /health ") || n == 0).then(|| ok("done")));
     let raw = RawBackend::start(Duration::from_secs(30), script).await;
-    let lb = Lb::start(&format!(
-        "[health]\ninterval = \"1h\"\n\n[[backends]]\nname = \"raw\"\naddr = \"{}\"\n",
-        raw.addr
-    ))
-    .await;
+    let lb = Lb::start(&raw.toml_with("[health]\ninterval = \"1h\"")).await;
     let c = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -363,11 +368,7 @@ async fn post_is_resent_when_a_pooled_connection_was_closed_by_the_backend() {
             .unwrap();
         assert_eq!(r.status(), 200, "POST {i}");
     }
-    let posts = raw
-        .requests()
-        .iter()
-        .filter(|h| h.starts_with("POST "))
-        .count();
+    let posts = raw.posts();
     assert_eq!(posts, 3, "answered POSTs");
     // POST 1 and 2 each met a reused connection that was closed: resent fresh.
     assert!(raw.accepted.load(Ordering::SeqCst) >= 3);
@@ -377,10 +378,9 @@ async fn post_is_resent_when_a_pooled_connection_was_closed_by_the_backend() {
 async fn pooled_upstream_connections_close_after_upstream_idle() {
     let script: Arc<Script> = Arc::new(|_, _| Some(ok("ok")));
     let raw = RawBackend::start(Duration::from_secs(60), script).await;
-    let lb = Lb::start(&format!(
-        "[health]\ninterval = \"1h\"\n\n[timeouts]\nupstream_idle = \"300ms\"\n\n[[backends]]\nname = \"raw\"\naddr = \"{}\"\n",
-        raw.addr
-    ))
+    let lb = Lb::start(
+        &raw.toml_with("[health]\ninterval = \"1h\"\n\n[timeouts]\nupstream_idle = \"300ms\""),
+    )
     .await;
     let r = client().get(lb.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);

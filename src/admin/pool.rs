@@ -12,7 +12,7 @@ use axum::Json;
 use serde_json::Value;
 
 use super::{error, Shared};
-use crate::pool::{Pool, PoolError, Spec};
+use crate::pool::{Pool, PoolError, Version};
 
 type Peer = ConnectInfo<SocketAddr>;
 
@@ -97,13 +97,13 @@ pub(super) async fn post_rollout(
 fn rollout(s: &Shared, peer: SocketAddr, body: &Bytes) -> Result<Response, Refused> {
     let p = pool(s)?;
     let m = json_object(body)?;
-    let spec = match (m.get("image"), m.get("command"), m.len()) {
-        (Some(Value::String(i)), None, 1) if !i.trim().is_empty() => Spec::Image(i.clone()),
+    let version = match (m.get("image"), m.get("command"), m.len()) {
+        (Some(Value::String(i)), None, 1) if !i.trim().is_empty() => Version::Image(i.clone()),
         (None, Some(Value::Array(a)), 1) => {
             let argv: Option<Vec<String>> =
                 a.iter().map(|v| v.as_str().map(String::from)).collect();
             match argv {
-                Some(v) if !v.is_empty() && !v[0].is_empty() => Spec::Command(v),
+                Some(v) if !v.is_empty() && !v[0].is_empty() => Version::Command(v),
                 _ => return Err(bad("command must be a non-empty list of strings")),
             }
         }
@@ -113,8 +113,8 @@ fn rollout(s: &Shared, peer: SocketAddr, body: &Bytes) -> Result<Response, Refus
             ))
         }
     };
-    let what = format!("{spec:?}");
-    let view = p.rollout(spec)?;
+    let what = format!("{version:?}");
+    let view = p.rollout(version)?;
     tracing::info!(target: "audit", what = "pool rollout", new = %what, peer = %peer,
         "admin change");
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())

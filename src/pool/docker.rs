@@ -3,14 +3,15 @@
 //!
 //! Each container is named `lb-pool-<member>` and labelled `lb.pool=<pool>`
 //! and `lb.member=<member>`; it gets `CONTAINER_ID=<member>` and
-//! `PORT=<container_port>` besides `pool.env`, the CPU and memory limits, a
-//! read-only root file system, no capabilities and `no-new-privileges`. lb
-//! reaches it at its address on `pool.network`, or, with `pool.publish`, at
-//! an ephemeral port the engine publishes on that host address (lb running
-//! on the host rather than in a container on the network). Stopping is the
-//! engine's stop (SIGTERM, SIGKILL after the grace) then a forced remove. At
-//! start, every container labelled `lb.pool=<pool>` is removed: pool names
-//! must be unique per engine.
+//! `PORT=<container_port>` besides `env`, the `cpus` and `memory` limits
+//! (those three and the image from its generation's [`Container`]: a reload
+//! that changes them rolls the members over), a read-only root file system,
+//! no capabilities and `no-new-privileges`. lb reaches it at its address on
+//! `pool.network`, or, with `pool.publish`, at an ephemeral port the engine
+//! publishes on that host address (lb running on the host rather than in a
+//! container on the network). Stopping is the engine's stop (SIGTERM, SIGKILL
+//! after the grace) then a forced remove. At start, every container labelled
+//! `lb.pool=<pool>` is removed: pool names must be unique per engine.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +27,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
-use super::provider::{Provider, ProviderError, Spec};
+use super::provider::{Container, Provider, ProviderError, Spec};
 use crate::config::DockerConfig;
 
 /// The label every member carries.
@@ -81,10 +82,10 @@ impl DockerProvider {
         lock(&self.ids).get(name).cloned()
     }
 
-    fn body(&self, name: &str, image: &str) -> ContainerCreateBody {
+    fn body(&self, name: &str, spec: &Container) -> ContainerCreateBody {
         let c = &self.cfg;
         let port = format!("{}/tcp", c.container_port);
-        let mut env: Vec<String> = c.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.push(format!("CONTAINER_ID={name}"));
         env.push(format!("PORT={}", c.container_port));
         let port_bindings = c.publish.map(|ip| {
@@ -97,7 +98,7 @@ impl DockerProvider {
             )])
         });
         ContainerCreateBody {
-            image: Some(image.to_string()),
+            image: Some(spec.image.clone()),
             env: Some(env),
             exposed_ports: Some(vec![port]),
             labels: Some(HashMap::from([
@@ -106,8 +107,8 @@ impl DockerProvider {
             ])),
             host_config: Some(HostConfig {
                 network_mode: Some(c.network.clone()),
-                nano_cpus: (c.cpus > 0.0).then_some((c.cpus * 1e9) as i64),
-                memory: (c.memory > 0).then_some(c.memory as i64),
+                nano_cpus: (spec.cpus > 0.0).then_some((spec.cpus * 1e9) as i64),
+                memory: (spec.memory > 0).then_some(spec.memory as i64),
                 port_bindings,
                 readonly_rootfs: Some(true),
                 cap_drop: Some(vec!["ALL".into()]),
@@ -177,7 +178,7 @@ impl Provider for DockerProvider {
     }
 
     async fn start(&self, name: &str, spec: &Spec) -> Result<SocketAddr, ProviderError> {
-        let Spec::Image(image) = spec else {
+        let Spec::Container(spec) = spec else {
             return Err(ProviderError(
                 "the docker provider runs images, not commands".into(),
             ));
@@ -188,9 +189,9 @@ impl Provider for DockerProvider {
             .build();
         let created = self
             .docker
-            .create_container(Some(opts), self.body(name, image))
+            .create_container(Some(opts), self.body(name, spec))
             .await
-            .map_err(err(&format!("create {cname} from {image}")))?;
+            .map_err(err(&format!("create {cname} from {}", spec.image)))?;
         let id = created.id;
         lock(&self.ids).insert(name.to_string(), id.clone());
         let started = self.docker.start_container(&id, None).await;
@@ -199,7 +200,7 @@ impl Provider for DockerProvider {
             Err(e) => Err(ProviderError::new(&format!("start {cname}"), e)),
         };
         if addr.is_ok() {
-            tracing::info!(member = name, container = %id, image = %image, addr = ?addr, "pool: container started");
+            tracing::info!(member = name, container = %id, image = %spec.image, addr = ?addr, "pool: container started");
         }
         // On failure the core asks for a stop, which removes the container.
         addr

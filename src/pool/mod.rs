@@ -21,12 +21,32 @@ pub mod view;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::{PoolConfig, PoolProvider};
+use crate::config::PoolConfig;
 use crate::state::State;
 
 pub use self::core::{Core, Counters, PoolError};
-pub use provider::{Provider, ProviderError, Spec};
+pub use provider::{Container, Provider, ProviderError, Spec};
 pub use view::{MemberState, PoolView, Reason};
+
+/// What `POST /admin/pool/rollout` changes: the command (process provider) or
+/// the image (docker provider); the rest of the members' spec stays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// `{"command": [...]}`.
+    Command(Vec<String>),
+    /// `{"image": "..."}`.
+    Image(String),
+}
+
+impl Version {
+    /// `"command"` or `"image"`, as the rollout body names it.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Version::Command(_) => "command",
+            Version::Image(_) => "image",
+        }
+    }
+}
 
 /// The running pool: the shared handle the admin API, metrics and shutdown use.
 pub struct Pool {
@@ -57,10 +77,7 @@ impl Pool {
             .pool
             .clone()
             .ok_or_else(|| ProviderError("no [pool] configured".into()))?;
-        let spec = match &cfg.provider {
-            PoolProvider::Process { command, .. } => Spec::Command(command.clone()),
-            PoolProvider::Docker(d) => Spec::Image(d.image.clone()),
-        };
+        let spec = Spec::of(&cfg);
         let (stop, _) = tokio::sync::watch::channel(false);
         let pool = Arc::new(Pool {
             core: Mutex::new(Core::new(cfg.clone(), snap.config.health.rise)),
@@ -117,21 +134,27 @@ impl Pool {
     }
 
     /// `POST /admin/pool/rollout`: replaces every member, one at a time, by
-    /// one running `spec`.
-    pub fn rollout(&self, spec: Spec) -> Result<PoolView, PoolError> {
+    /// one running `version` (the rest of the current spec unchanged).
+    pub fn rollout(&self, version: Version) -> Result<PoolView, PoolError> {
         let mut specs = lock(&self.specs);
         let mut core = lock(&self.core);
-        let kind = core.config().provider.kind();
-        let want = match kind {
-            "process" => "command",
-            _ => "image",
+        let current = &specs[core.generation as usize];
+        let spec = match (version, current) {
+            (Version::Command(argv), Spec::Command(_)) => Spec::Command(argv),
+            (Version::Image(image), Spec::Container(c)) => {
+                Spec::Container(Container { image, ..c.clone() })
+            }
+            (version, _) => {
+                let (kind, want) = match current {
+                    Spec::Command(_) => ("process", "command"),
+                    Spec::Container(_) => ("docker", "image"),
+                };
+                return Err(PoolError::Spec(format!(
+                    "the {kind} provider rolls out {{\"{want}\": ...}}, not {:?}",
+                    version.key()
+                )));
+            }
         };
-        if spec.key() != want {
-            return Err(PoolError::Spec(format!(
-                "the {kind} provider rolls out {{\"{want}\": ...}}, not {:?}",
-                spec.key()
-            )));
-        }
         let generation = specs.len() as u32;
         core.start_rollout(generation)?;
         specs.push(spec);

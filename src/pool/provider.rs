@@ -3,26 +3,50 @@
 //! what a killed lb left behind. One implementation per file
 //! ([`super::process`], [`super::docker`]); the core never sees which.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-/// What a member runs; one per generation (the config's, then each rollout's).
-#[derive(Debug, Clone, PartialEq, Eq)]
+use crate::config::{PoolConfig, PoolProvider};
+
+/// What a member runs; one per generation (the config's, then each rollout's
+/// or reload's).
+#[derive(Debug, Clone, PartialEq)]
 pub enum Spec {
     /// argv with `{name}` and `{port}` placeholders (process provider).
     Command(Vec<String>),
-    /// Image name (docker provider).
-    Image(String),
+    /// What a container is created from (docker provider).
+    Container(Container),
+}
+
+/// The per-container part of `[pool]` for the docker provider: what a reload
+/// can change by rolling members over. Where members run (`network`,
+/// `container_port`, `publish`, `docker_host`) belongs to the provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Container {
+    /// Image name (never pulled).
+    pub image: String,
+    /// `pool.env`.
+    pub env: BTreeMap<String, String>,
+    /// CPU limit in cores (0 = none).
+    pub cpus: f64,
+    /// Memory limit in bytes (0 = none).
+    pub memory: u64,
 }
 
 impl Spec {
-    /// `"command"` or `"image"`, as the rollout body names it.
-    pub fn key(&self) -> &'static str {
-        match self {
-            Spec::Command(_) => "command",
-            Spec::Image(_) => "image",
+    /// What `[pool]` says members run.
+    pub fn of(cfg: &PoolConfig) -> Spec {
+        match &cfg.provider {
+            PoolProvider::Process { command, .. } => Spec::Command(command.clone()),
+            PoolProvider::Docker(d) => Spec::Container(Container {
+                image: d.image.clone(),
+                env: d.env.clone(),
+                cpus: d.cpus,
+                memory: d.memory,
+            }),
         }
     }
 }

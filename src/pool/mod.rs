@@ -16,6 +16,7 @@ pub mod docker;
 mod driver;
 pub mod process;
 pub mod provider;
+pub mod reload;
 pub mod view;
 
 use std::sync::{Arc, Condvar, Mutex};

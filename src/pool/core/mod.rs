@@ -357,20 +357,12 @@ impl Core {
                 });
             }
         }
-        let total = self.members.iter().filter(|m| m.keeper()).count() as u32;
-        self.rollout = Some(Rollout {
-            generation,
-            previous: self.generation,
-            state: RolloutState::Running,
-            done: 0,
-            total,
-        });
-        self.generation = generation;
-        tracing::info!(generation, total, "pool: rollout started");
+        self.begin_rollout(generation, "operator");
         Ok(())
     }
 }
 
+mod reconfigure;
 mod tick;
 
 #[cfg(test)]

@@ -379,3 +379,5 @@ fn failed_starts_back_off() {
     s.run(Duration::from_secs(20));
     assert_eq!(s.names().len(), 3, "recovers once starts work");
 }
+
+mod reconfigure;

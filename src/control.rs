@@ -101,6 +101,8 @@ pub struct Control {
     /// The state file's writer thread (the admin API and SIGHUP run on
     /// different runtimes; neither ever waits on the disk).
     writer: writer::Writer,
+    /// The running `[pool]`, once started: reloads reconfigure it.
+    pool: std::sync::OnceLock<Arc<crate::pool::Pool>>,
 }
 
 impl Control {
@@ -111,7 +113,14 @@ impl Control {
             state,
             config_path,
             writer: writer::Writer::new(move || write_state_file(&s, &failing)),
+            pool: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands reloads the running pool, which starts once `Control` exists
+    /// (after the state file's operator state applied).
+    pub fn set_pool(&self, pool: Arc<crate::pool::Pool>) {
+        let _ = self.pool.set(pool);
     }
 
     /// Operator weights by name, now.
@@ -325,6 +334,7 @@ impl Control {
             .counters
             .reloads_ok
             .fetch_add(1, Ordering::Relaxed);
+        crate::pool::reloaded(self.pool.get().map(|p| &**p), new.pool.as_ref());
         let names: Vec<String> = new.backends.iter().map(|b| b.name.clone()).collect();
         self.audit(3, "reload", &old_names.join(","), &names.join(","), peer);
         self.persist();
@@ -488,11 +498,6 @@ fn restart_only_changes(old: &Config, new: &Config) {
     {
         tracing::warn!(
             "reload: server.listen, server.threads and admin.listen apply at the next restart"
-        );
-    }
-    if old.pool != new.pool {
-        tracing::warn!(
-            "reload: [pool] changes apply at the next restart (new versions: POST /admin/pool/rollout)"
         );
     }
 }

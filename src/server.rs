@@ -117,6 +117,9 @@ impl Lb {
             Some(_) => Some(Pool::start(state.clone()).map_err(StartError::Pool)?),
             None => None,
         };
+        if let Some(p) = &pool {
+            control.set_pool(p.clone());
+        }
         // At SIGTERM members stop after lb's own requests finished: give
         // Pingora's grace period room for both.
         let grace_total = config.server.grace_period

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 
 use crate::balancer::{self, Balancer, Mask, Pool};
-use crate::config::{Algorithm, BackendConfig, Config, Resolve, Sticky};
+use crate::config::{Algorithm, BackendConfig, Config, PoolConfig, Resolve, Sticky};
 use crate::group::{layout, normalize, Capped, Entry, Group};
 use crate::metrics::GlobalCounters;
 
@@ -181,7 +181,7 @@ impl Snapshot {
                     .find(|g| *g.name == *bc.name)
                     .map(|g| Entry::Group(g.members(&self.backends))),
             });
-        let entries = entries.chain(pool_members(&self.backends)).collect();
+        let entries = entries.chain(pool_members(&self.backends, None)).collect();
         let backends = layout(entries);
         self.with_groups(backends, groups, self.algorithm)
     }
@@ -331,13 +331,24 @@ pub enum UpdateError<E> {
 
 /// The `[pool]`'s members, which no config entry describes: they stay as
 /// they are, after the file's backends (and before groups in the cap: a
-/// plain entry always fits, and the pool's size is validated to fit).
-fn pool_members(backends: &[Backend]) -> impl Iterator<Item = Entry> + '_ {
-    backends
-        .iter()
-        .filter(|b| b.pool)
-        .cloned()
-        .map(Entry::Plain)
+/// plain entry always fits, and the pool's size is validated to fit). With
+/// the file's `pool` (a reload), they take its `max_in_flight`, and its
+/// weight if the file changed `pool.weight`, as a static backend would.
+fn pool_members<'a>(
+    backends: &'a [Backend],
+    pool: Option<&'a PoolConfig>,
+) -> impl Iterator<Item = Entry> + 'a {
+    backends.iter().filter(|b| b.pool).map(move |b| {
+        Entry::Plain(match pool {
+            Some(p) => Backend {
+                weight: carried_weight(b.config_weight, b.weight, p.weight),
+                config_weight: p.weight,
+                max_in_flight: p.max_in_flight,
+                ..b.clone()
+            },
+            None => b.clone(),
+        })
+    })
 }
 
 fn any_limited(backends: &[Backend]) -> bool {
@@ -382,7 +393,7 @@ pub fn build(config: &Arc<Config>, previous: Option<&Snapshot>, algorithm: Algor
             }
         }
     }
-    entries.extend(pool_members(prev_backends));
+    entries.extend(pool_members(prev_backends, config.pool.as_ref()));
     let backends = layout(entries);
     Snapshot {
         version: 1,
@@ -588,6 +599,44 @@ mod tests {
         );
         assert_eq!(names(&next), ["web"]);
         assert!(next.groups[0].addrs.is_empty());
+    }
+
+    #[test]
+    fn reloads_give_pool_members_the_files_capacity_and_changed_weight() {
+        let pool = |weight: u32, cap: u32| {
+            let text = format!(
+                "[pool]\ncommand = [\"app\", \"{{port}}\"]\nweight = {weight}\n\
+                 max_in_flight = {cap}\n"
+            );
+            Arc::new(Config::from_toml(&text).unwrap())
+        };
+        let s = State::new(pool(2, 0));
+        s.update(|cur| {
+            let member = Backend {
+                addr: Some("127.0.0.1:3100".parse().unwrap()),
+                configured_addr: "127.0.0.1:3100".into(),
+                weight: 7, // an operator's change
+                config_weight: 2,
+                mode: Mode::Active,
+                max_in_flight: 0,
+                group: None,
+                stats: Arc::new(BackendStats::new("app-1")),
+                pool: true,
+            };
+            cur.with(vec![member], cur.algorithm)
+        });
+        let cur = s.load_full();
+        // Capacity follows the file; the weight the file did not change stays.
+        let next = build(&pool(2, 5), Some(&cur), cur.algorithm);
+        let b = &next.backends[0];
+        assert_eq!((b.weight, b.config_weight, b.max_in_flight), (7, 2, 5));
+        assert!(next.limited && Arc::ptr_eq(&b.stats, &cur.backends[0].stats));
+        // A new pool.weight wins over the operator's.
+        let next = build(&pool(3, 5), Some(&cur), cur.algorithm);
+        assert_eq!(
+            (next.backends[0].weight, next.backends[0].config_weight),
+            (3, 3)
+        );
     }
 
     #[test]

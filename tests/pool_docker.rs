@@ -1,5 +1,6 @@
 //! The pool's docker provider against the real engine: boot, a `docker kill`ed
-//! member replaced, a rollout to another image, SIGTERM removing every
+//! member replaced, a rollout to another image, a reload rolling members to a
+//! new `cpus` and `env` (the rolled-out image kept), SIGTERM removing every
 //! container, and containers left by a `kill -9`ed lb removed at the next
 //! start. `#[ignore]`d, so a plain `cargo test` reports it as ignored, never
 //! as passed; `make test` runs it (`--ignored`) when `docker info` works.
@@ -158,6 +159,24 @@ async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
             i.lines().count() == 2 && i.lines().all(|i| i == IMAGE_V2)
         });
         assert!(only_v2.await, "{}", images());
+
+        // A reload changing cpus and env rolls the members over to them and
+        // keeps the image rolled out above (the file still names the first).
+        let edited = body(&name)
+            .replace("cpus = 0.5", "cpus = 0.25")
+            .replace("PERFORMANCE_MODE = \"normal\"", "PERFORMANCE_MODE = \"high\"");
+        lb.write_config(&edited);
+        let r = lb.reload().await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let want = [format!("{name}-6"), format!("{name}-7")];
+        let done = lb
+            .wait_pool(Duration::from_secs(60), |v| v["rollout"]["state"] == "done" && ready(v) == want)
+            .await
+            .expect("rollout by reload done");
+        assert_eq!(done["rollout"]["total"], 2);
+        let inspect = docker(&["inspect", "-f", "{{.Config.Image}} {{.HostConfig.NanoCpus}} {{range .Config.Env}}{{.}} {{end}}", &format!("lb-pool-{name}-6")]);
+        assert!(inspect.starts_with(&format!("{IMAGE_V2} 250000000 ")), "{inspect}");
+        assert!(inspect.contains("PERFORMANCE_MODE=high"), "{inspect}");
 
         // SIGTERM: every container stopped and removed.
         assert_eq!(lb.stop().await.code(), Some(0));

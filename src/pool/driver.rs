@@ -123,7 +123,7 @@ impl Driver {
                 out
             };
             for a in actions {
-                self.execute(a, &snap);
+                self.execute(a);
             }
             // Booted once `size` members serve (their snapshot entries exist).
             if self.boot.is_some() {
@@ -168,7 +168,7 @@ impl Driver {
         }
     }
 
-    fn execute(&mut self, action: Action, snap: &Snapshot) {
+    fn execute(&mut self, action: Action) {
         match action {
             Action::Start { name, generation } => {
                 let spec = lock(&self.pool.specs).get(generation as usize).cloned();
@@ -187,11 +187,12 @@ impl Driver {
                 });
             }
             Action::Serve { name, addr } => {
-                let (weight, cap) = snap
-                    .config
-                    .pool
-                    .as_ref()
-                    .map_or((1, 0), |p| (p.weight, p.max_in_flight));
+                // The pool's own config: a reload that removed `[pool]` from
+                // the file leaves the pool running as it was.
+                let (weight, cap) = {
+                    let core = lock(&self.pool.core);
+                    (core.config().weight, core.config().max_in_flight)
+                };
                 serve(&self.state, &name, addr, weight, cap);
                 // Its free slots are news to requests waiting in the queue.
                 for _ in 0..cap.clamp(1, 64) {

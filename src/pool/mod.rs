@@ -10,6 +10,8 @@
 //!   children, and `PR_SET_PDEATHSIG` is tied to the forking thread.
 //! - [`provider`]: the trait; [`process`] and [`docker`] implement it.
 //! - [`view`]: `GET /admin/pool` and the metric labels.
+//! - [`reload`]: what a reload's `[pool]` changes live, and what waits for a
+//!   restart; [`Pool::reconfigure`] applies it.
 
 pub mod core;
 pub mod docker;
@@ -46,6 +48,32 @@ impl Version {
             Version::Command(_) => "command",
             Version::Image(_) => "image",
         }
+    }
+}
+
+/// Applies a reload's `[pool]` to the running pool, if any, and logs which
+/// changed keys applied and which wait for the next restart. Adding or
+/// removing `[pool]` waits too: the pool's thread and provider live as long
+/// as lb.
+pub fn reloaded(running: Option<&Pool>, file: Option<&PoolConfig>) {
+    match (running, file) {
+        (Some(pool), Some(file)) => {
+            let plan = pool.reconfigure(file);
+            if !plan.live.is_empty() {
+                tracing::info!(keys = %plan.live.join(", "), "reload: [pool] changes applied");
+            }
+            if !plan.restart.is_empty() {
+                tracing::warn!(keys = %plan.restart.join(", "),
+                    "reload: these [pool] keys apply at the next restart; the rest of the reload applied");
+            }
+        }
+        (Some(_), None) => tracing::warn!(
+            "reload: [pool] removed from the file; the pool keeps running until the next restart"
+        ),
+        (None, Some(_)) => {
+            tracing::warn!("reload: [pool] added to the file; it starts at the next restart")
+        }
+        (None, None) => {}
     }
 }
 
@@ -163,6 +191,27 @@ impl Pool {
         drop((core, specs));
         self.wake.notify_one();
         Ok(view)
+    }
+
+    /// A reload's `[pool]` (valid, and already in the routing snapshot):
+    /// policy keys apply at once, a changed member template rolls members
+    /// over (superseding a rollout under way), restart-only keys keep their
+    /// running values. The plan says which key was which ([`reload`]).
+    pub fn reconfigure(&self, file: &PoolConfig) -> reload::Plan {
+        let mut specs = lock(&self.specs);
+        let mut core = lock(&self.core);
+        let plan = reload::plan(core.config(), file);
+        let current = &specs[core.generation as usize];
+        let next = reload::next_spec(current, core.config(), &plan.config);
+        core.reconfigure(plan.config.clone());
+        if let Some(spec) = next {
+            let generation = specs.len() as u32;
+            core.supersede_rollout(generation);
+            specs.push(spec);
+        }
+        drop((core, specs));
+        self.wake.notify_one();
+        plan
     }
 
     /// Stops every member (graceful stop, kill after `drain_timeout`) and

@@ -6,12 +6,12 @@
 //!   Pingora `ProxyHttp` implementation as fallback; both share selection,
 //!   headers, errors and the retry policy (any method when nothing reached the
 //!   backend, idempotent ones also on timeouts, resets and `retry.statuses`).
-//!   [`admin`] is the admin API, `/metrics` and the status page. They never
-//!   import each other. [`access_log`] formats the one line per request.
+//!   [`admin`] is the admin API, `/metrics` (`admin::exposition`) and the
+//!   status page. They never import each other. [`access_log`] formats the one line per request.
 //! - [`control`] carries out operator actions (weights, modes, algorithm,
 //!   reload) and writes the state file on its own thread.
 //! - Background tasks on the shared state: [`health`] (active checks),
-//!   [`discovery`] (DNS re-resolution of backend hostnames), [`dynamic`]
+//!   [`discovery`] (DNS re-resolution of backend hostnames), [`reweigh`]
 //!   (recomputes `dynamic`'s effective weights from [`balancer`]'s pure rule).
 //! - [`state`] is the one `ArcSwap` snapshot; [`backend`] the per-backend types
 //!   it holds (stats that survive swaps, the in-flight guard, modes); [`group`]
@@ -39,7 +39,6 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod discovery;
-pub mod dynamic;
 pub mod ewma;
 pub mod group;
 pub mod health;
@@ -48,6 +47,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod queue;
+pub mod reweigh;
 pub mod server;
 pub mod state;
 pub mod sticky;

@@ -24,17 +24,18 @@
 //!   `max_in_flight`.
 //! - [`history`] keeps the status page's recent per-backend series and state
 //!   changes, sampled once a second off the hot path.
-//! - [`config`] parses and validates `lb.toml`; [`client`] is the blocking HTTP
-//!   client of the `lb healthcheck` / `lb admin` commands.
+//! - [`config`] parses and validates `lb.toml`.
 //! - [`pool`] starts, watches, recycles, scales and stops backends lb owns
 //!   (child processes or containers), as ordinary members of the snapshot.
+//!
+//! The `lb` binary (`src/bin/lb/`) is the command line over this crate, with
+//! the blocking HTTP client of `lb healthcheck` and `lb admin`.
 
 pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod balancer;
 pub mod circuit;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -1,6 +1,6 @@
 //! `dynamic`: the performance factor behind effective weights.
 //!
-//! Every `dynamic.interval` the proxy's background task measures each backend
+//! Every `dynamic.interval` a background task (`crate::reweigh`) measures each backend
 //! over the interval (mean upstream response time, error rate) and moves its
 //! factor toward a target in bounded steps; effective weight = operator weight ×
 //! factor (see [`crate::backend::Backend::effective_weight`]), never below 1 while the

@@ -1,5 +1,6 @@
-//! Background task of the `dynamic` algorithm: every `dynamic.interval`, read each
-//! backend's counters, turn the deltas into [`DynamicInput`]s and store the new
+//! Reweighing, the background task of the `dynamic` algorithm (its pure rule
+//! is `balancer::dynamic`): every `dynamic.interval`, read each backend's
+//! counters, turn the deltas into [`DynamicInput`]s and store the new
 //! performance factors ([`next_factor`]). It runs whatever the current algorithm,
 //! so switching to `dynamic` starts from warm factors, not a cold start.
 

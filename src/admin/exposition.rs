@@ -305,7 +305,12 @@ fn build_and_process(r: &Registry) {
 /// the text format.
 fn encode(r: &Registry, histograms: Vec<(&str, Vec<MetricFamily>)>) -> String {
     let mut families = r.gather();
-    families.push(histogram_family(histograms));
+    // No backends yet (a pool before its first member joins): no histogram.
+    // The encoder stops at a family without samples, losing every later one.
+    let durations = histogram_family(histograms);
+    if !durations.get_metric().is_empty() {
+        families.push(durations);
+    }
     families.sort_by(|a, b| a.name().cmp(b.name()));
     let mut out = Vec::new();
     let _ = TextEncoder::new().encode(&families, &mut out);
@@ -432,6 +437,17 @@ mod tests {
         assert_eq!(families(&text), want);
         #[cfg(target_os = "linux")]
         assert!(text.contains("\n# TYPE process_cpu_seconds_total counter\n"));
+    }
+
+    #[test]
+    fn no_backends_still_renders_every_other_family() {
+        let r = Registry::new();
+        build_and_process(&r);
+        let out = encode(&r, Vec::new());
+        assert!(out.contains("lb_build_info{version="), "{out}");
+        assert!(!out.contains("lb_request_duration_seconds"), "{out}");
+        #[cfg(target_os = "linux")]
+        assert!(out.contains("\nprocess_resident_memory_bytes "), "{out}");
     }
 
     #[test]

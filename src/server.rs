@@ -130,8 +130,10 @@ impl Lb {
             // One runtime per worker thread, connections never migrate: ~15% more
             // requests per core than tokio's work stealing in `make bench`.
             work_stealing: false,
-            // Pingora's own cap; lb enforces `retry.attempts` per request (reloadable).
-            max_retries: 10,
+            // Pingora's own cap, above anything lb allows: `retry.attempts` (at
+            // most 10) plus one try per backend whose failure did not use one up
+            // (`Ctx::backend_gone`). lb enforces the real limit (reloadable).
+            max_retries: 10 + crate::config::MAX_BACKENDS,
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);

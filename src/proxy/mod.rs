@@ -68,7 +68,7 @@ impl Proxy {
     /// Whether a failed attempt may be retried: attempts left, nothing sent to
     /// the client yet, and the request body (if any) fully buffered for replay.
     fn may_retry(session: &Session, ctx: &Ctx) -> bool {
-        ctx.attempts < ctx.max_attempts()
+        ctx.attempts_left()
             && session.response_written().is_none()
             && !session.as_ref().retry_buffer_truncated()
     }
@@ -208,6 +208,10 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         ctx.record(Outcome::Connect);
         ctx.last_timed_out = matches!(e.etype(), ConnectTimedout);
+        if !ctx.last_timed_out {
+            // Refused (or no route): immediate, and says nothing about the request.
+            ctx.backend_gone();
+        }
         // Nothing reached the backend: any method may go elsewhere.
         e.set_retry(Self::may_retry(session, ctx));
         e
@@ -302,13 +306,21 @@ impl ProxyHttp for Proxy {
             return e;
         }
         let timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout);
+        // No response header for this attempt yet (`record` not called by
+        // `upstream_response_filter`), and the connection broke: the backend
+        // went away (killed, restarted) rather than answered.
+        let gone = !ctx.recorded && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
         ctx.record(if timed_out {
             Outcome::Timeout
         } else {
             Outcome::Reset
         });
         let idempotent = session.req_header().method.is_idempotent();
-        e.set_retry((idempotent || nothing_sent) && Self::may_retry(session, ctx));
+        let may_resend = idempotent || nothing_sent;
+        if may_resend && gone {
+            ctx.backend_gone();
+        }
+        e.set_retry(may_resend && Self::may_retry(session, ctx));
         e
     }
 

@@ -666,7 +666,11 @@ fn the_compose_variant_gives_lb_the_socket_and_the_pool_its_network() {
     // Members join lb's own network, the project's `<project>_default`: the
     // compose file does not pin a name (two projects would share it).
     assert_eq!(d.network, "@self");
-    assert!(compose.get("networks").is_none(), "{:?}", compose["networks"]);
+    assert!(
+        compose.get("networks").is_none(),
+        "{:?}",
+        compose["networks"]
+    );
     assert_eq!(d.docker_host, "unix:///var/run/docker.sock");
     // Compose gives lb time to remove its members at stop.
     assert!(lb["stop_grace_period"].as_str() == Some("40s") && pool.drain_timeout.as_secs() < 40);

@@ -105,15 +105,20 @@ app's measured capacity: the app, not lb, is the limit). Open loop at {p['single
 {pct(s['error_rate'])}, jitter {s['jitter_pct']} %, second half ÷ first
 {s['second_half_vs_first']}. lb meanwhile: {s['lb_cpu_pct']} % of one core, RSS
 {s['lb_rss_mib']} MiB, {s['lb_fds']} file descriptors. Recovery: a background load of
-20 % of capacity, then {p['recovery'][1]} s at 110 % of capacity (a queue builds in the
-app), then back to 20 %: the background's 100 ms mean latency was within 20 % of its
-{rec['baseline_ms']} ms baseline **{s['recovery_s']} s** after the burst ended. The
-burst is 110 % of the *nominal* capacity, i.e. {110 * raw['single_app']['capacity'] / s['rps']:.0f} % of
-the {s['rps']:.0f} req/s the app really serves, so for {p['recovery'][1]} s requests
-arrive faster than they leave and a backlog of about
-{(1.1 * raw['single_app']['capacity'] - s['rps']) * p['recovery'][1]:.0f} requests builds in the
-app's queue; at the end it drains at the app's spare rate. That drain is the recovery
-time: lb forwards the backlog as fast as the app takes it and holds none itself.
+20 % of capacity (20 connections), then {p['recovery'][1]} s at 110 % of capacity (another
+generator, {p['clients']} connections), then back to 20 %: the background's 100 ms mean
+latency was within 20 % of its {rec['baseline_ms']} ms baseline **{s['recovery_s']} s** after the
+burst ended. The burst is 110 % of the *nominal* capacity, i.e.
+{110 * raw['single_app']['capacity'] / s['rps']:.0f} % of the {s['rps']:.0f} req/s the app really serves, so for
+{p['recovery'][1]} s requests fall due faster than they are answered and a backlog of about
+{(1.1 * raw['single_app']['capacity'] - s['rps']) * p['recovery'][1]:.0f} requests builds. Little of it is in the app or in lb: with
+{p['clients'] + 20} connections in all, at most {p['clients'] + 20 - p['single_workers']} requests wait in the app's queue and lb
+holds none (no queue configured); the rest are due but not yet sent, waiting in
+the two load generators for a free connection (counted from when they were due,
+as open-loop measurement must). At the end the burst's share drains first, through
+its {p['clients']} connections, then the background's own, through its 20: that drain is the
+recovery time, set by the load, the generators' connections and the app's
+capacity, not by lb.
 
 ![single](scenarios/single-latency.svg)
 """

@@ -33,23 +33,24 @@ test: deps
 	@if scripts/chromium-ok.sh; then $(CARGO) test --test status_page --no-fail-fast -- --ignored; \
 	 else echo "Chromium cannot start here: tests/status_page.rs stays ignored, not passed"; fi
 	@if docker info >/dev/null 2>&1 || [ "$${LB_REQUIRE_DOCKER:-0}" = 1 ]; then \
-	   echo "== against the Docker engine (tests/compose.rs, tests/compose_scale.rs, tests/pool_docker.rs; #[ignore]d by default)"; \
+	   echo "== against the Docker engine (tests/compose.rs, tests/compose_scale.rs, tests/compose_pool.rs, tests/pool_docker.rs; #[ignore]d by default)"; \
 	   $(CARGO) test --no-fail-fast $(COMPOSE_TESTS) -- --ignored; \
 	 fi
 	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
 	LB_PATH=pingora $(CARGO) test --no-fail-fast $(PINGORA_PATH_TESTS)
 
 # The end-to-end tests against a Docker engine (one after the other: cargo runs
-# test binaries in sequence, so two compose projects never compete for the CPUs),
-# and the pool's docker provider (it builds its own image from the debug app).
-COMPOSE_TESTS := --test compose --test compose_scale --test pool_docker
+# test binaries in sequence, so two compose projects never compete for the CPUs):
+# the Compose setups, lb owning its containers in Compose (deploy/pool), and the
+# pool's docker provider (it builds its own image from the debug app).
+COMPOSE_TESTS := --test compose --test compose_scale --test compose_pool --test pool_docker
 
 # Integration tests that also run with every request on the Pingora path: all
 # but tests/http1.rs (behaviours only the fast path has: pipelining, header
 # timeout, HTTP/1.0 de-chunking), the Docker engine tests (lb runs in its
 # image there or drives the engine), the scenario smoke run and the browser
 # test (neither tests the request path).
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale pool_docker scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale compose_pool pool_docker scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:

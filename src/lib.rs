@@ -6,40 +6,44 @@
 //!   Pingora `ProxyHttp` implementation as fallback; both share selection,
 //!   headers, errors and the retry policy (any method when nothing reached the
 //!   backend, idempotent ones also on timeouts, resets and `retry.statuses`).
-//!   [`admin`] is the admin API, `/metrics` and the status page. They never
-//!   import each other. [`access_log`] formats the one line per request.
-//! - [`control`] carries out operator actions (weights, modes, algorithm,
-//!   reload) and writes the state file on its own thread.
+//!   [`access_log`] formats its one line per request; [`sticky`] layers
+//!   cookie/header stickiness over [`balancer`]'s algorithms.
+//! - [`admin`] is the admin API, the status page and `/metrics`
+//!   (`admin::exposition` renders [`metrics`]' counters as Prometheus text).
+//!   `proxy` and `admin` never import each other.
+//! - [`control`] carries out operator actions (weights, modes, algorithm),
+//!   reloads (`control::reload`) and keeps the state file
+//!   (`control::state_file`, written on a thread of its own).
 //! - Background tasks on the shared state: [`health`] (active checks),
-//!   [`discovery`] (DNS re-resolution of backend hostnames), [`dynamic`]
-//!   (recomputes `dynamic`'s effective weights from [`balancer`]'s pure rule).
-//! - [`state`] is the one `ArcSwap` snapshot; [`backend`] the per-backend types
-//!   it holds (stats that survive swaps, the in-flight guard, modes); [`group`]
-//!   the `resolve = "all"` groups and their members.
-//! - [`sticky`] layers cookie/header stickiness over [`balancer`]'s algorithms.
-//! - [`ewma`] is the lock-free peak-EWMA and failure rate used by `least_time`;
-//!   [`circuit`] the per-backend breaker; [`metrics`] the per-backend and global
-//!   counters and histograms `/metrics` renders; [`clock`] their time origin;
-//!   [`queue`] the FIFO where requests wait for a backend below its
-//!   `max_in_flight`.
-//! - [`history`] keeps the status page's recent per-backend series and state
-//!   changes, sampled once a second off the hot path.
-//! - [`config`] parses and validates `lb.toml`; [`client`] is the blocking HTTP
-//!   client of the `lb healthcheck` / `lb admin` commands.
-//! - [`pool`] starts, watches, recycles, scales and stops backends lb owns
-//!   (child processes or containers), as ordinary members of the snapshot.
+//!   [`discovery`] (DNS re-resolution of backend hostnames), [`reweigh`]
+//!   (recomputes the `dynamic` algorithm's effective weights with
+//!   `balancer::dynamic`'s pure rule) and [`history`] (the status page's recent
+//!   per-backend series and state changes, sampled once a second off the hot
+//!   path). [`pool`] starts, watches, recycles, scales and stops backends lb
+//!   owns (child processes or containers), as ordinary members of the snapshot.
+//! - [`state`] is the one `ArcSwap` snapshot; [`group`] the `resolve = "all"`
+//!   groups and their members; [`balancer`] selection (one small trait, one
+//!   file per algorithm); [`backend`] the per-backend types the snapshot holds
+//!   (stats that survive swaps, the in-flight guard, modes).
+//! - [`queue`] is the FIFO where requests wait for a backend below its
+//!   `max_in_flight`; [`ewma`] the lock-free peak-EWMA and failure rate used by
+//!   `least_time`; [`circuit`] the per-backend breaker; [`metrics`] the
+//!   per-backend and global counters and histograms, plain atomics on the hot
+//!   path; [`clock`] their time origin.
+//! - [`config`] parses and validates `lb.toml`.
+//!
+//! The `lb` binary (`src/bin/lb/`) is the command line over this crate, with
+//! the blocking HTTP client of `lb healthcheck` and `lb admin`.
 
 pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod balancer;
 pub mod circuit;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod discovery;
-pub mod dynamic;
 pub mod ewma;
 pub mod group;
 pub mod health;
@@ -48,6 +52,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod queue;
+pub mod reweigh;
 pub mod server;
 pub mod state;
 pub mod sticky;

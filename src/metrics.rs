@@ -1,7 +1,7 @@
 //! Metric primitives kept per backend on the hot path: plain atomics and one
 //! Prometheus histogram, all resolved when the backend's stats are created, so
 //! recording a request never looks up a label. The exposition (names, labels,
-//! one-hot circuit gauges) is built at scrape time by `admin::metrics`.
+//! one-hot circuit gauges) is built at scrape time by `admin::exposition`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;

@@ -23,12 +23,12 @@ use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::control::Control;
 use crate::discovery::Discovery;
-use crate::dynamic::DynamicWeights;
 use crate::health::HealthChecker;
 use crate::history::{History, Sampler};
 use crate::pool::Pool;
 use crate::proxy::fast::FrontDoor;
 use crate::proxy::Proxy;
+use crate::reweigh::DynamicWeights;
 use crate::state::State;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::services::listening::Service;
@@ -133,8 +133,10 @@ impl Lb {
             // One runtime per worker thread, connections never migrate: ~15% more
             // requests per core than tokio's work stealing in `make bench`.
             work_stealing: false,
-            // Pingora's own cap; lb enforces `retry.attempts` per request (reloadable).
-            max_retries: 10,
+            // Pingora's own cap, above anything lb allows: `retry.attempts` (at
+            // most 10) plus one try per backend whose failure did not use one up
+            // (`Ctx::backend_gone`). lb enforces the real limit (reloadable).
+            max_retries: 10 + crate::config::MAX_BACKENDS,
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);

@@ -308,11 +308,6 @@ async fn a_retry_queues_for_a_full_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_the_queue_frees_its_place() {
-    // The Pingora path cannot watch the client while upstream_peer waits: its
-    // queued request stays until queue.timeout (checked in the tests above).
-    if std::env::var("LB_PATH").is_ok_and(|p| p == "pingora") {
-        return;
-    }
     serial(async {
         use tokio::io::AsyncWriteExt;
         let apps = Apps::start(vec![slow("app-1", Duration::from_secs(2))]).await;

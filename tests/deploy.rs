@@ -456,7 +456,7 @@ fn grafana_dashboard_uses_only_metrics_lb_exports() {
     // Render the real exposition for lb.toml's backends (no network needed).
     let config = Config::load(&root().join("lb.toml")).unwrap();
     let state = lb::state::State::new(Arc::new(config));
-    let text = lb::admin::metrics::render(&state);
+    let text = lb::admin::exposition::render(&state);
     let exported: HashSet<&str> = text
         .lines()
         .filter(|l| !l.starts_with('#'))

@@ -852,15 +852,22 @@ fn the_compose_variant_gives_lb_the_socket_and_the_pool_its_network() {
         .filter_map(|v| v.as_str())
         .collect();
     assert!(volumes.contains(&"/var/run/docker.sock:/var/run/docker.sock"));
+    assert!(volumes.contains(&"${LB_CONFIG:-./lb.toml}:/etc/lb/lb.toml:ro"));
     assert!(text.contains("root on the host"), "the risk is spelled out");
+    // lb (uid 65532) reaches the socket through its group.
+    assert_eq!(lb["group_add"][0].as_str(), Some("${DOCKER_GID:-999}"));
     let config = lb::config::Config::load(&root.join("deploy/pool/lb.toml")).unwrap();
     let pool = config.pool.unwrap();
     let lb::config::PoolProvider::Docker(d) = pool.provider else {
         panic!("docker provider")
     };
-    assert_eq!(
-        compose["networks"]["default"]["name"].as_str(),
-        Some(d.network.as_str())
+    // Members join lb's own network, the project's `<project>_default`: the
+    // compose file does not pin a name (two projects would share it).
+    assert_eq!(d.network, "@self");
+    assert!(
+        compose.get("networks").is_none(),
+        "{:?}",
+        compose["networks"]
     );
     assert_eq!(d.docker_host, "unix:///var/run/docker.sock");
     // Compose gives lb time to remove its members at stop.

@@ -1,10 +1,15 @@
 //! Retry policy through a real lb (SPEC "Failure handling"): any method is
 //! retried when nothing reached the backend; only idempotent ones on retry
-//! statuses; the final answer when every attempt failed.
+//! statuses; the final answer when every attempt failed; a request that may
+//! be sent again meets every eligible backend before it fails.
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use common::*;
+use tokio::io::AsyncReadExt;
 
 /// A backend that answers every /api request with 503 + Retry-After.
 fn always_503(id: &str) -> Options {
@@ -109,4 +114,141 @@ async fn when_every_attempt_fails_the_client_gets_the_last_answer() {
         503
     );
     assert_eq!(apps.api_counts().iter().sum::<u64>() - before, 1);
+}
+
+/// Backends that accept a connection, read the request head and close without
+/// answering, as an app killed mid-request does; each counts the heads it read.
+async fn dying_backends(n: usize) -> Vec<(std::net::SocketAddr, Arc<AtomicUsize>)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read_buf(&mut buf).await {
+                            Ok(k) if k > 0 => {}
+                            _ => return,
+                        }
+                    }
+                    if !buf.starts_with(b"GET /health ") {
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // Dropped here: closed after the request arrived, no answer.
+                });
+            }
+        });
+        out.push((addr, seen));
+    }
+    out
+}
+
+/// Keeps every backend eligible whatever happens to it (no health verdict, no
+/// breaker), so each request meets the dead ones and only the retry policy
+/// decides; round robin, `retry.attempts = 3` (the default).
+const KEEP_DEAD_ELIGIBLE: &str = "[health]\ninterval = \"1h\"\nfall = 100\n\n\
+     [circuit_breaker]\nfailures = 1000\n\n[retry]\nattempts = 3\n\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_meets_every_dead_backend_before_it_fails() {
+    // Three of four backends refuse connections (stopped apps). Round robin
+    // sends each request first to the next backend in turn, so with only
+    // `retry.attempts` tries a quarter of them would meet the three dead
+    // ones and fail. A refused connection says nothing about the request and
+    // costs no time: it never uses up an attempt while an untried backend is
+    // left, so every request, GET or POST, reaches the live one.
+    let apps = Apps::plain(1).await;
+    let dead = [dead_port(), dead_port(), dead_port()];
+    let mut body = KEEP_DEAD_ELIGIBLE.to_string();
+    for (i, d) in dead.iter().enumerate() {
+        body += &format!(
+            "[[backends]]\nname = \"dead-{i}\"\naddr = \"127.0.0.1:{}\"\n\n",
+            d.port
+        );
+    }
+    body += &apps.backends_toml(&[1]);
+    let lb = Lb::start(&body).await;
+    let c = client();
+    let mut failed = Vec::new();
+    for i in 0..40 {
+        let r = if i % 2 == 0 {
+            c.get(lb.url("/api/whoami")).send().await.unwrap()
+        } else {
+            c.post(lb.url("/api/session"))
+                .header("x-session-id", format!("s{i}"))
+                .send()
+                .await
+                .unwrap()
+        };
+        if r.status() != 200 {
+            failed.push((i, r.status().as_u16()));
+        }
+    }
+    assert_eq!(failed, vec![], "(request, status) that failed");
+    // Each request reached the live backend exactly once.
+    assert_eq!(apps.api_counts(), vec![40]);
+    assert_eq!(apps.apps[0].posts_total(), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_whose_backends_die_mid_request_goes_on_until_one_answers() {
+    // Three of four backends take the request and close without answering
+    // (killed mid-request). A GET may be sent again (idempotent): it goes on
+    // to each backend it has not tried, whatever `retry.attempts` says, until
+    // the live one answers. A POST that reached a backend is never sent twice.
+    let apps = Apps::plain(1).await;
+    let dying = dying_backends(3).await;
+    let mut body = KEEP_DEAD_ELIGIBLE.to_string();
+    for (i, (addr, _)) in dying.iter().enumerate() {
+        body += &format!("[[backends]]\nname = \"dying-{i}\"\naddr = \"{addr}\"\n\n");
+    }
+    body += &apps.backends_toml(&[1]);
+    let lb = Lb::start(&body).await;
+    let c = client();
+    let mut failed = Vec::new();
+    for i in 0..40 {
+        let r = c.get(lb.url("/api/whoami")).send().await.unwrap();
+        if r.status() != 200 {
+            failed.push((i, r.status().as_u16()));
+        }
+    }
+    assert_eq!(failed, vec![], "(request, status) that failed");
+    assert_eq!(apps.api_counts(), vec![40], "each GET answered once");
+    // Round robin gave every dying backend its turn at least.
+    let met: Vec<usize> = dying
+        .iter()
+        .map(|(_, n)| n.load(Ordering::SeqCst))
+        .collect();
+    assert!(
+        met.iter().all(|&n| n >= 10),
+        "requests each dying backend read: {met:?}"
+    );
+    // POSTs: one that reached a dying backend fails (502) and is not resent.
+    let mut answered = 0u64;
+    let before: usize = met.iter().sum();
+    for i in 0..8 {
+        let r = c
+            .post(lb.url("/api/session"))
+            .header("x-session-id", format!("p{i}"))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => answered += 1,
+            502 => {}
+            s => panic!("POST {i}: unexpected {s}"),
+        }
+    }
+    let after: usize = dying.iter().map(|(_, n)| n.load(Ordering::SeqCst)).sum();
+    assert_eq!(apps.apps[0].posts_total(), answered);
+    assert_eq!(
+        (after - before) as u64 + answered,
+        8,
+        "every POST sent once"
+    );
 }

@@ -105,15 +105,20 @@ app's measured capacity: the app, not lb, is the limit). Open loop at {p['single
 {pct(s['error_rate'])}, jitter {s['jitter_pct']} %, second half ÷ first
 {s['second_half_vs_first']}. lb meanwhile: {s['lb_cpu_pct']} % of one core, RSS
 {s['lb_rss_mib']} MiB, {s['lb_fds']} file descriptors. Recovery: a background load of
-20 % of capacity, then {p['recovery'][1]} s at 110 % of capacity (a queue builds in the
-app), then back to 20 %: the background's 100 ms mean latency was within 20 % of its
-{rec['baseline_ms']} ms baseline **{s['recovery_s']} s** after the burst ended. The
-burst is 110 % of the *nominal* capacity, i.e. {110 * raw['single_app']['capacity'] / s['rps']:.0f} % of
-the {s['rps']:.0f} req/s the app really serves, so for {p['recovery'][1]} s requests
-arrive faster than they leave and a backlog of about
-{(1.1 * raw['single_app']['capacity'] - s['rps']) * p['recovery'][1]:.0f} requests builds in the
-app's queue; at the end it drains at the app's spare rate. That drain is the recovery
-time: lb forwards the backlog as fast as the app takes it and holds none itself.
+20 % of capacity (20 connections), then {p['recovery'][1]} s at 110 % of capacity (another
+generator, {p['clients']} connections), then back to 20 %: the background's 100 ms mean
+latency was within 20 % of its {rec['baseline_ms']} ms baseline **{s['recovery_s']} s** after the
+burst ended. The burst is 110 % of the *nominal* capacity, i.e.
+{110 * raw['single_app']['capacity'] / s['rps']:.0f} % of the {s['rps']:.0f} req/s the app really serves, so for
+{p['recovery'][1]} s requests fall due faster than they are answered and a backlog of about
+{(1.1 * raw['single_app']['capacity'] - s['rps']) * p['recovery'][1]:.0f} requests builds. Little of it is in the app or in lb: with
+{p['clients'] + 20} connections in all, at most {p['clients'] + 20 - p['single_workers']} requests wait in the app's queue and lb
+holds none (no queue configured); the rest are due but not yet sent, waiting in
+the two load generators for a free connection (counted from when they were due,
+as open-loop measurement must). At the end the burst's share drains first, through
+its {p['clients']} connections, then the background's own, through its 20: that drain is the
+recovery time, set by the load, the generators' connections and the app's
+capacity, not by lb.
 
 ![single](scenarios/single-latency.svg)
 """
@@ -233,6 +238,20 @@ SIGKILL and are started again on the same port.
 """
 
 
+def _final_weight(w, name):
+    """A backend's mean effective weight over the run's last quarter, rounded."""
+    samples = w.get("samples", [])
+    tail = samples[-max(1, len(samples) // 4):]
+    vals = [s["effective_weight"][name] for s in tail if name in s["effective_weight"]]
+    return f"{sum(vals) / len(vals):.1f}" if vals else "—"
+
+
+def _share(w, name):
+    """A backend's final share of the weight, as a percentage."""
+    v = w.get(name, {}).get("final_share")
+    return f"{100 * v:.1f} %" if v is not None else "—"
+
+
 def why_section(r, raw, meta):
     p = meta["plan"]
     a = r["quad_apps"]["algorithms"]
@@ -256,22 +275,26 @@ def why_section(r, raw, meta):
 - **least_conn** sends each request to the app with the fewest in flight; a bigger
   app finishes faster, so it naturally gets more. **least_time** weighs response time
   × in-flight; both track capacity without being told it.
-- **dynamic** starts at equal weights and moves each weight toward fastest mean ÷ own
-  mean once per `dynamic.interval`, by at most 0.25 per step. Its p95/p99 come from the
-  first seconds (app-3 overloaded until its weight has fallen) and from a cycle visible
-  in the weights chart: once app-3's queue has drained its latency equals the others',
-  so its weight climbs back until it is overloaded again. It only measures latency,
-  and app-1, app-2 and app-4 answer equally fast while none is queued, so it cannot
-  tell that app-4 is the biggest: a weight never rises above the operator's, and
-  app-4's share grew only as app-3's fell ({w.get('app-4', {}).get('change_pct', 0):+g} %, the
-  same as app-1's and app-2's).
+- **dynamic** starts at equal weights; app-3 is over its capacity at once. Once per
+  `dynamic.interval` a backend whose answers queue is cut to the share it completed
+  (completed ÷ sent, less what drains its backlog), and the factor where it fell behind
+  is remembered: it returns to 90 % of it, holds, and probes upward now and then. Its
+  p95/p99 come from the first seconds (app-3's backlog at equal weights, and the deep
+  cut that drains it briefly overloads app-1 and app-2). Later app-3 sits at the largest
+  weight it keeps up with ({_final_weight(w, 'app-3')} of 10 in the last quarter, {_share(w, 'app-3')} of the
+  weight; capacity share 12.5 %). At {p['quad_rate']:,} req/s app-1, app-2 and app-4 all
+  answer unqueued in one service time, so nothing lb can measure says app-4 is the
+  biggest: its weight share grows only as app-3's falls
+  ({w.get('app-4', {}).get('change_pct', 0):+g} %, like app-1's {w.get('app-1', {}).get('change_pct', 0):+g} %). The seed's rule saw the
+  containers' CPU use, which a proxy does not see; lb moves weight to app-4 only
+  once app-1 and app-2 fall behind, which at this load they do not.
 - **Kills** cost little because lb retries a refused connection or a reset on
-  another backend (`retry.attempts = 3`) and health checks take the dead app out
-  within {p['health_interval']} × 2 (the circuit breaker often sooner). With three
-  of four apps killed at once, a request can meet three dead apps in its three tries
-  in the moment before breakers and health checks react: that is where the cascading
-  scenario's {lost} lost request{'s' if lost != 1 else ''} come{'s' if lost == 1 else ''}
-  from (`retry.attempts = 4` would cover it).
+  another backend, and health checks take the dead app out within
+  {p['health_interval']} × 2 (the circuit breaker often sooner). A try that only shows its
+  backend is gone (refused, or reset before an answer) does not use up one of
+  `retry.attempts` while an untried backend is left, so even with three of four
+  apps killed one after the other under load a GET goes on until app-4 answers:
+  {lost} request{'s' if lost != 1 else ''} lost in the cascading scenario.
 - **The box**: lb, four apps and the load generator share {meta['machine'].split(' ')[0]}
   cores; {box}
 """

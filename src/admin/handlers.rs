@@ -123,7 +123,7 @@ pub(super) async fn metrics(State(s): State<Shared>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        super::metrics::render_with_pool(&s.control.state, s.pool.as_deref()),
+        super::exposition::render_with_pool(&s.control.state, s.pool.as_deref()),
     )
         .into_response()
 }

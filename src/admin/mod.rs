@@ -5,8 +5,8 @@
 //! in constant time). JSON in and out; responses carry an `ETag` (the state
 //! version) and mutations with a stale `If-Match` get `412`.
 
+pub mod exposition;
 mod handlers;
-pub mod metrics;
 mod pool;
 mod status;
 

@@ -15,7 +15,7 @@ mod round_robin;
 
 use std::time::Instant;
 
-pub use dynamic::{next_factor, DynamicInput, MAX_STEP};
+pub use dynamic::{next_factor, DynamicInput, DynamicMemory, MAX_STEP};
 pub use least_conn::LeastConn;
 pub use least_time::LeastTime;
 pub use rendezvous::{rendezvous_pick, IpHash};

@@ -7,7 +7,8 @@
 //! (those three and the image from its generation's [`Container`]: a reload
 //! that changes them rolls the members over), a read-only root file system,
 //! no capabilities and `no-new-privileges`. lb reaches it at its address on
-//! `pool.network`, or, with `pool.publish`, at an ephemeral port the engine
+//! `pool.network` (`"@self"`: the network of the container lb runs in, found
+//! at connect), or, with `pool.publish`, at an ephemeral port the engine
 //! publishes on that host address (lb running on the host rather than in a
 //! container on the network). Stopping is the engine's stop (SIGTERM, SIGKILL
 //! after the grace) then a forced remove. At start, every container labelled
@@ -27,6 +28,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use super::own_container::{self, OWN_NETWORK};
 use super::provider::{Container, Provider, ProviderError, Spec};
 use crate::config::DockerConfig;
 
@@ -50,6 +52,32 @@ fn err(what: &str) -> impl Fn(bollard::errors::Error) -> ProviderError + '_ {
     move |e| ProviderError::new(what, e)
 }
 
+/// `pool.network = "@self"`: the one network of the container lb runs in.
+async fn own_network(docker: &Docker) -> Result<String, ProviderError> {
+    let what = format!("pool.network = {OWN_NETWORK:?}");
+    let me = own_container::own_container()
+        .ok_or_else(|| ProviderError(format!("{what}: cannot tell which container lb is in")))?;
+    let info = docker.inspect_container(&me, None).await.map_err(|e| {
+        ProviderError(format!(
+            "{what}: lb does not seem to run in a container of this engine \
+             (looked up {me:?}: {e}); name the network instead"
+        ))
+    })?;
+    let mut nets: Vec<String> = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .map(|n| n.into_keys().collect())
+        .unwrap_or_default();
+    nets.sort();
+    match nets.as_slice() {
+        [one] if one != "host" && one != "none" => Ok(one.clone()),
+        _ => Err(ProviderError(format!(
+            "{what}: lb's container is on networks {nets:?}, not one that gives members \
+             an address; name the network instead"
+        ))),
+    }
+}
+
 impl DockerProvider {
     /// Connects to `cfg.docker_host`, negotiates the API version and pings.
     pub async fn connect(pool: &str, cfg: &DockerConfig) -> Result<Self, ProviderError> {
@@ -62,18 +90,25 @@ impl DockerProvider {
             Docker::connect_with_http(host, timeout, bollard::API_DEFAULT_VERSION)
         }
         .map_err(err(&format!("pool.docker_host {host}")))?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(err(&format!("Docker engine at {host}")))?;
-        docker
-            .ping()
-            .await
-            .map_err(err(&format!("Docker engine at {host}")))?;
+        let engine_error = |e: bollard::errors::Error| {
+            let hint = host
+                .strip_prefix("unix://")
+                .and_then(own_container::socket_hint)
+                .map(|h| format!("; {h}"))
+                .unwrap_or_default();
+            ProviderError(format!("Docker engine at {host}: {e}{hint}"))
+        };
+        let docker = docker.negotiate_version().await.map_err(&engine_error)?;
+        docker.ping().await.map_err(&engine_error)?;
+        let mut cfg = cfg.clone();
+        if cfg.network == OWN_NETWORK {
+            cfg.network = own_network(&docker).await?;
+            tracing::info!(network = %cfg.network, "pool: members join lb's own network");
+        }
         Ok(DockerProvider {
             docker,
             pool: pool.to_string(),
-            cfg: cfg.clone(),
+            cfg,
             ids: Mutex::new(HashMap::new()),
         })
     }

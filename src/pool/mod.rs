@@ -8,7 +8,8 @@
 //!   out its actions on the snapshot and the provider. It runs on its own
 //!   thread (`lb-pool`) for lb's whole life: members are that thread's
 //!   children, and `PR_SET_PDEATHSIG` is tied to the forking thread.
-//! - [`provider`]: the trait; [`process`] and [`docker`] implement it.
+//! - [`provider`]: the trait; [`process`] and [`docker`] implement it
+//!   (`own_container`: where lb runs, for the docker provider).
 //! - [`view`]: `GET /admin/pool` and the metric labels.
 //! - [`reload`]: what a reload's `[pool]` changes live, and what waits for a
 //!   restart; [`Pool::reconfigure`] applies it.
@@ -16,6 +17,7 @@
 pub mod core;
 pub mod docker;
 mod driver;
+mod own_container;
 pub mod process;
 pub mod provider;
 pub mod reload;

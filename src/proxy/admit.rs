@@ -104,8 +104,7 @@ fn select(queue: &Arc<Queue>, snap: &Snapshot, sticky: Option<&[u8]>, ctx: &mut 
 
 /// Selects a backend for the next attempt, waiting in `state`'s queue while
 /// every backend the request could use is at capacity. `gone` resolves if the
-/// client disconnects (the fast path watches its socket; the Pingora path
-/// cannot).
+/// client disconnects (both paths watch the client's socket while it waits).
 ///
 /// While anyone waits, a new request queues behind them instead of trying
 /// first: freed slots go to the queue in arrival order. A first attempt that

@@ -57,7 +57,11 @@ pub struct Ctx {
     pub(super) tried: Mask,
     /// Backends whose circuit refused this request.
     pub(super) refused: Mask,
+    /// Attempts made (the access log's `attempts`).
     pub(super) attempts: u32,
+    /// Attempts that did not use up one of `retry.attempts`: the backend could
+    /// not answer and another was left to try (see [`Ctx::backend_gone`]).
+    pub(super) free: u32,
     /// Current attempt: backend index, in-flight guard, breaker permit, start.
     pub(super) backend: Option<usize>,
     pub(super) in_flight: Option<InFlight>,
@@ -91,6 +95,7 @@ impl Ctx {
             tried: 0,
             refused: 0,
             attempts: 0,
+            free: 0,
             backend: None,
             in_flight: None,
             permit: None,
@@ -131,6 +136,27 @@ impl Ctx {
         self.snapshot
             .as_ref()
             .map_or(1, |s| s.config.retry.attempts)
+    }
+
+    /// Does the retry budget allow another attempt? Attempts that found their
+    /// backend gone while another was left ([`Ctx::backend_gone`]) do not count.
+    pub fn attempts_left(&self) -> bool {
+        self.attempts - self.free < self.max_attempts()
+    }
+
+    /// The current attempt failed in a way that only says its backend cannot
+    /// answer: the connection was refused, or reset or closed before any
+    /// response byte. While an eligible backend this request has not tried is
+    /// left, that attempt does not use up one of `retry.attempts` — the request
+    /// goes on to every eligible backend before it fails (nginx's
+    /// `proxy_next_upstream error` tries every server too). Such failures are
+    /// immediate, so this costs no time; timeouts and retry statuses always
+    /// count. Whether the request may be sent again at all (idempotent, or
+    /// nothing reached the backend) is the caller's decision.
+    pub fn backend_gone(&mut self) {
+        if super::untried_left(self) {
+            self.free += 1;
+        }
     }
 
     /// Records the current attempt's outcome once (first report wins): counters,

@@ -68,7 +68,7 @@ impl Proxy {
     /// Whether a failed attempt may be retried: attempts left, nothing sent to
     /// the client yet, and the request body (if any) fully buffered for replay.
     fn may_retry(session: &Session, ctx: &Ctx) -> bool {
-        ctx.attempts < ctx.max_attempts()
+        ctx.attempts_left()
             && session.response_written().is_none()
             && !session.as_ref().retry_buffer_truncated()
     }
@@ -143,8 +143,16 @@ impl ProxyHttp for Proxy {
         // retry (or the queue's next request) may need it.
         ctx.in_flight = None;
         ctx.permit = None;
-        let sticky = sticky::sticky_value(&snap, &session.req_header().headers);
-        let admitted = admit(&self.state, &mut snap, sticky, ctx, std::future::pending()).await;
+        // Owned: watching the client below borrows the session mutably.
+        let sticky = sticky::sticky_value(&snap, &session.req_header().headers).map(<[u8]>::to_vec);
+        let admitted = admit(
+            &self.state,
+            &mut snap,
+            sticky.as_deref(),
+            ctx,
+            client_gone(session),
+        )
+        .await;
         let choice = match admitted {
             Ok(choice) => choice,
             Err(Refusal::NoBackend) if ctx.attempts > 0 => {
@@ -159,6 +167,13 @@ impl ProxyHttp for Proxy {
                     .no_backend
                     .fetch_add(1, Ordering::Relaxed);
                 return Err(Error::explain(HTTPStatus(503), "no eligible backend"));
+            }
+            Err(Refusal::ClientGone) => {
+                // Nobody to answer: logged as 499 with the refusal's reason.
+                ctx.refusal = Some(Refusal::ClientGone.message());
+                let mut e = Error::explain(ConnectionClosed, Refusal::ClientGone.message());
+                e.esource = ErrorSource::Downstream;
+                return Err(e);
             }
             Err(refusal) => {
                 ctx.refusal = Some(refusal.message());
@@ -193,6 +208,10 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         ctx.record(Outcome::Connect);
         ctx.last_timed_out = matches!(e.etype(), ConnectTimedout);
+        if !ctx.last_timed_out {
+            // Refused (or no route): immediate, and says nothing about the request.
+            ctx.backend_gone();
+        }
         // Nothing reached the backend: any method may go elsewhere.
         e.set_retry(Self::may_retry(session, ctx));
         e
@@ -287,13 +306,21 @@ impl ProxyHttp for Proxy {
             return e;
         }
         let timed_out = matches!(e.etype(), ReadTimedout | WriteTimedout);
+        // No response header for this attempt yet (`record` not called by
+        // `upstream_response_filter`), and the connection broke: the backend
+        // went away (killed, restarted) rather than answered.
+        let gone = !ctx.recorded && matches!(e.etype(), ConnectionClosed | ReadError | WriteError);
         ctx.record(if timed_out {
             Outcome::Timeout
         } else {
             Outcome::Reset
         });
         let idempotent = session.req_header().method.is_idempotent();
-        e.set_retry((idempotent || nothing_sent) && Self::may_retry(session, ctx));
+        let may_resend = idempotent || nothing_sent;
+        if may_resend && gone {
+            ctx.backend_gone();
+        }
+        e.set_retry(may_resend && Self::may_retry(session, ctx));
         e
     }
 
@@ -322,7 +349,10 @@ impl ProxyHttp for Proxy {
             req.method.as_str(),
             req.uri.path(),
             session.body_bytes_sent() as u64,
-            e.map(|e| e.etype().as_str()),
+            // lb's own refusals by their reason, as the fast path logs them.
+            ctx.refusal
+                .or(ctx.no_backend.then_some("no eligible backend"))
+                .or(e.map(|e| e.etype().as_str())),
         );
     }
 
@@ -356,6 +386,21 @@ impl std::fmt::Display for ClientIp {
             None => f.write_str("-"),
         }
     }
+}
+
+/// Resolves when the client closes its connection while the request waits in
+/// the queue (polled only then). Only a request whose body is complete (no
+/// body, or a retry's already buffered one) can be watched: reading an unread
+/// body here would consume it, so such a request waits until `queue.timeout`.
+async fn client_gone(session: &mut Session) {
+    if session.is_body_empty() || session.is_body_done() {
+        // Err: the client closed (FIN) or reset. Bytes of a pipelined next
+        // request are kept by Pingora and leave this pending.
+        if session.read_body_or_idle(true).await.is_err() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 /// Ends a request's accounting, on either path: the backend's request metrics

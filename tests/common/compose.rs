@@ -1,9 +1,9 @@
 //! Compose projects for the end-to-end tests against a real Docker engine
-//! (tests/compose.rs, tests/compose_scale.rs). Those tests are `#[ignore]`d,
-//! so a plain `cargo test` reports them as ignored, never as passed; `make
-//! test` runs them (`--ignored`, images built first) when `docker info`
-//! succeeds, or when `LB_REQUIRE_DOCKER=1`. Run that way they fail, naming
-//! what is missing, when they cannot run.
+//! (tests/compose.rs, tests/compose_scale.rs, tests/compose_pool.rs). Those
+//! tests are `#[ignore]`d, so a plain `cargo test` reports them as ignored,
+//! never as passed; `make test` runs them (`--ignored`, images built first)
+//! when `docker info` succeeds, or when `LB_REQUIRE_DOCKER=1`. Run that way
+//! they fail, naming what is missing, when they cannot run.
 //!
 //! Each project has a unique name and publishes lb only on 127.0.0.1 (an
 //! ephemeral port); `down -v` runs on drop, also when an assertion fails.
@@ -76,6 +76,8 @@ pub struct Project {
     /// Containers the test started itself on the project's network, removed
     /// before `down` (they would hold the network).
     pub extra_containers: Vec<String>,
+    /// More variables for the compose file's `${...}`, on every command.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Project {
@@ -88,6 +90,7 @@ impl Project {
             cmd: compose_cmd().expect("a compose CLI"),
             port: free_port(),
             extra_containers: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -99,7 +102,8 @@ impl Project {
             .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(self.file))
             .env("LB_PUBLISH", format!("127.0.0.1:{}", self.port))
             .env("LB_ADMIN_TOKEN", COMPOSE_TOKEN)
-            .env("RUST_LOG", "info,access=off");
+            .env("RUST_LOG", "info,access=off")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

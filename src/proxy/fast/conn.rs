@@ -371,8 +371,11 @@ impl<'a> Conn<'a> {
                     ctx.record(outcome);
                     error = Some(e);
                     let sent = !matches!(outcome, Outcome::Connect);
-                    let retry = ctx.attempts < ctx.max_attempts() && (head.idempotent || !sent);
-                    if retry {
+                    let may_resend = head.idempotent || !sent;
+                    if may_resend && backend_gone(outcome, e) {
+                        ctx.backend_gone();
+                    }
+                    if may_resend && ctx.attempts_left() {
                         continue;
                     }
                     let (code, message) = if outcome == Outcome::Timeout {
@@ -540,7 +543,7 @@ impl<'a> Conn<'a> {
         ctx.record(Outcome::Status(resp.status));
         if snap.config.retry.statuses.contains(&resp.status)
             && head.idempotent
-            && ctx.attempts < ctx.max_attempts()
+            && ctx.attempts_left()
             && untried_left(ctx)
         {
             return Trip::RetryStatus;
@@ -610,6 +613,17 @@ fn rewound(stream: Stream, data: &[u8]) -> Option<Stream> {
             Some(s)
         }
         Err(_) => None,
+    }
+}
+
+/// Did the attempt fail only because its backend cannot answer (see
+/// [`Ctx::backend_gone`]): connection refused, or closed or reset before a
+/// response head? Timeouts and garbage answers are not such failures.
+fn backend_gone(outcome: Outcome, error: &str) -> bool {
+    match outcome {
+        Outcome::Connect => error == "ConnectRefused",
+        Outcome::Reset => error == "ConnectionClosed",
+        _ => false,
     }
 }
 

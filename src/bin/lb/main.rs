@@ -1,6 +1,9 @@
 //! `lb` command line: `lb [run] [-c PATH] [--listen ADDR] [--admin-listen ADDR]`
 //! and `lb check [-c PATH]`. Parses arguments, sets up logging, hands over to
-//! [`lb::server::Lb`].
+//! [`lb::server::Lb`]. `lb healthcheck` and `lb admin` call a running lb through
+//! [`client`].
+
+mod client;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,7 +55,7 @@ enum Command {
     /// `lb admin pool rollout --image lb-app:v2`.
     Admin {
         /// Admin base URL.
-        #[arg(long, default_value = lb::client::DEFAULT_ADMIN_URL, global = true)]
+        #[arg(long, default_value = client::DEFAULT_ADMIN_URL, global = true)]
         url: String,
         /// Bearer token (default: env LB_ADMIN_TOKEN).
         #[arg(long, env = "LB_ADMIN_TOKEN", hide_env_values = true, global = true)]
@@ -231,7 +234,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Some(Command::Run(args)) => run(&args),
-        Some(Command::Healthcheck { url }) => match lb::client::healthcheck(&url) {
+        Some(Command::Healthcheck { url }) => match client::healthcheck(&url) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lb: unhealthy: {e}");
@@ -272,7 +275,7 @@ fn admin_call(
     path: &str,
     body: Option<&str>,
 ) -> ExitCode {
-    match lb::client::admin(url, token, method, path, body) {
+    match client::admin(url, token, method, path, body) {
         Ok((status, text)) => {
             println!("{}", text.trim_end());
             if (200..300).contains(&status) {

@@ -26,10 +26,13 @@
 #                        than strace, which would change what it measures);
 #                        n/a without perf (Debian: linux-perf). BENCH_SYSCALLS=0
 #                        skips it.
-#   RSS @2000 idle       VmRSS of the balancer's processes before and after a
-#                        helper (scripts/bench/peers.py, asyncio) opens 2,000
+#   RSS @2000 idle       VmRSS of the balancer's processes while a helper
+#                        (scripts/bench/peers.py, asyncio) opens 2,000
 #                        connections, sends one keep-alive GET on each, reads the
-#                        answer and holds them open; KiB/conn = growth / 2,000.
+#                        answer and holds them open; KiB/conn = growth from
+#                        1,000 to 2,000 open ÷ 1,000 (the marginal cost: the
+#                        first thousand absorb one-off set-up and memory the
+#                        allocator returns late after the closed-loop runs).
 # Fixed rate: an open-loop run at 50 % of nginx's measured req/s, same rounds.
 #   Debian 12 packages no open-loop HTTP generator (no wrk2, vegeta or oha; hey
 #   -q and wrk's delay() are rate-limited closed loops that hide queueing —
@@ -427,5 +430,5 @@ mkdir -p target
 python3 "$helper" report "$raw" target/bench-peers.md \
   "**$(date -u '+%Y-%m-%d %H:%M UTC')** · \`${settings}${MAKELEVEL:+make bench-peers → }scripts/bench-peers.sh\` · lb $(git describe --always --dirty 2>/dev/null || echo '?') · $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), Linux $(uname -r) · $(nginx -v 2>&1 | sed 's/.*nginx\//nginx /'), $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1 " " $2}')" \
   "" \
-  "Closed loop: wrk -t1 -c$conns -d$duration --latency, GET / answered \`200 ok\` by 4 backends (one nginx, 1 worker); $layout; one worker/thread, upstream keep-alive, access log off except *lb as shipped* (lb.toml defaults: access log on, written to a file; health checks; metrics); medians of $rounds interleaved round(s). CPU = the balancer's utime+stime (/proc) ÷ requests served. Syscalls: perf stat raw_syscalls:sys_enter over a separate ${sys_secs} s run. RSS: VmRSS with $idle_conns idle kept-alive connections (one GET each); KiB/conn = growth ÷ $idle_conns. Fixed rate: scripts/bench/openloop.c (open loop, $conns keep-alive connections, latency counted from when each request was due). threads=2: nothing pinned, wrk -t2. lb WARN/ERROR log lines during the run: $lb_errors."
+  "Closed loop: wrk -t1 -c$conns -d$duration --latency, GET / answered \`200 ok\` by 4 backends (one nginx, 1 worker); $layout; one worker/thread, upstream keep-alive, access log off except *lb as shipped* (lb.toml defaults: access log on, written to a file; health checks; metrics); medians of $rounds interleaved round(s). CPU = the balancer's utime+stime (/proc) ÷ requests served. Syscalls: perf stat raw_syscalls:sys_enter over a separate ${sys_secs} s run. RSS: VmRSS with $idle_conns idle kept-alive connections (one GET each); KiB/conn = growth from $((idle_conns / 2)) to $idle_conns open ÷ $((idle_conns - idle_conns / 2)). Fixed rate: scripts/bench/openloop.c (open loop, $conns keep-alive connections, latency counted from when each request was due). threads=2: nothing pinned, wrk -t2. lb WARN/ERROR log lines during the run: $lb_errors."
 ok=1

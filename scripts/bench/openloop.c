@@ -12,8 +12,17 @@
  * sub-millisecond send times via epoll_pwait2 (Linux >= 5.11).
  *
  * Prints one line of key=value: due, completed, errors, non2xx, unfinished,
- * rate (achieved, completed/s) and latency percentiles in ms (p50 p90 p99 p999
- * max).
+ * rate (achieved, completed/s), latency percentiles in ms (p50 p90 p99 p999
+ * max) and reconnects.
+ *
+ * The server may close a connection between requests (lb's header_timeout
+ * closes one that sent nothing for 10 s, as nginx's client_header_timeout
+ * does after 60 s; `Connection: close` in a response): like a browser, the
+ * generator then opens a new connection and sends the request there. A
+ * connection idle for over a second is checked (MSG_PEEK) before it is used;
+ * a write that fails anyway (SIGPIPE is ignored) is retried on a new
+ * connection. Neither is an error; `reconnects` counts them. A request the
+ * server accepted and then failed to answer is an error.
  *
  * With LOG (used by scripts/scenarios.py), one line per request is written
  * there: "due_us latency_us status backend" — due time in microseconds since
@@ -26,6 +35,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +51,8 @@
 typedef struct {
   int fd;
   int busy;
+  int close_after; /* the response in flight said Connection: close */
+  uint64_t idle_since;
   uint64_t due; /* intended send time of the request in flight */
   size_t len;
   char backend[64]; /* X-Backend of the response being parsed */
@@ -53,7 +65,7 @@ static size_t reqlen;
 static conn_t *conns;
 static int *idle, nidle, epfd;
 static uint32_t *lat; /* microseconds */
-static uint64_t ncompleted, nerrors, nnon2xx;
+static uint64_t ncompleted, nerrors, nnon2xx, nreconnects;
 static FILE *logf;
 static uint64_t t0;
 
@@ -78,8 +90,24 @@ static void open_conn(int i) {
   if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
   conns[i].fd = fd;
   conns[i].busy = 0;
+  conns[i].close_after = 0;
+  conns[i].idle_since = now_ns();
   conns[i].len = 0;
   idle[nidle++] = i;
+}
+
+/* Closes connection i and opens a new one in its place (idle). */
+static void drop(int i) {
+  epoll_ctl(epfd, EPOLL_CTL_DEL, conns[i].fd, NULL);
+  close(conns[i].fd);
+  open_conn(i);
+}
+
+/* Connection i, just taken from the idle list, was closed by the server
+ * before a request went out on it: replace it; not an error. */
+static void reconnect(int i) {
+  nreconnects++;
+  drop(i);
 }
 
 static void record(uint64_t due, uint64_t t, int status, const char *backend) {
@@ -112,6 +140,9 @@ static long response_len(conn_t *c, int *status) {
   int chunked = 0;
   for (char *l = strstr(c->buf, "\r\n"); l && l < end; l = strstr(l + 2, "\r\n")) {
     if (strncasecmp(l + 2, "content-length:", 15) == 0) clen = atol(l + 17);
+    if (strncasecmp(l + 2, "connection:", 11) == 0 && strcasestr(l + 2, "close") &&
+        strcasestr(l + 2, "close") < strstr(l + 2, "\r\n"))
+      c->close_after = 1;
     if (logf && strncasecmp(l + 2, "x-backend:", 10) == 0)
       header_value(l + 2, 10, c->backend, sizeof c->backend);
     if (strncasecmp(l + 2, "transfer-encoding:", 18) == 0 && strcasestr(l + 2, "chunked") &&
@@ -143,6 +174,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s HOST PORT PATH RATE SECONDS CONNS [LOG]\n", argv[0]);
     return 2;
   }
+  signal(SIGPIPE, SIG_IGN); /* a write to a closed connection fails with EPIPE instead */
   if (argc == 8) {
     logf = fopen(argv[7], "w");
     if (!logf) die("fopen");
@@ -175,11 +207,22 @@ int main(int argc, char **argv) {
     while (sent < total && nidle > 0) {
       uint64_t due = t0 + (uint64_t)((double)sent * interval);
       if (due > now) break;
-      conn_t *c = &conns[idle[--nidle]];
+      int i = idle[--nidle];
+      conn_t *c = &conns[i];
+      char peek;
+      if (now - c->idle_since > 1000000000ull &&
+          recv(c->fd, &peek, 1, MSG_PEEK | MSG_DONTWAIT) != -1) {
+        reconnect(i); /* closed (0) or sent something unasked (a 408): stale */
+        continue;
+      }
+      if (write(c->fd, req, reqlen) != (ssize_t)reqlen) {
+        reconnect(i); /* closed under us: the request was not sent; resend */
+        continue;
+      }
       c->due = due;
       c->busy = 1;
+      c->close_after = 0;
       c->backend[0] = 0;
-      if (write(c->fd, req, reqlen) != (ssize_t)reqlen) die("write");
       sent++;
       inflight++;
     }
@@ -219,13 +262,20 @@ int main(int argc, char **argv) {
         if (status < 200 || status > 299) nnon2xx++;
         c->busy = 0;
         inflight--;
+        if (c->close_after) {
+          drop(i);
+          continue;
+        }
         size_t rest = c->len - (size_t)whole;
         memmove(c->buf, c->buf + whole, rest);
         c->len = rest;
+        c->idle_since = now;
         idle[nidle++] = i;
         continue;
       }
-      /* closed, reset or garbage: the request in flight failed; reconnect */
+      /* closed, reset or garbage: the request in flight failed; reconnect
+       * (an idle connection the server closed is merely replaced) */
+      if (!c->busy) nreconnects++;
       if (c->busy) {
         nerrors++;
         inflight--;
@@ -233,11 +283,9 @@ int main(int argc, char **argv) {
           fprintf(logf, "%llu %llu 0 -\n", (unsigned long long)((c->due - t0) / 1000),
                   (unsigned long long)((now - c->due) / 1000));
       }
-      epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
-      close(c->fd);
       for (int j = 0; j < nidle; j++)
         if (idle[j] == i) idle[j] = idle[--nidle];
-      open_conn(i);
+      drop(i);
     }
   }
   uint64_t end = now_ns();
@@ -259,11 +307,12 @@ int main(int argc, char **argv) {
   qsort(lat, ncompleted, sizeof *lat, cmp_u32);
   double span = (double)(last_done - t0) / 1e9;
   printf("due=%llu completed=%llu errors=%llu non2xx=%llu unfinished=%llu rate=%.1f "
-         "p50=%.3f p90=%.3f p99=%.3f p999=%.3f max=%.3f\n",
+         "p50=%.3f p90=%.3f p99=%.3f p999=%.3f max=%.3f reconnects=%llu\n",
          (unsigned long long)(done + unfinished), (unsigned long long)done,
          (unsigned long long)nerrors, (unsigned long long)nnon2xx,
          (unsigned long long)unfinished, span > 0 ? (double)done / span : 0.0,
          pct(ncompleted, 0.50), pct(ncompleted, 0.90), pct(ncompleted, 0.99),
-         pct(ncompleted, 0.999), ncompleted ? lat[ncompleted - 1] / 1000.0 : 0.0);
+         pct(ncompleted, 0.999), ncompleted ? lat[ncompleted - 1] / 1000.0 : 0.0,
+         (unsigned long long)nreconnects);
   return 0;
 }

@@ -175,15 +175,13 @@ fn all_members(v: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Docker engine and `make images`; `make test` runs it when `docker info` works"]
 async fn compose_pool_lb_owns_its_app_containers() {
-    // Only ever run on request (`--ignored`): then a missing engine or image
-    // is a failure, not a silent pass.
-    if let Some(why) = missing_prerequisite() {
-        panic!("compose pool test cannot run: {why}");
-    }
-    // On timeout the scenario is dropped, and with it the project.
-    tokio::time::timeout(LIMIT, scenario())
-        .await
-        .unwrap_or_else(|_| panic!("compose pool test exceeded {LIMIT:?}"));
+    run_on_engine(
+        "compose pool test",
+        Needs::ComposeAndImages,
+        LIMIT,
+        scenario(),
+    )
+    .await;
 }
 
 async fn scenario() {

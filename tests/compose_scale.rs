@@ -103,15 +103,13 @@ fn failures(samples: &[Sample], from: Instant, to: Instant) -> (usize, usize, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Docker engine and `make images`; `make test` runs it when `docker info` works"]
 async fn compose_scale_follows_replicas_under_load() {
-    // Only ever run on request (`--ignored`): then a missing engine or image
-    // is a failure, not a silent pass.
-    if let Some(why) = missing_prerequisite() {
-        panic!("compose scale test cannot run: {why}");
-    }
-    // On timeout the scenario is dropped, and with it the project (`down -v`).
-    tokio::time::timeout(LIMIT, scenario())
-        .await
-        .unwrap_or_else(|_| panic!("compose scale test exceeded {LIMIT:?}"));
+    run_on_engine(
+        "compose scale test",
+        Needs::ComposeAndImages,
+        LIMIT,
+        scenario(),
+    )
+    .await;
 }
 
 async fn scenario() {

@@ -4,6 +4,7 @@
 //! container, and containers left by a `kill -9`ed lb removed at the next
 //! start. `#[ignore]`d, so a plain `cargo test` reports it as ignored, never
 //! as passed; `make test` runs it (`--ignored`) when `docker info` works.
+//! Run so, it fails when no engine is reachable (tests/common/compose.rs).
 //!
 //! Nothing is pulled: the test builds its image `FROM scratch` out of the
 //! debug `app` binary and the shared libraries it links (the release images
@@ -16,8 +17,12 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::compose::{run_on_engine, Needs};
 use common::*;
 use serde_json::{json, Value};
+
+/// Longest the whole test may take, the image build included.
+const LIMIT: Duration = Duration::from_secs(180);
 
 const IMAGE: &str = "lb-app:pooltest";
 const IMAGE_V2: &str = "lb-app:pooltest-v2";
@@ -109,7 +114,7 @@ fn ready(v: &Value) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs a Docker engine; `make test` runs it when `docker info` works"]
 async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
-    serial("docker pool", Duration::from_secs(180), async {
+    run_on_engine("docker pool test", Needs::Engine, LIMIT, async {
         let (name, _, _) = unique_pool();
         let _cleanup = Cleanup(name.clone());
         let mut lb = Lb::start(&body(&name)).await;

@@ -1,14 +1,18 @@
-//! Compose projects for the end-to-end tests against a real Docker engine
-//! (tests/compose.rs, tests/compose_scale.rs, tests/compose_pool.rs). Those
-//! tests are `#[ignore]`d, so a plain `cargo test` reports them as ignored,
-//! never as passed; `make test` runs them (`--ignored`, images built first)
-//! when `docker info` succeeds, or when `LB_REQUIRE_DOCKER=1`. Run that way
-//! they fail, naming what is missing, when they cannot run.
+//! Tests against a real Docker engine: the compose projects of
+//! tests/compose.rs, tests/compose_scale.rs and tests/compose_pool.rs, and
+//! the pool's docker provider in tests/pool_docker.rs. Those tests are
+//! `#[ignore]`d, so a plain `cargo test` reports them as ignored, never as
+//! passed; `make test` runs them (`--ignored`, images built first) when
+//! `docker info` succeeds, or when `LB_REQUIRE_DOCKER=1`. Run that way they
+//! fail, naming what is missing, when they cannot run ([`run_on_engine`]).
 //!
 //! Each project has a unique name and publishes lb only on 127.0.0.1 (an
-//! ephemeral port); `down -v` runs on drop, also when an assertion fails.
+//! ephemeral port); `down -v` runs on drop, also when an assertion fails or
+//! the test runs out of time.
 
+use std::future::Future;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use super::free_port;
 
@@ -32,12 +36,45 @@ pub fn ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Why the compose tests cannot run here, if they cannot.
-pub fn missing_prerequisite() -> Option<String> {
+/// What a test against the Docker engine needs to run.
+#[derive(Clone, Copy)]
+pub enum Needs {
+    /// A reachable engine only (the test builds the images it runs).
+    Engine,
+    /// A reachable engine, a compose CLI and the images `make images` builds
+    /// (lb:local, lb-app:local).
+    ComposeAndImages,
+}
+
+/// Runs the `scenario` of a test against the Docker engine, bounded by
+/// `limit`. These tests are `#[ignore]`d, so this only ever runs on request
+/// (`--ignored`): then a missing engine, image or CLI is a failure naming it,
+/// not a silent pass. On timeout the scenario is dropped, and with it what
+/// it owns (a [`Project`]'s `down -v`, a test's cleanup guard), before the
+/// panic.
+pub async fn run_on_engine(
+    what: &str,
+    needs: Needs,
+    limit: Duration,
+    scenario: impl Future<Output = ()>,
+) {
+    if let Some(why) = missing_prerequisite(needs) {
+        panic!("{what} cannot run: {why}");
+    }
+    if tokio::time::timeout(limit, scenario).await.is_err() {
+        panic!("{what} exceeded {limit:?}");
+    }
+}
+
+/// Why a test that `needs` this cannot run here, if it cannot.
+pub fn missing_prerequisite(needs: Needs) -> Option<String> {
     match Command::new("docker").arg("info").output() {
         Ok(o) if o.status.success() => {}
         Ok(_) => return Some("no Docker engine reachable (docker info failed)".into()),
         Err(_) => return Some("docker CLI not installed".into()),
+    }
+    if let Needs::Engine = needs {
+        return None;
     }
     for image in ["lb:local", "lb-app:local"] {
         let o = Command::new("docker")

@@ -4,7 +4,11 @@
 //! Shutdown: SIGTERM and SIGINT both stop gracefully (SPEC). Pingora's own
 //! graceful path sleeps the whole grace period unconditionally (PINGORA.md §4),
 //! so lb also watches its active-request count and exits as soon as in-flight
-//! requests have finished, never later than `server.grace_period`.
+//! requests have finished, never later than `server.grace_period`, then stops
+//! the pool's members (at most `pool.drain_timeout` each). Both durations are
+//! read at the signal, from the running config, so a reload that changed them
+//! counts. Pingora reads its grace period once, at start: lb sets it above
+//! the longest stop any config allows ([`pingora_grace`]), a backstop only.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -20,7 +24,7 @@ use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
 use crate::admin::{self, Admin};
-use crate::config::Config;
+use crate::config::{Config, MAX_DRAIN_TIMEOUT, MAX_GRACE_PERIOD};
 use crate::control::Control;
 use crate::discovery::Discovery;
 use crate::health::HealthChecker;
@@ -63,6 +67,30 @@ pub enum StartError {
 /// Requests currently inside the proxy (all stages), for graceful shutdown.
 pub type ActiveRequests = Arc<AtomicUsize>;
 
+/// The drain watcher's pause after the signal, before it samples
+/// ([`drain_then_exit`]).
+const SETTLE: Duration =
+    Duration::from_millis(crate::access_log::BATCH_DELAY.as_millis() as u64 + 50);
+
+/// The longest lb's own stop takes (signal to exit) with `server.grace_period`
+/// = `grace` and, with a pool, its [`Pool::shutdown_time`].
+fn longest_stop(grace: Duration, pool_shutdown: Option<Duration>) -> Duration {
+    SETTLE + grace + pool_shutdown.unwrap_or(Duration::ZERO)
+}
+
+/// Pingora's grace period. lb's drain watcher exits the process itself, within
+/// [`longest_stop`] of the config running at the signal; Pingora's sleep only
+/// bounds a watcher that never got there. Pingora reads it once, at start, and
+/// a reload can raise `server.grace_period` and `pool.drain_timeout`: so it
+/// outlasts the longest stop any valid config allows (a minute of room for
+/// the exit itself), rather than the stop of the config lb started with.
+fn pingora_grace() -> Duration {
+    longest_stop(
+        MAX_GRACE_PERIOD,
+        Some(MAX_DRAIN_TIMEOUT + crate::pool::SHUTDOWN_SLACK),
+    ) + Duration::from_secs(60)
+}
+
 /// A configured, not yet running lb.
 pub struct Lb {
     server: Server,
@@ -73,7 +101,6 @@ pub struct Lb {
     /// The `[pool]`, if configured (its members are already ready).
     pub pool: Option<Arc<Pool>>,
     active: ActiveRequests,
-    grace: Duration,
 }
 
 impl Lb {
@@ -120,15 +147,11 @@ impl Lb {
         if let Some(p) = &pool {
             control.set_pool(p.clone());
         }
-        // At SIGTERM members stop after lb's own requests finished: give
-        // Pingora's grace period room for both.
-        let grace_total = config.server.grace_period
-            + pool.as_ref().map_or(Duration::ZERO, |p| p.shutdown_time());
-
         let conf = ServerConf {
             threads: config.server.threads,
-            // Whole seconds, rounded up; the drain watcher exits earlier.
-            grace_period_seconds: Some(grace_total.as_secs_f64().ceil() as u64),
+            // A backstop: the drain watcher exits earlier, on the running
+            // config's durations (see `pingora_grace`).
+            grace_period_seconds: Some(pingora_grace().as_secs_f64().ceil() as u64),
             graceful_shutdown_timeout_seconds: Some(1),
             // One runtime per worker thread, connections never migrate: ~15% more
             // requests per core than tokio's work stealing in `make bench`.
@@ -195,12 +218,15 @@ impl Lb {
             control,
             pool,
             active,
-            grace: config.server.grace_period,
         })
     }
 
     /// Runs until `signal` asks to stop. Blocks; must not be called inside a
-    /// tokio runtime (Pingora builds its own).
+    /// tokio runtime (Pingora builds its own). After a graceful signal Pingora
+    /// waits out its grace period, a backstop of over a day
+    /// ([`pingora_grace`]): a graceful `signal` must exit the process itself,
+    /// as [`Lb::run`]'s does; after [`ShutdownSignal::FastShutdown`] this
+    /// returns at once.
     pub fn run_with(self, signal: Box<dyn ShutdownSignalWatch>) {
         let cfg = self.state.load().config.clone();
         tracing::info!(listen = %cfg.server.listen, backends = cfg.backends.len(),
@@ -215,7 +241,7 @@ impl Lb {
     pub fn run(self) {
         let signal = Box::new(GracefulOnSignal {
             active: self.active.clone(),
-            grace: self.grace,
+            state: self.state.clone(),
             pool: self.pool.clone(),
         });
         self.run_with(signal);
@@ -262,7 +288,8 @@ fn resolve_at_start(state: &Arc<State>) {
 /// SIGTERM and SIGINT → graceful stop; exit as soon as requests have drained.
 struct GracefulOnSignal {
     active: ActiveRequests,
-    grace: Duration,
+    /// Where the running config is read at the signal (`server.grace_period`).
+    state: Arc<State>,
     pool: Option<Arc<Pool>>,
 }
 
@@ -277,25 +304,33 @@ impl ShutdownSignalWatch for GracefulOnSignal {
             tracing::error!("cannot install signal handlers; stop with SIGKILL");
             return std::future::pending().await;
         };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping gracefully"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping gracefully"),
-        }
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
         crate::access_log::stop_batching();
         let active = self.active.clone();
-        let deadline = Instant::now() + self.grace;
+        // The running config's: a reload's value counts.
+        let grace = self.state.load().config.server.grace_period;
+        let deadline = Instant::now() + grace;
         let pool = self.pool.clone();
+        // What bounds this stop: lb's requests, then the members'.
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            pool_stop_ms = pool.as_ref().map(|p| p.shutdown_time().as_millis() as u64),
+            "{which}: stopping gracefully"
+        );
         std::thread::spawn(move || drain_then_exit(active, deadline, pool));
         ShutdownSignal::GracefulTerminate
     }
 }
 
-/// Exits the process once no request is active (or at the deadline, when
-/// Pingora's own grace period ends anyway), after stopping the pool's members.
+/// Exits the process once no request is active (or at the deadline), after
+/// stopping the pool's members (at most [`Pool::shutdown_time`], read then).
 fn drain_then_exit(active: ActiveRequests, deadline: Instant, pool: Option<Arc<Pool>>) {
     // Give Pingora a moment to close its listeners before we sample, and
     // access-log lines batched before the signal time to be handed over.
-    std::thread::sleep(crate::access_log::BATCH_DELAY + Duration::from_millis(50));
+    std::thread::sleep(SETTLE);
     let mut drained = false;
     while Instant::now() < deadline {
         if active.load(Ordering::Acquire) == 0 {
@@ -344,5 +379,32 @@ impl BackgroundService for ReloadOnHangup {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POOL: &str = "[pool]\ncommand = [\"app\", \"--listen\", \"127.0.0.1:{port}\"]\n";
+
+    #[test]
+    fn pingoras_grace_outlasts_the_longest_stop_a_reload_can_set() {
+        // The longest durations a config (and so a reload) may set...
+        let max = Config::from_toml(&format!(
+            "[server]\ngrace_period = \"1h\"\n{POOL}drain_timeout = \"24h\"\n"
+        ))
+        .unwrap();
+        let drain = max.pool.as_ref().unwrap().drain_timeout;
+        let stop = longest_stop(
+            max.server.grace_period,
+            Some(drain + crate::pool::SHUTDOWN_SLACK),
+        );
+        assert!(pingora_grace() > stop, "{:?} <= {stop:?}", pingora_grace());
+        // ...and not a second more.
+        assert!(Config::from_toml("[server]\ngrace_period = \"3601s\"\n").is_err());
+        assert!(Config::from_toml(&format!("{POOL}drain_timeout = \"86401s\"\n")).is_err());
+        // A day and an hour, plus room: still a finite sleep for Pingora.
+        assert!(pingora_grace() < Duration::from_secs(2 * 86_400));
     }
 }

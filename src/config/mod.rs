@@ -21,6 +21,10 @@ pub use validate::ConfigError;
 pub const MAX_BACKENDS: usize = 64;
 /// Upper bound of an operator weight (SPEC: integers 0..=1000).
 pub const MAX_WEIGHT: u32 = 1000;
+/// The longest `server.grace_period` a config may set.
+pub const MAX_GRACE_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The longest `pool.drain_timeout` a config may set.
+pub const MAX_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 /// The balancing algorithm (SPEC "Balancing").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -77,7 +77,12 @@ pub(super) fn pool(
         .filter(|d| !d.is_zero()),
         max_memory: Some(bytes("pool.max_memory", &p.max_memory)?).filter(|b| *b > 0),
         check_interval: duration("pool.check_interval", &p.check_interval, 10 * MS, DAY)?,
-        drain_timeout: duration("pool.drain_timeout", &p.drain_timeout, Duration::ZERO, DAY)?,
+        drain_timeout: duration(
+            "pool.drain_timeout",
+            &p.drain_timeout,
+            Duration::ZERO,
+            super::MAX_DRAIN_TIMEOUT,
+        )?,
         start_timeout: duration("pool.start_timeout", &p.start_timeout, 10 * MS, DAY)?,
     };
     for (i, b) in backends.iter().enumerate() {

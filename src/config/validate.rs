@@ -191,7 +191,7 @@ impl TryFrom<RawConfig> for Config {
                 "server.grace_period",
                 &r.server.grace_period,
                 Duration::ZERO,
-                HOUR,
+                super::MAX_GRACE_PERIOD,
             )?,
             keepalive_timeout: duration(
                 "server.keepalive_timeout",

@@ -33,6 +33,10 @@ pub use self::core::{Core, Counters, PoolError};
 pub use provider::{Container, Provider, ProviderError, Spec};
 pub use view::{MemberState, PoolView, Reason};
 
+/// What [`Pool::shutdown_time`] allows beyond `drain_timeout`: the SIGKILL
+/// after it and the driver's own bookkeeping.
+pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
+
 /// What `POST /admin/pool/rollout` changes: the command (process provider) or
 /// the image (docker provider); the rest of the members' spec stays.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,8 +235,9 @@ impl Pool {
         }
     }
 
-    /// How long [`Pool::shutdown`] may take.
+    /// How long [`Pool::shutdown`] may take under the pool's current config
+    /// (a reload's `drain_timeout` included).
     pub fn shutdown_time(&self) -> Duration {
-        self.config().drain_timeout + Duration::from_secs(2)
+        self.config().drain_timeout + SHUTDOWN_SLACK
     }
 }

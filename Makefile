@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run run-pool test lint deps build images bench bench-peers bench-queue scenarios clean
+.PHONY: run run-pool test lint deps build images test-images bench bench-peers bench-queue scenarios clean
 
 CARGO ?= cargo
 
@@ -20,13 +20,14 @@ run-pool: deps
 
 ## The whole test suite (unit, integration, chaos, the scenario driver's smoke
 ## run, the status page in headless Chromium where one can start, and the
-## compose end-to-end tests when a Docker engine is reachable, images built
-## first). The browser and compose tests are #[ignore]d by a plain cargo test
-## and run here with --ignored only where they can; LB_REQUIRE_DOCKER=1 makes a
-## missing engine a failure.
+## compose end-to-end tests when a Docker engine is reachable, their images
+## built first from the same debug build: `make test-images`). The browser
+## and compose tests are #[ignore]d by a plain cargo test and run here with
+## --ignored only where they can; LB_REQUIRE_DOCKER=1 makes a missing engine a
+## failure.
 test: deps
 	@scripts/deps.sh test
-	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory images; \
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory test-images; \
 	 else echo "no Docker engine reachable: the compose end-to-end tests stay ignored"; fi
 	$(CARGO) test --workspace --no-fail-fast
 	@echo "== the status page in headless Chromium (tests/status_page.rs, #[ignore]d by default)"
@@ -70,6 +71,13 @@ images: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --workspace --bins \
 	  --target $(STATIC_TARGET) --target-dir target/static
 	@scripts/build-images.sh $(STATIC_DIR)
+
+## The same two images from the debug binaries `cargo test` builds anyway, with
+## the shared libraries they link (for make test: one build of Pingora, not two;
+## the end-to-end tests check the setups, not the optimiser).
+test-images: deps
+	$(CARGO) build --workspace --bins
+	@scripts/build-images.sh target/debug
 
 ## The seeds' experiments with one, two and four apps (issue 12) against real
 ## app and lb processes: writes docs/scenarios.md (tables, SVG charts) and

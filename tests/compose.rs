@@ -1,5 +1,6 @@
 //! End-to-end through the real docker-compose.yml and the images `make images`
-//! builds (how these tests run and clean up: tests/common/compose.rs).
+//! builds (`make test` builds the same images from its debug binaries: `make
+//! test-images`; how these tests run and clean up: tests/common/compose.rs).
 
 mod common;
 
@@ -54,7 +55,7 @@ async fn until_serves(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Docker engine and `make images`; `make test` runs it when `docker info` works"]
+#[ignore = "needs a Docker engine and `make images` (or `make test-images`); `make test` runs it when `docker info` works"]
 async fn compose_end_to_end() {
     run_on_engine(
         "compose end-to-end test",

@@ -173,7 +173,7 @@ fn all_members(v: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Docker engine and `make images`; `make test` runs it when `docker info` works"]
+#[ignore = "needs a Docker engine and `make images` (or `make test-images`); `make test` runs it when `docker info` works"]
 async fn compose_pool_lb_owns_its_app_containers() {
     run_on_engine(
         "compose pool test",

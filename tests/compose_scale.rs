@@ -101,7 +101,7 @@ fn failures(samples: &[Sample], from: Instant, to: Instant) -> (usize, usize, St
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a Docker engine and `make images`; `make test` runs it when `docker info` works"]
+#[ignore = "needs a Docker engine and `make images` (or `make test-images`); `make test` runs it when `docker info` works"]
 async fn compose_scale_follows_replicas_under_load() {
     run_on_engine(
         "compose scale test",

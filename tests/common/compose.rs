@@ -81,7 +81,9 @@ pub fn missing_prerequisite(needs: Needs) -> Option<String> {
             .args(["image", "inspect", image])
             .output();
         if !o.is_ok_and(|o| o.status.success()) {
-            return Some(format!("image {image} not built (run `make images`)"));
+            return Some(format!(
+                "image {image} not built (run `make images` or `make test-images`)"
+            ));
         }
     }
     if compose_cmd().is_none() {

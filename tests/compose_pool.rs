@@ -275,8 +275,9 @@ async fn scenario() {
         );
     }
 
-    // `docker kill` a member: lb notices (health checks every 1 s, exits every
-    // check_interval = 5 s), removes it and starts member 4.
+    // `docker kill` a member: lb notices (the engine's `die` event; health
+    // checks every 1 s and check_interval = 5 s only if the event stream is
+    // down), removes it and starts member 4.
     let victim = docker(&[
         "inspect",
         "-f",

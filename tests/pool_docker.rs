@@ -1,10 +1,13 @@
 //! The pool's docker provider against the real engine: boot, a `docker kill`ed
 //! member replaced, a rollout to another image, a reload rolling members to a
 //! new `cpus` and `env` (the rolled-out image kept), SIGTERM removing every
-//! container, and containers left by a `kill -9`ed lb removed at the next
-//! start. `#[ignore]`d, so a plain `cargo test` reports it as ignored, never
-//! as passed; `make test` runs it (`--ignored`) when `docker info` works.
-//! Run so, it fails when no engine is reachable (tests/common/compose.rs).
+//! container, containers left by a `kill -9`ed lb removed at the next start,
+//! and then a `docker kill` noticed through the engine's event stream (with
+//! `check_interval` and health too slow to be what noticed it), the times
+//! from the kill printed. `#[ignore]`d, so a plain `cargo test` reports it as
+//! ignored, never as passed; `make test` runs it (`--ignored`) when `docker
+//! info` works. Run so, it fails when no engine is reachable
+//! (tests/common/compose.rs).
 //!
 //! Nothing is pulled: the test builds its image `FROM scratch` out of the
 //! debug `app` binary and the shared libraries it links (the release images
@@ -194,12 +197,48 @@ async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
         lb.signal(libc::SIGKILL);
         let _ = tokio::task::block_in_place(|| lb.wait_exit(Duration::from_secs(5)));
         assert_eq!(containers(&name), left);
-        // …until the next start removes them by label.
+        // …until the next start removes them by label. That lb checks only
+        // every minute and health-checks every 5 s, so a kill noticed within
+        // a second was noticed by the engine's event stream.
+        lb.write_config(
+            &edited
+                .replace("interval = \"100ms\"", "interval = \"5s\"")
+                .replace("check_interval = \"300ms\"", "check_interval = \"60s\""),
+        );
         lb.restart().await;
         let now = containers(&name);
         assert_eq!(now.len(), 2);
         assert!(now.iter().all(|id| !left.contains(id)), "{left:?} still there: {now:?}");
         assert!(lb.log_text().contains("removing a container left by an earlier lb"));
+        let (first, replacement) = (format!("{name}-1"), format!("{name}-3"));
+        assert_eq!(ready(&lb.pool().await), [first.clone(), format!("{name}-2")]);
+        let killed = Instant::now();
+        docker(&["kill", &format!("lb-pool-{first}")]);
+        let cli = killed.elapsed();
+        let noticed = lb
+            .wait_pool(Duration::from_secs(30), |v| !ready(v).contains(&first))
+            .await
+            .map(|_| killed.elapsed());
+        let replaced = lb
+            .wait_pool(Duration::from_secs(30), |v| ready(v).contains(&replacement))
+            .await
+            .map(|_| killed.elapsed());
+        println!(
+            "docker kill (the CLI returned after {cli:?}) → {first} out of ready after {noticed:?}, \
+             {replacement} ready after {replaced:?} (check_interval 60s, health every 5s)"
+        );
+        let s = lb.scrape().await;
+        let by = |r| s.value("lb_pool_recycles_total", &[("reason", r)]);
+        assert_eq!((by("exited"), by("unhealthy")), (1.0, 0.0), "noticed as an exit, not by health");
+        // The event reaches lb within milliseconds and the pool looks every
+        // 100 ms; the rest is the `docker` CLI's start-up and /admin/pool's
+        // 50 ms polling on a 2-core machine. Polling (60 s) or health (two
+        // failed checks 5 s apart) could not be this fast.
+        let noticed = noticed.expect("kill noticed");
+        assert!(noticed < Duration::from_secs(1), "kill noticed after {noticed:?}");
+        // Plus creating and starting a container and one probe.
+        let replaced = replaced.expect("replacement ready");
+        assert!(replaced < Duration::from_secs(5), "replacement ready after {replaced:?}");
         assert_eq!(lb.stop().await.code(), Some(0));
     })
     .await;

@@ -242,8 +242,9 @@ impl Driver {
         }
     }
 
-    /// Exits (every tick where that is a `waitpid`, else every
-    /// `check_interval`) and memory (every `check_interval`).
+    /// Exits (every tick where that is cheap: a `waitpid`, the docker
+    /// provider's event record; else every `check_interval`) and memory
+    /// (every `check_interval`).
     async fn watch_liveness(&mut self, now: Instant) {
         let (live, every): (Vec<Arc<str>>, Duration) = {
             let core = lock(&self.pool.core);

@@ -78,8 +78,10 @@ pub trait Provider: Send + Sync + 'static {
     /// `Some(why)` once the member has exited by itself.
     async fn exited(&self, name: &str) -> Option<String>;
 
-    /// Is [`Provider::exited`] cheap enough to ask every tick (a `waitpid`),
-    /// or only every `check_interval` (an API call)?
+    /// Is [`Provider::exited`] cheap enough to ask every tick (a `waitpid`, a
+    /// look at what the engine's events said), or only every
+    /// `check_interval` (an API call)? Asked every tick: the docker
+    /// provider's answer changes with its event stream.
     fn cheap_liveness(&self) -> bool;
 
     /// Resident memory of the member, bytes.

@@ -70,23 +70,8 @@ async fn scenario() {
     let mut p = Project::new("lbtest", "docker-compose.yml");
     let t0 = Instant::now();
     ok(p.compose().args(["up", "-d"]));
-    let mut healthy = None;
-    while t0.elapsed() < Duration::from_secs(90) {
-        if p.health("lb") == "healthy" {
-            healthy = Some(t0.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let healthy = healthy.expect("lb not healthy within 90 s");
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            p.port
-        ))
-        .is_ok())
-        .await
-    );
+    let healthy = p.until_lb_healthy(t0, Duration::from_secs(90)).await;
+    p.until_listening().await;
     println!("compose: `up -d` to lb healthy in {healthy:?}");
 
     // 1,000 requests reach all four apps (weights 10/10/5/15 in lb.toml).

@@ -118,16 +118,6 @@ impl PoolProject {
         }
     }
 
-    /// Waits until Docker reports lb's container healthy; how long it took.
-    async fn until_healthy(&self, timeout: Duration) -> Duration {
-        let t = Instant::now();
-        while self.p.health("lb") != "healthy" {
-            assert!(t.elapsed() < timeout, "lb not healthy within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        t.elapsed()
-    }
-
     /// Member `n` of the pool.
     fn member(&self, n: u32) -> String {
         format!("{}-{n}", self.pool)
@@ -210,7 +200,9 @@ async fn scenario() {
 
     // `up -d`: lb alone; it starts its pool before it opens its listener.
     ok(p.compose().args(["up", "-d"]));
-    let healthy = g.until_healthy(Duration::from_secs(60)).await;
+    let healthy = p
+        .until_lb_healthy(Instant::now(), Duration::from_secs(60))
+        .await;
     println!("compose pool: `up -d` to lb healthy in {healthy:?}");
     let lb = p.container("lb");
     let who = docker(&[
@@ -244,14 +236,7 @@ async fn scenario() {
             "{m}"
         );
     }
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            p.port
-        ))
-        .is_ok())
-        .await
-    );
+    p.until_listening().await;
 
     // Light open-loop load for everything that follows until lb is killed.
     let load = Load::start(
@@ -409,7 +394,8 @@ async fn scenario() {
     let restart_at = Instant::now();
     ok(p.compose().args(["up", "-d"]));
     assert_eq!(p.container("lb"), lb, "lb's container recreated");
-    g.until_healthy(Duration::from_secs(60)).await;
+    p.until_lb_healthy(Instant::now(), Duration::from_secs(60))
+        .await;
     let v = g.admin(&["pool", "status"]);
     assert_eq!(ready(&v), g.members(&[1, 2, 3]), "{v}");
     let fresh = g.wait_labelled(3, &left, Duration::from_secs(5)).await;

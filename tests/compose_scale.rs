@@ -120,23 +120,8 @@ async fn scenario() {
     ok(p.compose().args(["up", "-d"]));
     let two = replicas(&p);
     assert_eq!(two.len(), 2, "deploy.replicas = 2 not applied: {two:?}");
-    let mut healthy = None;
-    while t0.elapsed() < Duration::from_secs(90) {
-        if p.health("lb") == "healthy" {
-            healthy = Some(t0.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let healthy = healthy.expect("lb not healthy within 90 s");
-    assert!(
-        eventually(Duration::from_secs(10), || std::net::TcpStream::connect((
-            "127.0.0.1",
-            p.port
-        ))
-        .is_ok())
-        .await
-    );
+    let healthy = p.until_lb_healthy(t0, Duration::from_secs(90)).await;
+    p.until_listening().await;
     println!("compose scale: `up -d` (2 replicas) to lb healthy in {healthy:?}");
     let want: BTreeSet<String> = two.values().cloned().collect();
     until_lb_lists(&p, &want, Duration::from_secs(10)).await;

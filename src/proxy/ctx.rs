@@ -145,8 +145,8 @@ impl Ctx {
     }
 
     /// The current attempt failed in a way that only says its backend cannot
-    /// answer: the connection was refused, or reset or closed before any
-    /// response byte. While an eligible backend this request has not tried is
+    /// answer: the connection was refused, or reset or closed before a
+    /// whole response header (as README and lb.toml say). While an eligible backend this request has not tried is
     /// left, that attempt does not use up one of `retry.attempts` — the request
     /// goes on to every eligible backend before it fails (nginx's
     /// `proxy_next_upstream error` tries every server too). Such failures are

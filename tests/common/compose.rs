@@ -12,9 +12,9 @@
 
 use std::future::Future;
 use std::process::{Command, Output};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use super::free_port;
+use super::{eventually, free_port};
 
 /// The admin token the projects' lb uses.
 pub const COMPOSE_TOKEN: &str = "compose-test-token";
@@ -166,6 +166,26 @@ impl Project {
     pub fn health(&self, service: &str) -> String {
         let id = self.container(service);
         ok(Command::new("docker").args(["inspect", "-f", "{{.State.Health.Status}}", &id]))
+    }
+
+    /// Waits until Docker reports lb's container healthy, at most `limit`
+    /// after `since`; how long after `since` that was.
+    pub async fn until_lb_healthy(&self, since: Instant, limit: Duration) -> Duration {
+        while self.health("lb") != "healthy" {
+            assert!(since.elapsed() < limit, "lb not healthy within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        since.elapsed()
+    }
+
+    /// Waits (10 s at most) until lb's published port accepts connections.
+    pub async fn until_listening(&self) {
+        let port = self.port;
+        let open = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        assert!(
+            eventually(Duration::from_secs(10), open).await,
+            "nothing accepts on lb's published port {port}"
+        );
     }
 
     /// The IP address of a single-replica `service`.

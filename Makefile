@@ -46,12 +46,13 @@ test: deps
 # pool's docker provider (it builds its own image from the debug app).
 COMPOSE_TESTS := --test compose --test compose_scale --test compose_pool --test pool_docker
 
-# Integration tests that also run with every request on the Pingora path: all
-# but tests/http1.rs (behaviours only the fast path has: pipelining, header
-# timeout, HTTP/1.0 de-chunking), the Docker engine tests (lb runs in its
+# Integration tests that also run with every request on the Pingora path
+# (LB_PATH=pingora: lb's HTTP/1 path checks a connection's first head, then
+# hands the connection over): all but the Docker engine tests (lb runs in its
 # image there or drives the engine), the scenario smoke run and the browser
-# test (neither tests the request path).
-PINGORA_PATH_TESTS := $(foreach t,$(filter-out http1 compose compose_scale compose_pool pool_docker scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
+# test (neither tests the request path). Tests that legitimately differ by
+# path say so where they branch on LB_PATH.
+PINGORA_PATH_TESTS := $(foreach t,$(filter-out compose compose_scale compose_pool pool_docker scenarios status_page,$(basename $(notdir $(wildcard tests/*.rs)))),--test $(t))
 
 ## Formatting and lints, as CI runs them.
 lint:

@@ -2,7 +2,7 @@
 //!
 //! Map of the crate, top to bottom (imports only point down):
 //! - [`server`] wires Pingora: the front door, background tasks, signals.
-//! - [`proxy`] serves requests: its own HTTP/1 path (`proxy::fast`) with the
+//! - [`proxy`] serves requests: its own HTTP/1 path (`proxy::h1`) with the
 //!   Pingora `ProxyHttp` implementation as fallback; both share selection,
 //!   headers, errors and the retry policy (any method when nothing reached the
 //!   backend, idempotent ones also on timeouts, resets and `retry.statuses`).
@@ -48,6 +48,7 @@ pub mod ewma;
 pub mod group;
 pub mod health;
 pub mod history;
+pub mod http1;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -30,7 +30,7 @@ use crate::discovery::Discovery;
 use crate::health::HealthChecker;
 use crate::history::{History, Sampler};
 use crate::pool::Pool;
-use crate::proxy::fast::FrontDoor;
+use crate::proxy::FrontDoor;
 use crate::proxy::Proxy;
 use crate::reweigh::DynamicWeights;
 use crate::state::State;

@@ -62,6 +62,34 @@ impl RawBackend {
                             }
                         };
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        if head
+                            .to_ascii_lowercase()
+                            .contains("transfer-encoding: chunked")
+                        {
+                            // Up to the last chunk (this backend's requests carry no trailers).
+                            let stop = loop {
+                                if let Some(i) =
+                                    buf[end..].windows(5).position(|w| w == b"0\r\n\r\n")
+                                {
+                                    break end + i + 5;
+                                }
+                                let mut chunk = [0u8; 4096];
+                                match s.read(&mut chunk).await {
+                                    Ok(k) if k > 0 => buf.extend_from_slice(&chunk[..k]),
+                                    _ => break 'conn,
+                                }
+                            };
+                            buf.drain(..stop);
+                            let Some(resp) = script(&head, n) else {
+                                break 'conn;
+                            };
+                            h.lock().unwrap().push(head);
+                            if s.write_all(&resp).await.is_err() {
+                                break;
+                            }
+                            n += 1;
+                            continue;
+                        }
                         let len = head
                             .lines()
                             .find_map(|l| {
@@ -212,8 +240,9 @@ async fn http10_clients_never_see_chunked_and_get_a_host_upstream() {
     let out = exchange_raw(&lb, b"GET /stream HTTP/1.0\r\n\r\n").await;
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 "), "{out}");
+    // Field names are case-insensitive (the Pingora path writes `Connection`).
     assert!(!head.to_lowercase().contains("chunked"), "{head}");
-    assert!(head.contains("connection: close"), "{head}");
+    assert!(head.to_lowercase().contains("connection: close"), "{head}");
     assert_eq!(body, "hello world", "close-delimited, de-chunked body");
     let seen = raw.requests();
     assert_eq!(seen.len(), 1);
@@ -223,21 +252,24 @@ async fn http10_clients_never_see_chunked_and_get_a_host_upstream() {
         seen[0]
     );
     assert!(
-        seen[0].contains(&format!("host: {}\r\n", raw.addr)),
+        seen[0]
+            .to_lowercase()
+            .contains(&format!("host: {}\r\n", raw.addr)),
         "{}",
         seen[0]
     );
-    // HTTP/1.1 clients get the chunked body as the backend sent it.
+    // HTTP/1.1 clients get the body chunked (boundaries are the path's own).
     let out = exchange_raw(
         &lb,
         b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
     assert!(
-        out.ends_with("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
+        head.to_lowercase().contains("transfer-encoding: chunked"),
         "{out}"
     );
+    assert_eq!(dechunk(body), "hello world", "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,5 +435,193 @@ async fn pooled_upstream_connections_close_after_upstream_idle() {
         started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// The data of a complete chunked body (no extensions or trailers).
+fn dechunk(mut body: &str) -> String {
+    let mut data = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").expect("chunk size line");
+        let n = usize::from_str_radix(size, 16).expect("hex chunk size");
+        if n == 0 {
+            assert_eq!(rest, "\r\n", "nothing after the last chunk");
+            return data;
+        }
+        data.push_str(&rest[..n]);
+        body = rest[n..]
+            .strip_prefix("\r\n")
+            .expect("CRLF after chunk data");
+    }
+}
+
+/// A chunked POST: lb's HTTP/1 path hands the connection to the Pingora path
+/// at this request, so whatever follows it on the connection is served there.
+const CHUNKED_POST: &[u8] =
+    b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+
+/// A backend that answers every request with `ok` and records its head.
+async fn recording_backend() -> (RawBackend, Lb) {
+    let script: Arc<Script> = Arc::new(|_, _| Some(ok("ok")));
+    let raw = RawBackend::start(Duration::from_secs(30), script).await;
+    let lb = Lb::start(&raw.toml_with("[health]\ninterval = \"1h\"")).await;
+    (raw, lb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_naming_framing_or_host_gets_400_on_every_request() {
+    let (raw, lb) = recording_backend().await;
+    // Issue 17's smuggling request: dropping Content-Length would have sent
+    // the body to the backend as a second request, GET /smuggled.
+    let smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut smuggle = format!(
+        "POST /a HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len()
+    )
+    .into_bytes();
+    smuggle.extend_from_slice(smuggled);
+    let host = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: host\r\n\r\n".to_vec();
+    let te = b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: Transfer-Encoding\r\n\r\n".to_vec();
+    for raw_req in [&smuggle, &host, &te] {
+        // As a connection's first request, and after a hand-over.
+        let out = exchange_raw(&lb, raw_req).await;
+        assert!(out.starts_with("HTTP/1.1 400 "), "first request: {out}");
+        let mut after = CHUNKED_POST.to_vec();
+        after.extend_from_slice(raw_req);
+        let out = exchange_raw(&lb, &after).await;
+        assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+        assert_eq!(
+            out.matches("HTTP/1.1 400 ").count(),
+            1,
+            "after a hand-over: {out}"
+        );
+    }
+    let seen = raw.requests();
+    assert!(
+        seen.iter().all(|h| h.starts_with("POST /upload ")),
+        "{seen:#?}"
+    );
+    assert_eq!(seen.len(), 3, "only the chunked POSTs reached the backend");
+    // Other named fields are removed, and the request goes through.
+    let out = exchange_raw(
+        &lb,
+        b"GET /b HTTP/1.1\r\nHost: x\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    let last = raw.requests().pop().unwrap();
+    assert!(
+        last.starts_with("GET /b ") && !last.to_ascii_lowercase().contains("x-secret"),
+        "{last}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_and_absolute_form_requests_after_a_hand_over() {
+    let (raw, lb) = recording_backend().await;
+    let mut pipelined = CHUNKED_POST.to_vec();
+    for i in 0..3 {
+        pipelined.extend_from_slice(format!("GET /p{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    }
+    pipelined.extend_from_slice(b"GET http://a.example:8080/abs?q=1 HTTP/1.1\r\nHost: a.example:8080\r\nConnection: close\r\n\r\n");
+    let out = exchange_raw(&lb, &pipelined).await;
+    assert_eq!(
+        out.matches("HTTP/1.1 200 ").count(),
+        5,
+        "every pipelined request answered: {out}"
+    );
+    let seen = raw.requests();
+    let lines: Vec<&str> = seen
+        .iter()
+        .map(|h| h.lines().next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "POST /upload HTTP/1.1",
+            "GET /p0 HTTP/1.1",
+            "GET /p1 HTTP/1.1",
+            "GET /p2 HTTP/1.1",
+            "GET /abs?q=1 HTTP/1.1"
+        ]
+    );
+    // Origin form, with the target's authority as Host.
+    let abs = seen[4].to_ascii_lowercase();
+    assert!(abs.contains("\r\nhost: a.example:8080\r\n"), "{abs}");
+    assert_eq!(abs.matches("\r\nhost:").count(), 1, "{abs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_beside_chunked_never_reaches_a_client() {
+    let script: Arc<Script> = Arc::new(|head: &str, _| {
+        Some(if head.contains(" /health ") {
+            ok("ok")
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec()
+        })
+    });
+    let raw = RawBackend::start(Duration::from_secs(30), script).await;
+    let lb = Lb::start(&raw.toml()).await;
+    let out = exchange_raw(
+        &lb,
+        b"GET /both HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    // Chunk boundaries are the relaying path's (the Pingora path re-chunks).
+    assert_eq!(dechunk(body), "hello world", "{body:?}");
+    // An HTTP/1.0 client: the whole body, de-chunked, delimited by the close.
+    let out = exchange_raw(&lb, b"GET /both HTTP/1.0\r\n\r\n").await;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(
+        !head.contains("content-length") && !head.contains("chunked"),
+        "{head}"
+    );
+    assert_eq!(body, "hello world");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_keep_the_connection_failed_attempts_close_it() {
+    // No backend up: 503 before any attempt, the connection stays open.
+    let dead = dead_port();
+    let lb = Lb::start(&format!(
+        "[health]\ninterval = \"100ms\"\n\n[[backends]]\nname = \"gone\"\naddr = \"127.0.0.1:{}\"\n",
+        dead.port
+    ))
+    .await;
+    let c = client();
+    // Until health marks it down a request is attempted (and gets 502);
+    // then refusals are immediate.
+    let mut statuses = Vec::new();
+    for _ in 0..50 {
+        let s = c.get(lb.url("/x")).send().await.unwrap().status().as_u16();
+        statuses.push(s);
+        if s == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
+    let two = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let out = exchange_raw(&lb, two).await;
+    assert_eq!(out.matches("HTTP/1.1 503 ").count(), 2, "{out}");
+
+    // A backend that closes without answering a POST: 502 after the attempt,
+    // and the connection closes (the pipelined GET is not answered).
+    let script: Arc<Script> =
+        Arc::new(|head: &str, _| head.contains(" /health ").then(|| ok("ok")));
+    let raw = RawBackend::start(Duration::from_secs(30), script).await;
+    let lb = Lb::start(&raw.toml_with("[health]\ninterval = \"1h\"")).await;
+    let two = b"POST /fail HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nxGET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+    let out = exchange_raw(&lb, two).await;
+    assert!(out.starts_with("HTTP/1.1 502 "), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
     );
 }

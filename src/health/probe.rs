@@ -18,6 +18,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::http1::{BodyFields, Chunked, Framing};
+
 /// Most bytes of one response (head and body) a probe reads: 64 KiB.
 pub const MAX_RESPONSE: usize = 64 * 1024;
 
@@ -52,15 +54,6 @@ pub async fn probe(
     tokio::time::timeout(timeout, fut)
         .await
         .unwrap_or_else(|_| Err(format!("timeout after {timeout:?}")))
-}
-
-/// How the body of a response ends (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(usize),
-    Chunked,
-    Close,
 }
 
 /// The bytes of one response read so far (at most [`MAX_RESPONSE`]).
@@ -128,7 +121,10 @@ impl Response {
             match r.parse(&self.buf[self.pos..]) {
                 Ok(httparse::Status::Complete(n)) => {
                     let status = r.code.unwrap_or(0);
-                    let framing = framing(status, r.headers);
+                    // The proxy's own framing rules (crate::http1).
+                    let framing = BodyFields::of(r.version == Some(0), r.headers)
+                        .map_err(|_| "ambiguous response framing".to_string())?
+                        .response_framing(status, false);
                     self.pos += n;
                     return Ok((status, framing));
                 }
@@ -148,11 +144,18 @@ impl Response {
 
     /// Reads the body to its end (or to [`MAX_RESPONSE`]).
     async fn body(&mut self, s: &mut TcpStream, framing: Framing) -> Result<Body, String> {
+        let mut chunked = Chunked::default();
         loop {
             let done = match framing {
-                Framing::None => true,
-                Framing::Length(n) => self.buf.len() - self.pos >= n,
-                Framing::Chunked => self.chunks_done()?,
+                Framing::Empty => true,
+                Framing::Length(n) => (self.buf.len() - self.pos) as u64 >= n,
+                Framing::Chunked => {
+                    let (n, done) = chunked
+                        .feed(&self.buf[self.pos..], |_| {})
+                        .map_err(|_| "malformed chunked body".to_string())?;
+                    self.pos += n;
+                    done
+                }
                 Framing::Close => false,
             };
             if done {
@@ -165,58 +168,6 @@ impl Response {
                 Fill::Full => return Ok(Body::Cut),
             }
         }
-    }
-
-    /// Walks the complete chunks after `pos`; true once the last chunk and the
-    /// trailer section have arrived.
-    fn chunks_done(&mut self) -> Result<bool, String> {
-        loop {
-            let rest = &self.buf[self.pos..];
-            let (n, size) = match httparse::parse_chunk_size(rest) {
-                Ok(httparse::Status::Complete(c)) => c,
-                Ok(httparse::Status::Partial) => return Ok(false),
-                Err(_) => return Err("malformed chunk size".into()),
-            };
-            if size == 0 {
-                // Trailer fields, then an empty line.
-                let trailers = &rest[n..];
-                return Ok(
-                    trailers.starts_with(b"\r\n") || trailers.windows(4).any(|w| w == b"\r\n\r\n")
-                );
-            }
-            let need = n as u64 + size + 2;
-            if (rest.len() as u64) < need {
-                return Ok(false);
-            }
-            self.pos += need as usize;
-        }
-    }
-}
-
-fn framing(status: u16, headers: &[httparse::Header<'_>]) -> Framing {
-    if (100..200).contains(&status) || status == 204 || status == 304 {
-        return Framing::None;
-    }
-    let value = |name: &str| {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    let te = value("transfer-encoding");
-    if !te.is_empty() {
-        let last = te.rsplit(',').next().unwrap_or("").trim().to_string();
-        return if last == "chunked" {
-            Framing::Chunked
-        } else {
-            Framing::Close
-        };
-    }
-    match value("content-length").trim().parse() {
-        Ok(n) => Framing::Length(n),
-        Err(_) => Framing::Close,
     }
 }
 

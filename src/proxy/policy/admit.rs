@@ -4,17 +4,18 @@
 //! here, so a retry may queue too.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{ip_key, Ctx};
+use super::Ctx;
 use crate::queue::{Queue, Rejected, Wake};
 use crate::state::{InFlight, Snapshot, State};
 use crate::sticky::{self, Choice};
 
 /// Why a request got no backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// Nothing could take it (down, open circuit, maintenance, weight 0).
     NoBackend,
     /// Every backend it could use was full, and the queue was full or the
@@ -26,13 +27,38 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// The error message of lb's own `503`.
-    pub(crate) fn message(self) -> &'static str {
+    pub fn message(self) -> &'static str {
         match self {
             Refusal::NoBackend => "no eligible backend",
             Refusal::Queue(Rejected::Full) => "queue full",
             Refusal::Queue(Rejected::Timeout) => "queue timeout",
             Refusal::ClientGone => "client closed",
         }
+    }
+}
+
+impl Refusal {
+    /// The status lb answers with (`499`: nobody to answer, logged only).
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::ClientGone => 499,
+            _ => 503,
+        }
+    }
+}
+
+/// The client IP as hash key bytes (4 or 16), written into `buf`.
+pub fn ip_key(ip: Option<IpAddr>, buf: &mut [u8; 16]) -> &[u8] {
+    match ip {
+        Some(IpAddr::V4(a)) => {
+            buf[..4].copy_from_slice(&a.octets());
+            &buf[..4]
+        }
+        Some(IpAddr::V6(a)) => {
+            *buf = a.octets();
+            &buf[..]
+        }
+        None => &[],
     }
 }
 
@@ -112,7 +138,7 @@ fn select(queue: &Arc<Queue>, snap: &Snapshot, sticky: Option<&[u8]>, ctx: &mut 
 /// back to `snap` and `ctx`), so a backend removed meanwhile (reload, DNS)
 /// receives nothing new; a retry keeps the request's snapshot, whose indices
 /// its tried set refers to.
-pub(crate) async fn admit(
+pub async fn admit(
     state: &State,
     snap: &mut Arc<Snapshot>,
     sticky: Option<&[u8]>,

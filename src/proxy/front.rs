@@ -1,28 +1,8 @@
-//! lb's own HTTP/1 path: the front door's connection loop.
-//!
-//! Pingora's generic proxy pipeline (two tasks joined by channels, a fresh
-//! session, header maps and buffers per request, a shared upstream pool with a
-//! watcher task per idle connection) cost lb ~2.7× nginx's CPU per request
-//! (PERF.md). This path serves the common case in straight-line code on
-//! Pingora's accepted [`Stream`]: read the head into a per-connection buffer →
-//! parse and validate it ([`request`]) → choose a backend (the same selection,
-//! breaker and accounting as the Pingora path) → one write upstream on a
-//! per-thread pooled connection ([`pool`]) → read the response head
-//! ([`response`]) → one write of head and first body bytes to the client →
-//! stream the rest without buffering.
-//!
-//! Requests it does not handle — upgrades (WebSocket), CONNECT, chunked or
-//! larger than 64 KiB request bodies — are handed, with every byte already read, to the
-//! Pingora proxy ([`super::Proxy`]) for the rest of the connection.
-//!
-//! Pipelined requests are read from the same buffer and answered in order;
-//! `server.header_timeout` bounds the whole request head.
-
-mod conn;
-pub mod pool;
-mod relay;
-pub mod request;
-pub mod response;
+//! The front door: each accepted connection is served by lb's HTTP/1 path
+//! ([`super::h1`]) until that path hands it over, with every byte already
+//! read put back, to the Pingora path ([`super::pingora`]) for the rest of
+//! the connection. Neither path knows the other: this is the one place that
+//! holds both.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -33,7 +13,8 @@ use pingora::protocols::Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
-use super::Proxy;
+use super::h1::Conn;
+use super::pingora::Proxy;
 use crate::state::State;
 
 /// The front door: lb's HTTP/1 path with the Pingora proxy as its fallback.
@@ -76,7 +57,7 @@ impl ServerApp for FrontDoor {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let stream = if self.rehome { rehome(stream)? } else { stream };
-        let conn = conn::Conn::new(stream, &self.state, &self.active, self.pingora_only);
+        let conn = Conn::new(stream, &self.state, &self.active, self.pingora_only);
         let mut next = conn.serve(shutdown).await;
         // Handed over: Pingora serves the rest of this connection.
         while let Some(stream) = next {

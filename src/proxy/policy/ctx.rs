@@ -12,6 +12,10 @@ use crate::metrics::ErrorKind;
 use crate::state::{BackendStats, InFlight, Snapshot};
 use crate::sticky::Choice;
 
+use super::admit::Refusal;
+use super::failure::{self, Failure, Next};
+use crate::state::State;
+
 /// How one attempt at a backend ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -47,39 +51,48 @@ impl Drop for Active {
 
 /// Per-request state; lives across retries.
 pub struct Ctx {
-    pub(super) _active: Active,
-    pub(super) request_id: String,
-    pub(super) started: Instant,
-    pub(super) client_ip: Option<IpAddr>,
+    pub(in crate::proxy) _active: Active,
+    pub(in crate::proxy) request_id: String,
+    pub(in crate::proxy) started: Instant,
+    pub(in crate::proxy) client_ip: Option<IpAddr>,
     /// One snapshot for the whole request: all attempts see one weight map.
-    pub(super) snapshot: Option<Arc<Snapshot>>,
+    pub(in crate::proxy) snapshot: Option<Arc<Snapshot>>,
     /// Backends this request already sent an attempt to.
-    pub(super) tried: Mask,
+    pub(in crate::proxy) tried: Mask,
     /// Backends whose circuit refused this request.
-    pub(super) refused: Mask,
+    pub(in crate::proxy) refused: Mask,
     /// Attempts made (the access log's `attempts`).
-    pub(super) attempts: u32,
+    pub(in crate::proxy) attempts: u32,
     /// Attempts that did not use up one of `retry.attempts`: the backend could
     /// not answer and another was left to try (see [`Ctx::backend_gone`]).
-    pub(super) free: u32,
+    pub(in crate::proxy) free: u32,
     /// Current attempt: backend index, in-flight guard, breaker permit, start.
-    pub(super) backend: Option<usize>,
-    pub(super) in_flight: Option<InFlight>,
-    pub(super) permit: Option<Permit>,
-    pub(super) attempt_started: Instant,
+    pub(in crate::proxy) backend: Option<usize>,
+    pub(in crate::proxy) in_flight: Option<InFlight>,
+    pub(in crate::proxy) permit: Option<Permit>,
+    pub(in crate::proxy) attempt_started: Instant,
     /// Whether the current attempt's outcome was recorded.
-    pub(super) recorded: bool,
+    pub(in crate::proxy) recorded: bool,
     /// Set by `upstream_response_filter` when it turned a status into a retry.
-    pub(super) status_retry: bool,
-    pub(super) set_cookie: bool,
-    pub(super) no_backend: bool,
+    pub(in crate::proxy) status_retry: bool,
+    pub(in crate::proxy) set_cookie: bool,
+    pub(in crate::proxy) no_backend: bool,
     /// Why admission refused the request (queue full or timed out, client gone).
-    pub(super) refusal: Option<&'static str>,
+    pub(in crate::proxy) refusal: Option<&'static str>,
     /// Whether the last failed attempt timed out (504 rather than 502).
-    pub(super) last_timed_out: bool,
-    pub(super) upstream_ttfb: Option<Duration>,
+    pub(in crate::proxy) last_timed_out: bool,
+    pub(in crate::proxy) upstream_ttfb: Option<Duration>,
+    /// A backend admitted before the first attempt began (the Pingora path
+    /// admits in `request_filter`, where a refusal can keep the connection).
+    pub(in crate::proxy) pending: Option<Choice>,
+    /// The next attempt resends to the same backend on a fresh connection.
+    pub(in crate::proxy) resend: bool,
+    /// The answer the policy decided when it ended the request.
+    pub(in crate::proxy) answer: Option<(u16, &'static str)>,
+    /// The current attempt runs on a reused (pooled) upstream connection.
+    pub(in crate::proxy) reused: bool,
     /// The status relayed to the client (fast path).
-    pub(super) final_status: u16,
+    pub(in crate::proxy) final_status: u16,
 }
 
 impl Ctx {
@@ -107,6 +120,10 @@ impl Ctx {
             refusal: None,
             last_timed_out: false,
             upstream_ttfb: None,
+            pending: None,
+            resend: false,
+            answer: None,
+            reused: false,
             final_status: 0,
         }
     }
@@ -154,8 +171,69 @@ impl Ctx {
     /// count. Whether the request may be sent again at all (idempotent, or
     /// nothing reached the backend) is the caller's decision.
     pub fn backend_gone(&mut self) {
-        if super::untried_left(self) {
+        if self.untried_left() {
             self.free += 1;
+        }
+    }
+
+    /// Does an eligible backend this request has not tried yet exist? (Full
+    /// or not: a retry may queue.)
+    pub fn untried_left(&self) -> bool {
+        self.snapshot
+            .as_ref()
+            .is_some_and(|s| s.schedulable(Instant::now()) & !(self.tried | self.refused) != 0)
+    }
+
+    /// The answer to a request admission refused (status, message), noting
+    /// why for the access log; every path answers refusals with this.
+    pub fn refused(&mut self, refusal: Refusal, state: &State) -> (u16, &'static str) {
+        match refusal {
+            // All attempts failed and nothing is left: the last failure's status.
+            Refusal::NoBackend if self.attempts > 0 => {
+                let last = if self.last_timed_out {
+                    Failure::Timeout
+                } else {
+                    Failure::Closed
+                };
+                (last.status(), last.message())
+            }
+            Refusal::NoBackend => {
+                self.no_backend = true;
+                state.counters.no_backend.fetch_add(1, Ordering::Relaxed);
+                (503, refusal.message())
+            }
+            r => {
+                self.refusal = Some(r.message());
+                (r.status(), r.message())
+            }
+        }
+    }
+
+    /// Records the current attempt's `failure` and decides what follows
+    /// ([`failure::after_failure`]). A stale pooled connection is resent
+    /// without a verdict on its backend; a failure that only shows the
+    /// backend gone frees its attempt ([`Ctx::backend_gone`]) when the
+    /// request may be sent again at all.
+    pub fn after_failure(&mut self, failure: Failure, idempotent: bool) -> Next {
+        if failure == Failure::Stale && self.reused {
+            return Next::Resend;
+        }
+        self.fail(failure);
+        if (idempotent || !failure.reached_backend()) && failure.backend_gone() {
+            self.backend_gone();
+        }
+        failure::after_failure(failure, idempotent, false, self.attempts_left())
+    }
+
+    /// Records the current attempt's failure (nothing when it was lb's own,
+    /// [`Failure::Local`]) and notes whether it timed out.
+    pub fn fail(&mut self, failure: Failure) {
+        self.last_timed_out = failure.timed_out();
+        match failure.outcome() {
+            Some(outcome) => self.record(outcome),
+            // Not the backend's doing: no counter, EWMA or breaker verdict; the
+            // breaker permit goes back with the request.
+            None => self.recorded = true,
         }
     }
 

@@ -1,8 +1,8 @@
 //! One client connection on the fast path: the request loop, one exchange per
 //! request (with retries), and the responses lb writes itself.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,25 +10,19 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::pool;
-use super::relay::{relay, Relay};
-use super::request::{self, Head, Limits, Route, StickyLookup};
-use super::response::{self, ClientSide, RespHead};
+use super::request::{self, Head, Route};
 use crate::config::Sticky;
-use crate::proxy::admit::{admit, Refusal};
-use crate::proxy::ctx::{Ctx, Outcome};
-use crate::proxy::{errors, headers, log_request, untried_left};
+use crate::proxy::policy::forward::StickyField;
+use crate::proxy::policy::reply::ErrorReply;
+use crate::proxy::policy::{self, log_request, Ctx, HeadLimits};
 use crate::state::{Snapshot, State};
 
 /// Per-read limit while a request body arrives (Pingora's default).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest backend response head accepted.
-const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-/// Upstream read buffer, allocated per exchange (bodies stream through it).
-const READ_CHUNK: usize = 16 * 1024;
+pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Initial client read buffer (grows up to `server.max_header_bytes` + body).
 const CLIENT_BUF: usize = 4 * 1024;
 /// Per-connection buffers larger than this are released between requests.
@@ -42,34 +36,15 @@ enum End {
     Reply(u16, &'static str),
 }
 
-/// How one attempt at a backend ended.
-enum Trip {
-    /// The response was sent to the client; keep the client connection?
-    Answered { keep_alive: bool },
-    /// The response was already under way when it broke: nothing more can be sent.
-    Broken,
-    /// A reused connection turned out closed before any response byte.
-    Stale,
-    /// Failed before any response byte reached the client.
-    Failed {
-        outcome: Outcome,
-        error: &'static str,
-    },
-    /// A retry status from the backend: try another.
-    RetryStatus,
-    /// The client went away while waiting.
-    ClientGone,
-}
-
 /// A client connection.
 pub struct Conn<'a> {
-    stream: Stream,
-    state: &'a Arc<State>,
-    active: &'a Arc<AtomicUsize>,
+    pub(super) stream: Stream,
+    pub(super) state: &'a Arc<State>,
+    pub(super) active: &'a Arc<AtomicUsize>,
     /// Bytes read from the client not yet consumed: the current request, then
     /// any pipelined ones.
-    buf: Vec<u8>,
-    client_ip: Option<IpAddr>,
+    pub(super) buf: Vec<u8>,
+    pub(super) client_ip: Option<IpAddr>,
     accepted: Instant,
     served: u64,
     pingora_only: bool,
@@ -124,7 +99,7 @@ impl<'a> Conn<'a> {
                 Ok(head) => head,
                 Err(End::Close) => return None,
                 Err(End::Reply(code, message)) => {
-                    let rid = headers::new_request_id();
+                    let rid = policy::new_request_id();
                     self.reply(code, message, &rid, false, false).await;
                     let ctx = Ctx::new(self.active);
                     log_request(&snap, &ctx, code, "-", "-", 0, Some(message));
@@ -194,14 +169,11 @@ impl<'a> Conn<'a> {
     /// Reads until a whole request head is buffered and valid.
     async fn read_head(&mut self, snap: &Snapshot, up: &mut Vec<u8>) -> Result<Head, End> {
         let server = &snap.config.server;
-        let limits = Limits {
-            max_headers: server.max_headers,
-            max_header_bytes: server.max_header_bytes,
-        };
+        let limits = HeadLimits::of(server);
         let sticky = match &snap.sticky {
-            Sticky::None => StickyLookup::None,
-            Sticky::Cookie(name) => StickyLookup::Cookie(name),
-            Sticky::Header(name) => StickyLookup::Header(name.as_str()),
+            Sticky::None => StickyField::None,
+            Sticky::Cookie(name) => StickyField::Cookie(name),
+            Sticky::Header(name) => StickyField::Header(name.as_str()),
         };
         // A new connection's head is due `header_timeout` after accept; a kept-alive
         // one's after the first byte of the next request (already buffered, see
@@ -266,309 +238,10 @@ impl<'a> Conn<'a> {
         Ok(head)
     }
 
-    /// One request: choose, forward (retrying as policy allows), answer, log.
-    /// Returns whether the client connection stays open.
-    async fn exchange(
-        &mut self,
-        head: &Head,
-        mut snap: Arc<Snapshot>,
-        up: &mut Vec<u8>,
-        shutting_down: bool,
-    ) -> bool {
-        let mut ctx = Ctx::new(self.active);
-        ctx.client_ip = self.client_ip;
-        ctx.request_id = match head.request_id {
-            // Sane ids are ASCII.
-            Some((s, e)) => String::from_utf8_lossy(&self.buf[s..e]).into_owned(),
-            None => headers::new_request_id(),
-        };
-        ctx.snapshot = Some(snap.clone());
-        let sticky: Option<Vec<u8>> = head.sticky.map(|(s, e)| self.buf[s..e].to_vec());
-        let server = &snap.config.server;
-        let keep_alive = head.keep_alive && !shutting_down && !server.keepalive_timeout.is_zero();
-        let base = up.len();
-        let mut error: Option<&'static str> = None;
-        let mut bytes = 0u64;
-
-        let (status, keep) = loop {
-            // The backend whose failure caused this retry; its slot goes back
-            // before choosing again (this retry or a queued request may need it).
-            let retried_from = ctx
-                .in_flight
-                .take()
-                .filter(|_| ctx.attempts > 0)
-                .map(|slot| slot.stats().clone());
-            ctx.permit = None;
-            let state: &Arc<State> = self.state;
-            let gone = client_gone(&mut self.stream, &mut self.buf);
-            let admitted = admit(state, &mut snap, sticky.as_deref(), &mut ctx, gone).await;
-            let choice = match admitted {
-                Ok(choice) => choice,
-                Err(Refusal::ClientGone) => {
-                    error = Some(Refusal::ClientGone.message());
-                    break (499, false);
-                }
-                Err(refusal) => {
-                    let (code, message) = match refusal {
-                        Refusal::NoBackend if ctx.attempts > 0 => {
-                            if ctx.last_timed_out {
-                                (504, "upstream timed out")
-                            } else {
-                                (502, "upstream failed")
-                            }
-                        }
-                        Refusal::NoBackend => {
-                            ctx.no_backend = true;
-                            self.state
-                                .counters
-                                .no_backend
-                                .fetch_add(1, Ordering::Relaxed);
-                            (503, refusal.message())
-                        }
-                        _ => (503, refusal.message()),
-                    };
-                    error = error.or(Some(message));
-                    let keep = self
-                        .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
-                        .await;
-                    break (code, keep);
-                }
-            };
-            let backend = &snap.backends[choice.index];
-            let Some(addr) = backend.addr else {
-                let keep = self
-                    .reply(
-                        503,
-                        "no eligible backend",
-                        &ctx.request_id,
-                        keep_alive,
-                        head.head_method,
-                    )
-                    .await;
-                break (503, keep);
-            };
-            ctx.begin_attempt(choice, retried_from.as_deref());
-
-            up.truncate(base);
-            let host = head.missing_host.then(|| addr.to_string());
-            let body = &self.buf[head.len..head.len + head.body_len];
-            request::finish(up, &ctx.request_id, host.as_deref(), body);
-
-            match self
-                .attempt(addr, up, head, &snap, &mut ctx, keep_alive, &mut bytes)
-                .await
-            {
-                Trip::Answered { keep_alive } => break (ctx.final_status, keep_alive),
-                Trip::Broken => break (ctx.final_status, false),
-                Trip::RetryStatus => continue,
-                Trip::ClientGone => {
-                    ctx.record(Outcome::Abandoned);
-                    error = Some("client closed");
-                    break (499, false);
-                }
-                Trip::Stale => unreachable!("attempt() replaces stale connections"),
-                Trip::Failed { outcome, error: e } => {
-                    ctx.record(outcome);
-                    error = Some(e);
-                    let sent = !matches!(outcome, Outcome::Connect);
-                    let may_resend = head.idempotent || !sent;
-                    if may_resend && backend_gone(outcome, e) {
-                        ctx.backend_gone();
-                    }
-                    if may_resend && ctx.attempts_left() {
-                        continue;
-                    }
-                    let (code, message) = if outcome == Outcome::Timeout {
-                        (504, "upstream timed out")
-                    } else {
-                        (502, "upstream failed")
-                    };
-                    let keep = self
-                        .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
-                        .await;
-                    break (code, keep);
-                }
-            }
-        };
-        ctx.in_flight = None;
-        ctx.permit = None;
-        let method = std::str::from_utf8(&self.buf[head.method.0..head.method.1]).unwrap_or("-");
-        let path = std::str::from_utf8(&self.buf[head.path.0..head.path.1]).unwrap_or("-");
-        log_request(
-            &snap,
-            &ctx,
-            status,
-            method,
-            path,
-            bytes,
-            if status >= 400 { error } else { None },
-        );
-        keep
-    }
-
-    /// One attempt at `addr`: a pooled connection (replaced by a fresh one if it
-    /// turns out closed before any response byte), then the round trip.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempt(
-        &mut self,
-        addr: SocketAddr,
-        req: &[u8],
-        head: &Head,
-        snap: &Snapshot,
-        ctx: &mut Ctx,
-        keep_alive: bool,
-        bytes: &mut u64,
-    ) -> Trip {
-        let t = &snap.config.timeouts;
-        let mut pooled = pool::take(addr, t.upstream_idle);
-        loop {
-            let reused = pooled.is_some();
-            let upc = match pooled.take() {
-                Some(c) => c,
-                None => match connect(addr, t.connect).await {
-                    Ok(c) => c,
-                    Err(timed_out) => {
-                        ctx.last_timed_out = timed_out;
-                        return Trip::Failed {
-                            outcome: Outcome::Connect,
-                            error: if timed_out {
-                                "ConnectTimedout"
-                            } else {
-                                "ConnectRefused"
-                            },
-                        };
-                    }
-                },
-            };
-            match self
-                .round_trip(upc, addr, req, head, snap, ctx, keep_alive, bytes)
-                .await
-            {
-                // The backend closed an idle pooled connection: it never saw this
-                // request, so any method goes again on a fresh connection.
-                Trip::Stale if reused => continue,
-                Trip::Stale => {
-                    return Trip::Failed {
-                        outcome: Outcome::Reset,
-                        error: "ConnectionClosed",
-                    }
-                }
-                other => return other,
-            }
-        }
-    }
-
-    /// Sends the request on `upc` and relays the response.
-    #[allow(clippy::too_many_arguments)]
-    async fn round_trip(
-        &mut self,
-        mut upc: TcpStream,
-        addr: SocketAddr,
-        req: &[u8],
-        head: &Head,
-        snap: &Snapshot,
-        ctx: &mut Ctx,
-        keep_alive: bool,
-        bytes: &mut u64,
-    ) -> Trip {
-        let t = &snap.config.timeouts;
-        match timeout(t.response, upc.write_all(req)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return Trip::Stale,
-            Err(_) => {
-                return Trip::Failed {
-                    outcome: Outcome::Timeout,
-                    error: "WriteTimedout",
-                }
-            }
-        }
-        let stats = &snap.backends[ctx.backend.unwrap_or(0)].stats;
-        let cookie = match (&snap.sticky, ctx.set_cookie) {
-            (Sticky::Cookie(name), true) => Some(crate::sticky::set_cookie(name, &stats.sticky_id)),
-            _ => None,
-        };
-        let client = ClientSide {
-            http10: head.http10,
-            head_method: head.head_method,
-            keep_alive,
-            request_id: &ctx.request_id,
-            backend: snap
-                .backend_header
-                .as_ref()
-                .map(|h| (h.as_str(), stats.name_header.as_bytes())),
-            set_cookie: cookie.as_deref(),
-        };
-        let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-        let mut out: Vec<u8> = Vec::with_capacity(1024);
-        let Conn { stream, buf, .. } = self;
-        // While waiting, the client is read too: pipelined requests are kept,
-        // an EOF means it went away (499).
-        let mut watch_client = buf.len() < 2 * MAX_RESPONSE_HEAD;
-        let resp: RespHead = loop {
-            match response::parse(&rbuf, client, &mut out) {
-                Ok(Some(h)) if (100..200).contains(&h.status) => {
-                    rbuf.drain(..h.len);
-                    continue;
-                }
-                Ok(Some(h)) => break h,
-                Ok(None) if rbuf.len() < MAX_RESPONSE_HEAD => {}
-                _ => {
-                    return Trip::Failed {
-                        outcome: Outcome::Reset,
-                        error: "InvalidHTTPHeader",
-                    }
-                }
-            }
-            if rbuf.capacity() - rbuf.len() < 1024 {
-                rbuf.reserve(READ_CHUNK);
-            }
-            tokio::select! {
-                r = timeout(t.response, upc.read_buf(&mut rbuf)) => match r {
-                    Err(_) => {
-                        return Trip::Failed { outcome: Outcome::Timeout, error: "ReadTimedout" };
-                    }
-                    Ok(Ok(0)) | Ok(Err(_)) if rbuf.is_empty() => return Trip::Stale,
-                    Ok(Ok(0)) | Ok(Err(_)) => {
-                        return Trip::Failed { outcome: Outcome::Reset, error: "ConnectionClosed" };
-                    }
-                    Ok(Ok(_)) => {}
-                },
-                r = stream.read_buf(buf), if watch_client => match r {
-                    Ok(0) | Err(_) => return Trip::ClientGone,
-                    Ok(_) => watch_client = buf.len() < 2 * MAX_RESPONSE_HEAD,
-                },
-            }
-        };
-        ctx.upstream_ttfb = Some(ctx.attempt_started.elapsed());
-        ctx.record(Outcome::Status(resp.status));
-        if snap.config.retry.statuses.contains(&resp.status)
-            && head.idempotent
-            && ctx.attempts_left()
-            && untried_left(ctx)
-        {
-            return Trip::RetryStatus;
-        }
-        ctx.final_status = resp.status;
-        let complete = relay(
-            stream, &mut upc, &mut rbuf, &mut out, resp, t.response, bytes,
-        )
-        .await;
-        match complete {
-            Relay::Done { upstream_clean } => {
-                if upstream_clean && resp.reusable {
-                    pool::put(addr, upc, t.upstream_idle);
-                }
-                Trip::Answered {
-                    keep_alive: resp.keep_alive,
-                }
-            }
-            Relay::Broken => Trip::Broken,
-        }
-    }
-
-    /// Writes a response lb makes itself (JSON error body). Returns whether the
-    /// connection stays open.
-    async fn reply(
+    /// Writes a response lb makes itself (JSON error body); `keep_alive`:
+    /// whether the connection stays open (`policy::reply::keeps_connection`).
+    /// Returns whether it does.
+    pub(super) async fn reply(
         &mut self,
         code: u16,
         message: &str,
@@ -576,21 +249,24 @@ impl<'a> Conn<'a> {
         keep_alive: bool,
         head_method: bool,
     ) -> bool {
-        use std::io::Write;
-        let body = errors::body(message, request_id);
+        let r = ErrorReply {
+            status: code,
+            message,
+            request_id,
+        };
+        let body = r.body();
         let reason = http::StatusCode::from_u16(code)
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
         let mut out = Vec::with_capacity(256 + body.len());
-        let _ = write!(
-            out,
-            "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {request_id}\r\ncache-control: no-store\r\n",
-            body.len()
-        );
-        if code == 503 {
-            out.extend_from_slice(b"retry-after: 1\r\n");
-        }
+        out.extend_from_slice(format!("HTTP/1.1 {code} {reason}\r\n").as_bytes());
+        r.each(body.len(), |name, value| {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        });
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -616,33 +292,10 @@ fn rewound(stream: Stream, data: &[u8]) -> Option<Stream> {
     }
 }
 
-/// Did the attempt fail only because its backend cannot answer (see
-/// [`Ctx::backend_gone`]): connection refused, or closed or reset before a
-/// response head? Timeouts and garbage answers are not such failures.
-fn backend_gone(outcome: Outcome, error: &str) -> bool {
-    match outcome {
-        Outcome::Connect => error == "ConnectRefused",
-        Outcome::Reset => error == "ConnectionClosed",
-        _ => false,
-    }
-}
-
-/// Opens a fresh upstream connection; `Err(true)` when it timed out.
-async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, bool> {
-    match timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(c)) => {
-            let _ = c.set_nodelay(true);
-            Ok(c)
-        }
-        Ok(Err(_)) => Err(false),
-        Err(_) => Err(true),
-    }
-}
-
 /// Resolves if the client closes its connection (or it fails) while its
 /// request waits in the queue. Pipelined bytes it sends meanwhile are kept
 /// (up to a bound, after which the client is no longer watched).
-async fn client_gone(stream: &mut Stream, buf: &mut Vec<u8>) {
+pub(super) async fn client_gone(stream: &mut Stream, buf: &mut Vec<u8>) {
     while buf.len() < 2 * MAX_RESPONSE_HEAD {
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(CLIENT_BUF);
@@ -671,7 +324,8 @@ async fn shutdown_signal(rx: &mut ShutdownWatch) {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use tokio::net::TcpListener;
+    use std::net::SocketAddr;
+    use tokio::net::{TcpListener, TcpStream};
 
     /// A backend answering every request on every connection with `body`.
     async fn backend(ip: &str, port: u16, body: &'static str) -> SocketAddr {

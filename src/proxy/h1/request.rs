@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 use httparse::{Header, Status};
 
-use crate::proxy::headers::sane_request_id;
+use crate::http1::content_length;
+use crate::proxy::policy::forward::{self, Forwarding, StickyField, Token};
+use crate::proxy::policy::{idempotent, sane_request_id, HeadLimits};
 
 /// Largest request body the fast path buffers (and can replay on a retry), like
 /// Pingora's retry buffer. Larger bodies, chunked bodies and upgrades go to the
@@ -71,27 +73,12 @@ pub struct Head {
     pub path: (usize, usize),
 }
 
-/// Limits from `[server]`.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_headers: usize,
-    pub max_header_bytes: usize,
-}
-
-/// What the sticky mode looks for in the request.
-#[derive(Debug, Clone, Copy)]
-pub enum StickyLookup<'a> {
-    None,
-    Cookie(&'a str),
-    Header(&'a str),
-}
-
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more
 /// (the caller enforces `max_header_bytes` on what it buffers).
 pub fn parse(
     buf: &[u8],
-    limits: Limits,
-    sticky: StickyLookup<'_>,
+    limits: HeadLimits,
+    sticky: StickyField<'_>,
     out: &mut Vec<u8>,
     client: Option<IpAddr>,
 ) -> Result<Option<Head>, Reject> {
@@ -104,10 +91,7 @@ pub fn parse(
         Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooLarge),
         Err(_) => return Err(Reject::Bad("malformed request head")),
     };
-    if len > limits.max_header_bytes {
-        return Err(Reject::TooLarge);
-    }
-    if req.headers.len() > limits.max_headers {
+    if limits.exceeded(req.headers.len(), len) {
         return Err(Reject::TooLarge);
     }
     let method = req.method.unwrap_or("");
@@ -153,10 +137,7 @@ pub fn parse(
         http10,
         keep_alive,
         head_method: method == "HEAD",
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
-        ),
+        idempotent: idempotent(method.as_bytes()),
         expect_continue: f.expect_continue,
         missing_host: f.hosts == 0,
         request_id: f.request_id,
@@ -186,13 +167,15 @@ struct Fields {
     sticky: Option<(usize, usize)>,
     /// Header names the client's `Connection` field lists (hop-by-hop).
     conn_named: Vec<(usize, usize)>,
+    /// The client's `X-Forwarded-For` values, joined.
+    xff: Vec<u8>,
 }
 
 impl Fields {
     fn see(
         &mut self,
         h: &Header<'_>,
-        sticky: StickyLookup<'_>,
+        sticky: StickyField<'_>,
         range: &impl Fn(&[u8]) -> (usize, usize),
     ) -> Result<(), Reject> {
         let name = h.name;
@@ -201,7 +184,9 @@ impl Fields {
             self.hosts += 1;
             self.host = Some(range(v.trim_ascii()));
         } else if name.eq_ignore_ascii_case("content-length") {
-            let n = parse_length(v).ok_or(Reject::Bad("invalid Content-Length"))?;
+            let n = content_length(v)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or(Reject::Bad("invalid Content-Length"))?;
             if self.content_length.is_some_and(|m| m != n) {
                 return Err(Reject::Bad("conflicting Content-Length"));
             }
@@ -210,16 +195,16 @@ impl Fields {
             self.te = true;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    self.conn_close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    self.conn_keep_alive = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    self.conn_upgrade = true;
-                } else if !token.is_empty() {
-                    self.conn_named.push(range(token));
+                match forward::connection_token(token, sticky).map_err(Reject::Bad)? {
+                    Token::Close => self.conn_close = true,
+                    Token::KeepAlive => self.conn_keep_alive = true,
+                    Token::Upgrade => self.conn_upgrade = true,
+                    Token::Named => self.conn_named.push(range(token)),
+                    Token::Empty => {}
                 }
             }
+        } else if name.eq_ignore_ascii_case("x-forwarded-for") {
+            forward::join_xff(&mut self.xff, v);
         } else if name.eq_ignore_ascii_case("upgrade") {
             self.upgrade = true;
         } else if name.eq_ignore_ascii_case("expect") {
@@ -233,28 +218,18 @@ impl Fields {
             self.request_id = Some(range(v));
         }
         match sticky {
-            StickyLookup::Cookie(c)
+            StickyField::Cookie(c)
                 if self.sticky.is_none() && name.eq_ignore_ascii_case("cookie") =>
             {
                 self.sticky = crate::sticky::cookie_in(v, c).map(range);
             }
-            StickyLookup::Header(hn) if self.sticky.is_none() && name.eq_ignore_ascii_case(hn) => {
+            StickyField::Header(hn) if self.sticky.is_none() && name.eq_ignore_ascii_case(hn) => {
                 self.sticky = Some(range(v)).filter(|_| !v.is_empty());
             }
             _ => {}
         }
         Ok(())
     }
-}
-
-/// A `Content-Length` value: digits only (RFC 9110 §8.6; a list is refused).
-fn parse_length(v: &[u8]) -> Option<usize> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 15 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter()
-        .try_fold(0usize, |n, d| Some(n * 10 + usize::from(d - b'0')))
 }
 
 /// RFC 9112 §3.2: origin-form (`/...`), absolute-form (`scheme://...`),
@@ -267,7 +242,7 @@ fn check_target(method: &str, target: &str) -> Result<(), Reject> {
     } else if target.starts_with('/') {
         true
     } else {
-        absolute_form(target)
+        forward::absolute_form(target).is_some()
     };
     if ok {
         Ok(())
@@ -276,39 +251,10 @@ fn check_target(method: &str, target: &str) -> Result<(), Reject> {
     }
 }
 
-/// `scheme "://" authority [path]` with an RFC 3986 scheme and a non-empty authority.
-fn absolute_form(target: &str) -> bool {
-    let Some((scheme, rest)) = target.split_once("://") else {
-        return false;
-    };
-    let mut s = scheme.bytes();
-    s.next().is_some_and(|c| c.is_ascii_alphabetic())
-        && s.all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))
-        && !rest.is_empty()
-        && !rest.starts_with('/')
-}
-
-/// Hop-by-hop fields never forwarded (RFC 9110 §7.6.1), plus the ones lb sets.
-fn dropped(name: &str) -> bool {
-    const NAMES: [&str; 12] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "upgrade",
-        "expect",
-        "x-forwarded-for",
-        "x-real-ip",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-        "x-request-id",
-        "trailer",
-    ];
-    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
-}
-
-/// Writes the upstream request head (without the trailing blank line's
-/// `X-Request-Id` and `Host` for Host-less requests, which [`finish`] adds).
+/// Writes the upstream request head up to its last fields ([`finish`] adds
+/// `X-Request-Id`, a `Host` for a Host-less HTTP/1.0 request and the blank
+/// line): the request line in origin form, the client's fields but those
+/// never forwarded, its framing written from the parse, the forwarding fields.
 fn encode(
     req: &httparse::Request<'_, '_>,
     f: &Fields,
@@ -316,61 +262,58 @@ fn encode(
     buf: &[u8],
     out: &mut Vec<u8>,
 ) {
+    let target = req.path.unwrap_or("");
+    let absolute = forward::absolute_form(target);
     out.clear();
     out.extend_from_slice(req.method.unwrap_or("").as_bytes());
     out.push(b' ');
-    out.extend_from_slice(req.path.unwrap_or("").as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    // Earlier hops, whatever their bytes and however many lines carried them.
-    let mut prev: Vec<u8> = Vec::new();
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("x-forwarded-for") {
-            let v = h.value.trim_ascii();
-            if !v.is_empty() {
-                prev.extend_from_slice(v);
-                prev.extend_from_slice(b", ");
-            }
-            continue;
+    match absolute {
+        Some((_, rest)) => {
+            let (slash, rest) = forward::origin_form(rest);
+            out.extend_from_slice(slash.as_bytes());
+            out.extend_from_slice(rest.as_bytes());
         }
-        if dropped(h.name)
+        None => out.extend_from_slice(target.as_bytes()),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let replaced_host = absolute.is_some() && name.eq_ignore_ascii_case(b"host");
+        if forward::not_forwarded(name)
+            || forward::is_framing(name)
+            || replaced_host
             || f.conn_named
                 .iter()
-                .any(|&(s, e)| h.name.as_bytes().eq_ignore_ascii_case(&buf[s..e]))
+                .any(|&(s, e)| name.eq_ignore_ascii_case(&buf[s..e]))
         {
             continue;
         }
-        out.extend_from_slice(h.name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(h.value);
-        out.extend_from_slice(b"\r\n");
+        line(name, h.value);
     }
-    if let Some(ip) = client {
-        use std::io::Write;
-        out.extend_from_slice(b"x-forwarded-for: ");
-        out.extend_from_slice(&prev);
-        let _ = write!(out, "{ip}\r\nx-real-ip: {ip}\r\n");
-    } else if !prev.is_empty() {
-        out.extend_from_slice(b"x-forwarded-for: ");
-        out.extend_from_slice(&prev[..prev.len() - 2]);
-        out.extend_from_slice(b"\r\n");
+    // RFC 9112 §3.2.2: an absolute-form target's authority is the Host.
+    let host = match absolute {
+        Some((authority, _)) => Some(authority.as_bytes()),
+        None => f.host.map(|(s, e)| &buf[s..e]),
+    };
+    if let Some((authority, _)) = absolute {
+        line(b"host", authority.as_bytes());
     }
-    out.extend_from_slice(b"x-forwarded-proto: http\r\n");
-    let authority = f
-        .host
-        .map(|(s, e)| &buf[s..e])
-        .or_else(|| target_authority(req.path.unwrap_or("")));
-    if let Some(host) = authority {
-        out.extend_from_slice(b"x-forwarded-host: ");
-        out.extend_from_slice(host);
-        out.extend_from_slice(b"\r\n");
+    if let Some(n) = f.content_length {
+        line(b"content-length", itoa::Buffer::new().format(n).as_bytes());
     }
-}
-
-/// The authority of an absolute-form target.
-fn target_authority(target: &str) -> Option<&[u8]> {
-    let rest = target.split_once("://")?.1;
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    Some(&rest.as_bytes()[..end]).filter(|a| !a.is_empty())
+    let forwarding = Forwarding {
+        client,
+        proto: "http",
+        host,
+        request_id: None,
+    };
+    forwarding.each(&f.xff, |name, value| line(name.as_bytes(), value));
 }
 
 /// Completes the head [`parse`] encoded: `X-Request-Id`, `Host` where the
@@ -392,19 +335,19 @@ pub fn finish(out: &mut Vec<u8>, request_id: &str, host: Option<&str>, body: &[u
 mod tests {
     use super::*;
 
-    const LIMITS: Limits = Limits {
+    const LIMITS: HeadLimits = HeadLimits {
         max_headers: 100,
         max_header_bytes: 32 * 1024,
     };
 
     fn run(raw: &[u8]) -> Result<Option<Head>, Reject> {
         let mut out = Vec::new();
-        parse(raw, LIMITS, StickyLookup::None, &mut out, None)
+        parse(raw, LIMITS, StickyField::None, &mut out, None)
     }
 
     fn upstream(raw: &[u8], client: Option<IpAddr>) -> String {
         let mut out = Vec::new();
-        let h = parse(raw, LIMITS, StickyLookup::None, &mut out, client)
+        let h = parse(raw, LIMITS, StickyField::None, &mut out, client)
             .unwrap()
             .unwrap();
         finish(
@@ -545,13 +488,76 @@ mod tests {
     }
 
     #[test]
+    fn connection_naming_framing_or_routing_fields_is_refused() {
+        // The smuggling request of issue 17: dropping Content-Length would have
+        // sent the body upstream as a second request.
+        let smuggle = b"POST /a HTTP/1.1\r\nHost: x\r\nConnection: content-length\r\nContent-Length: 41\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n123456";
+        for raw in [
+            &smuggle[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: host\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Transfer-Encoding\r\n\r\n",
+        ] {
+            assert_eq!(
+                run(raw).map(|_| ()).unwrap_err().status(),
+                400,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        let mut out = Vec::new();
+        let raw =
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: x-session-id\r\nX-Session-Id: 1\r\n\r\n";
+        let sticky = StickyField::Header("x-session-id");
+        assert!(parse(raw, LIMITS, sticky, &mut out, None).is_err());
+        assert!(
+            run(raw).is_ok(),
+            "not the sticky field without header stickiness"
+        );
+    }
+
+    #[test]
+    fn lb_writes_the_framing_from_its_parse() {
+        let up = upstream(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 002\r\nContent-Length: 2\r\n\r\nok",
+            None,
+        );
+        assert_eq!(
+            up.matches("content-length").count() + up.matches("Content-Length").count(),
+            1,
+            "{up}"
+        );
+        assert!(up.contains("content-length: 2\r\n"), "{up}");
+        let up = upstream(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", None);
+        assert!(!up.to_ascii_lowercase().contains("content-length"), "{up}");
+    }
+
+    #[test]
+    fn absolute_form_is_forwarded_in_origin_form_with_its_authority() {
+        let up = upstream(
+            b"GET http://a.example:8080/x?y=1 HTTP/1.1\r\nHost: other\r\n\r\n",
+            None,
+        );
+        assert!(up.starts_with("GET /x?y=1 HTTP/1.1\r\n"), "{up}");
+        assert!(
+            up.contains("host: a.example:8080\r\n") && !up.contains("other"),
+            "{up}"
+        );
+        assert!(up.contains("x-forwarded-host: a.example:8080\r\n"), "{up}");
+        let up = upstream(
+            b"GET http://a.example?q HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            None,
+        );
+        assert!(up.starts_with("GET /?q HTTP/1.1\r\n"), "{up}");
+    }
+
+    #[test]
     fn finds_request_id_and_sticky_values() {
         let raw = b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; lb_sticky=abc\r\nX-Request-Id: ok-1\r\n\r\n";
         let mut out = Vec::new();
         let h = parse(
             raw,
             LIMITS,
-            StickyLookup::Cookie("lb_sticky"),
+            StickyField::Cookie("lb_sticky"),
             &mut out,
             None,
         )
@@ -565,7 +571,7 @@ mod tests {
         let h = parse(
             raw,
             LIMITS,
-            StickyLookup::Header("x-session-id"),
+            StickyField::Header("x-session-id"),
             &mut out,
             None,
         )

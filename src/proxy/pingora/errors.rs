@@ -1,0 +1,113 @@
+//! Pingora's errors in the policy's terms, and lb's error replies written
+//! through Pingora (`fail_to_proxy` bypasses `response_filter`, so the
+//! reply's fields are all set here).
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, Session};
+
+use crate::proxy::policy::reply::ErrorReply;
+use crate::proxy::policy::{self, Ctx, Failure};
+
+/// A connect error as the policy's failure: the OS error when Pingora kept
+/// it (lb's own shortages are [`Failure::Local`]), else by its type.
+pub fn connect_failure(e: &Error) -> Failure {
+    if matches!(e.etype(), ConnectTimedout) {
+        return Failure::ConnectTimeout;
+    }
+    let io = e
+        .cause
+        .as_ref()
+        .and_then(|c| c.downcast_ref::<std::io::Error>());
+    match io {
+        Some(io) => Failure::of_connect(io),
+        None => Failure::ConnectRefused,
+    }
+}
+
+/// An error while an attempt was under way as the policy's failure; `None`
+/// when it was the client's (nothing to charge to the backend, no retry).
+pub fn attempt_failure(e: &Error, reused: bool) -> Option<Failure> {
+    if e.esource() != &ErrorSource::Upstream {
+        return None;
+    }
+    Some(match e.etype() {
+        ReadTimedout | WriteTimedout => Failure::Timeout,
+        ConnectionClosed | ReadError | WriteError => {
+            // Pingora says how much of the response head it had read.
+            let partial = e
+                .context
+                .as_ref()
+                .is_some_and(|c| !c.as_str().contains("bytes already read: 0"));
+            Failure::closed(reused, partial)
+        }
+        _ => Failure::BadResponse,
+    })
+}
+
+/// Status and message for an error that ended the request: the policy's
+/// answer when it decided one, else what Pingora's error says.
+fn classify(e: &Error, ctx: &Ctx) -> (u16, &'static str) {
+    if let Some(answer) = ctx.answer {
+        return answer;
+    }
+    match e.etype() {
+        HTTPStatus(400) => (400, "bad request"),
+        HTTPStatus(431) => (431, "request header fields too large"),
+        HTTPStatus(code) => (*code, "upstream failed"),
+        ConnectTimedout | ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => {
+            (504, "upstream timed out")
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => (502, "upstream failed"),
+            ErrorSource::Downstream => match e.etype() {
+                // The client is gone or too slow: nobody to answer.
+                WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => (0, ""),
+                _ => (400, "bad request"),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => (500, "internal error"),
+        },
+    }
+}
+
+/// Writes the error response for `e` and reports its status. The
+/// connection closes (policy: lb's replies after an attempt, or to a
+/// refused head, never keep it).
+pub async fn respond(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    let (code, message) = classify(e, ctx);
+    if code > 0 {
+        if ctx.request_id.is_empty() {
+            ctx.request_id = policy::new_request_id();
+        }
+        let r = ErrorReply {
+            status: code,
+            message,
+            request_id: &ctx.request_id,
+        };
+        let body = r.body();
+        if let Ok(resp) = header(&r, body.len()) {
+            if let Err(err) = session.write_error_response(resp, Bytes::from(body)).await {
+                tracing::debug!(error = %err, "could not send error response");
+            }
+        }
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}
+
+/// The head of an error reply, with the policy's fields.
+pub fn header(r: &ErrorReply<'_>, len: usize) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(r.status, Some(5))?;
+    let mut result = Ok(());
+    r.each(len, |name, value| {
+        if result.is_ok() {
+            result = http::HeaderValue::from_bytes(value)
+                .map_err(|_| Error::explain(InternalError, "invalid reply field"))
+                .and_then(|v| resp.insert_header(name, v));
+        }
+    });
+    result.map(|()| resp)
+}

@@ -1,0 +1,190 @@
+//! The policy applied to a Pingora session's request head: the same checks,
+//! fields and target rewriting lb's HTTP/1 path writes into its bytes.
+
+use std::net::IpAddr;
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use pingora::proxy::Session;
+
+use crate::config::Sticky;
+use crate::proxy::policy::forward::{self, Forwarding, StickyField};
+use crate::proxy::policy::{self, HeadLimits};
+use crate::state::Snapshot;
+
+/// The request's id: the client's if sane, else a new one.
+pub fn request_id(session: &Session) -> String {
+    policy::request_id(
+        session
+            .req_header()
+            .headers
+            .get(policy::REQUEST_ID)
+            .map(|v| v.as_bytes()),
+    )
+}
+
+/// The client's IP address, if the downstream is an inet socket.
+pub fn client_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Why the head is refused (status, reason), checked as lb's HTTP/1 path
+/// checks its parse: head limits (`431`), `Content-Length` beside
+/// `Transfer-Encoding` and `Connection` naming a field lb routes or frames
+/// by (`400`).
+pub fn refusal(session: &Session, snap: &Snapshot) -> Option<(u16, &'static str)> {
+    let req = session.req_header();
+    if too_large(req, HeadLimits::of(&snap.config.server)) {
+        return Some((431, "request header fields too large"));
+    }
+    if has_cl_and_te(session) {
+        return Some((400, "both Content-Length and Transfer-Encoding"));
+    }
+    let sticky = match &snap.sticky {
+        Sticky::None => StickyField::None,
+        Sticky::Cookie(name) => StickyField::Cookie(name),
+        Sticky::Header(name) => StickyField::Header(name.as_str()),
+    };
+    for v in req.headers.get_all(http::header::CONNECTION) {
+        for token in v.as_bytes().split(|&b| b == b',') {
+            if let Err(why) = forward::connection_token(token, sticky) {
+                return Some((400, why));
+            }
+        }
+    }
+    None
+}
+
+/// Does the request carry both Content-Length and Transfer-Encoding?
+///
+/// Pingora's HTTP/1 parser resolves that ambiguity itself (RFC 9112 §6.3: it
+/// drops Content-Length and forwards chunked), so by the time our filters run
+/// the Content-Length header is gone; the raw header bytes still show it.
+fn has_cl_and_te(session: &Session) -> bool {
+    let headers = &session.req_header().headers;
+    if !headers.contains_key(TRANSFER_ENCODING) {
+        return false;
+    }
+    if headers.contains_key(CONTENT_LENGTH) {
+        return true;
+    }
+    session
+        .as_http1()
+        .is_some_and(|h1| raw_has_content_length(&h1.get_headers_raw_bytes()))
+}
+
+/// Whether raw HTTP/1 header bytes contain a `Content-Length:` field line.
+pub fn raw_has_content_length(raw: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-length";
+    raw.split(|&b| b == b'\n').skip(1).any(|line| {
+        let line = line.trim_ascii_start();
+        line.len() > NAME.len()
+            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+            && line[NAME.len()..].trim_ascii_start().first() == Some(&b':')
+    })
+}
+
+/// Is the request head beyond the limits (request line + fields, counted as
+/// on the wire)? Computed from the parsed header without copying.
+pub fn too_large(req: &RequestHeader, limits: HeadLimits) -> bool {
+    let line = req.method.as_str().len() + req.raw_path().len() + 12;
+    let fields: usize = req
+        .headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    limits.exceeded(req.headers.len(), line + fields)
+}
+
+/// Writes the policy's upstream head into Pingora's: an absolute-form target
+/// in origin form with `Host` = its authority, then the forwarding fields.
+/// (Pingora itself removes the hop-by-hop fields and those `Connection`
+/// names, and frames the body from its parse.)
+pub fn forwarding(req: &mut RequestHeader, client: Option<IpAddr>, request_id: &str) -> Result<()> {
+    let target = String::from_utf8_lossy(req.raw_path()).into_owned();
+    if let Some((authority, rest)) = forward::absolute_form(&target) {
+        let (slash, rest) = forward::origin_form(rest);
+        req.set_raw_path(format!("{slash}{rest}").as_bytes())?;
+        req.insert_header(HOST, authority)?;
+    }
+    let mut prev = Vec::new();
+    for v in req.headers.get_all("x-forwarded-for") {
+        forward::join_xff(&mut prev, v.as_bytes());
+    }
+    let host = req.headers.get(HOST).map(|h| h.as_bytes().to_vec());
+    let fields = Forwarding {
+        client,
+        proto: "http",
+        host: host.as_deref(),
+        request_id: Some(request_id),
+    };
+    let mut result = Ok(());
+    fields.each(&prev, |name, value| {
+        if result.is_ok() {
+            result = http::HeaderValue::from_bytes(value)
+                .map_err(|_| Error::explain(InternalError, "invalid forwarding field"))
+                .and_then(|v| req.insert_header(name, v));
+        }
+    });
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_content_length_in_raw_headers() {
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\ncontent-LENGTH : 5\r\n\r\n";
+        assert!(raw_has_content_length(raw));
+        let raw = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-Content-Length: 5\r\n\r\n";
+        assert!(!raw_has_content_length(raw));
+        // The request line is not a header even if it looks like one.
+        let raw = b"GET /content-length: HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert!(!raw_has_content_length(raw));
+    }
+
+    #[test]
+    fn header_limits() {
+        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
+        for i in 0..10 {
+            req.append_header(format!("x-h{i}"), "v".repeat(100))
+                .unwrap();
+        }
+        let limits = |max_headers, max_header_bytes| HeadLimits {
+            max_headers,
+            max_header_bytes,
+        };
+        assert!(!too_large(&req, limits(10, 2000)));
+        assert!(too_large(&req, limits(9, 2000)), "10 fields, 9 allowed");
+        // 10 fields of 5 + 100 + 4 bytes = 1090, plus the request line.
+        assert!(too_large(&req, limits(100, 1090)));
+        assert!(!too_large(&req, limits(100, 1200)));
+    }
+
+    #[test]
+    fn forwarding_fields_and_origin_form() {
+        let mut req = RequestHeader::build("GET", b"http://a.example:81/x?y", None).unwrap();
+        req.insert_header("host", "other").unwrap();
+        req.append_header("x-forwarded-for", "10.0.0.1").unwrap();
+        req.append_header(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"10.0.0.2 \xe9").unwrap(),
+        )
+        .unwrap();
+        forwarding(&mut req, Some("::1".parse().unwrap()), "rid").unwrap();
+        assert_eq!(req.raw_path(), b"/x?y");
+        let h = |n: &str| req.headers.get(n).unwrap().as_bytes().to_vec();
+        assert_eq!(h("host"), b"a.example:81");
+        assert_eq!(h("x-forwarded-host"), b"a.example:81");
+        assert_eq!(h("x-forwarded-for"), b"10.0.0.1, 10.0.0.2 \xe9, ::1");
+        assert_eq!(req.headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h("x-real-ip"), b"::1");
+        assert_eq!(h("x-request-id"), b"rid");
+        assert_eq!(h("x-forwarded-proto"), b"http");
+    }
+}

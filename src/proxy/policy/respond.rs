@@ -1,0 +1,85 @@
+//! What lb changes in a backend's response head, whichever path relays it:
+//! the fields it never passes on (hop-by-hop ones and the framing, which lb
+//! writes from what it parsed: a `Content-Length` beside `Transfer-Encoding`
+//! never reaches a client, RFC 9112 §6.3) and the fields it adds
+//! (`X-Request-Id`, the backend header, the sticky cookie).
+
+use super::ids::REQUEST_ID;
+
+/// Hop-by-hop response fields (RFC 9110 §7.6.1), never passed on.
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "trailer",
+    "upgrade",
+];
+
+/// Is `name` a hop-by-hop field of a response (`Upgrade` is kept on a `101`,
+/// which the Pingora path relays for WebSocket)?
+pub fn hop_by_hop(name: &[u8], status: u16) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        && !(status == 101 && name.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// The fields lb adds to every response it relays.
+#[derive(Debug, Clone, Copy)]
+pub struct Decoration<'a> {
+    pub request_id: &'a str,
+    /// `balancer.backend_header` (lowercase) and the backend's name.
+    pub backend: Option<(&'a str, &'a [u8])>,
+    /// A `Set-Cookie` value (cookie stickiness, first response).
+    pub set_cookie: Option<&'a str>,
+}
+
+impl Decoration<'_> {
+    /// Is `name` a field lb replaces (the backend's copy is dropped)?
+    pub fn replaces(&self, name: &[u8]) -> bool {
+        name.eq_ignore_ascii_case(REQUEST_ID.as_bytes())
+            || self
+                .backend
+                .is_some_and(|(b, _)| name.eq_ignore_ascii_case(b.as_bytes()))
+    }
+
+    /// Calls `field` with each `(name, value)` lb adds, in order; `append`
+    /// says the field is added beside the backend's (`Set-Cookie`).
+    pub fn each(&self, mut field: impl FnMut(&str, &[u8], bool)) {
+        field(REQUEST_ID, self.request_id.as_bytes(), false);
+        if let Some((name, value)) = self.backend {
+            field(name, value, false);
+        }
+        if let Some(c) = self.set_cookie {
+            field("set-cookie", c.as_bytes(), true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoration_replaces_and_adds() {
+        let d = Decoration {
+            request_id: "rid",
+            backend: Some(("x-backend", b"app-1")),
+            set_cookie: Some("lb=1"),
+        };
+        assert!(d.replaces(b"X-Request-Id") && d.replaces(b"X-Backend"));
+        assert!(!d.replaces(b"set-cookie"));
+        let mut v = Vec::new();
+        d.each(|n, b, append| {
+            v.push((
+                n.to_string(),
+                String::from_utf8_lossy(b).into_owned(),
+                append,
+            ))
+        });
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[2], ("set-cookie".into(), "lb=1".into(), true));
+        assert!(hop_by_hop(b"Keep-Alive", 200) && hop_by_hop(b"upgrade", 200));
+        assert!(!hop_by_hop(b"upgrade", 101) && !hop_by_hop(b"content-type", 200));
+    }
+}

@@ -71,6 +71,9 @@ impl BodyFields {
             }
         }
         f.chunked &= te;
+        // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has faulty
+        // framing; the connection closes after it.
+        f.close |= http10 && te;
         Ok(f)
     }
 

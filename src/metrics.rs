@@ -101,6 +101,35 @@ pub struct GlobalCounters {
     pub reloads_failed: AtomicU64,
     /// Admin changes by kind: weights, mode, algorithm, reload.
     pub admin_changes: [AtomicU64; 4],
+    /// Upstream connects that failed for a reason of lb's own, by
+    /// [`LOCAL_ERRNOS`] index.
+    pub local_errors: [AtomicU64; 5],
+    /// Retries skipped because `retry.budget` was spent.
+    pub retries_skipped_budget: AtomicU64,
+    /// Clients refused by `[limits]`/`max_connections`, by [`LIMITED_REASONS`] index.
+    pub limited: [AtomicU64; 2],
+}
+
+/// `lb_limited_total{reason}` labels, indexing `limited`.
+pub const LIMITED_REASONS: [&str; 2] = ["connections", "rate"];
+
+/// `lb_local_errors_total{errno}`: the errno values lb counts as its own
+/// shortage on an upstream connect, and their labels.
+pub const LOCAL_ERRNOS: [(i32, &str); 5] = [
+    (libc::EMFILE, "EMFILE"),
+    (libc::ENFILE, "ENFILE"),
+    (libc::EADDRNOTAVAIL, "EADDRNOTAVAIL"),
+    (libc::ENOBUFS, "ENOBUFS"),
+    (libc::ENOMEM, "ENOMEM"),
+];
+
+impl GlobalCounters {
+    /// Counts one local connect error (`errno` one of [`LOCAL_ERRNOS`]).
+    pub fn local_error(&self, errno: i32) {
+        if let Some(i) = LOCAL_ERRNOS.iter().position(|&(e, _)| e == errno) {
+            self.local_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// `lb_admin_changes_total{kind}` labels, indexing `admin_changes`.

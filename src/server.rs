@@ -114,6 +114,7 @@ impl Lb {
             libc::signal(libc::SIGHUP, libc::SIG_IGN);
         }
         let config = Arc::new(config);
+        raise_open_file_limit(config.server.max_connections);
         // Pingora only logs a bind failure and keeps running (#667): check first
         // so the operator gets an error and a non-zero exit.
         TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
@@ -285,7 +286,44 @@ fn resolve_at_start(state: &Arc<State>) {
     });
 }
 
-/// SIGTERM and SIGINT → graceful stop; exit as soon as requests have drained.
+/// Raises the open-file soft limit to the hard limit (SPEC: at start), and
+/// warns when `max_connections` cannot be met: each client connection may
+/// hold an upstream connection too, plus a margin for listeners, logs and
+/// health probes.
+fn raise_open_file_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid pointer to an rlimit.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if raised < needed {
+        tracing::warn!(
+            open_files = raised,
+            needed,
+            "server.max_connections cannot be met: the open-file limit is too low"
+        );
+    }
+}
+
+/// SIGTERM, SIGINT and SIGQUIT → graceful stop; exit as soon as requests have drained.
 struct GracefulOnSignal {
     active: ActiveRequests,
     /// Where the running config is read at the signal (`server.grace_period`).
@@ -297,16 +335,20 @@ struct GracefulOnSignal {
 impl ShutdownSignalWatch for GracefulOnSignal {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
         ) else {
             tracing::error!("cannot install signal handlers; stop with SIGKILL");
             return std::future::pending().await;
         };
+        // SIGQUIT with no successor waiting is a graceful stop, never the
+        // default core dump (SPEC "Zero-downtime binary upgrade").
         let which = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
+            _ = quit.recv() => "SIGQUIT",
         };
         crate::access_log::stop_batching();
         let active = self.active.clone();

@@ -585,6 +585,27 @@ async fn content_length_beside_chunked_never_reaches_a_client() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_a_backend_connection_names_never_reach_the_client() {
+    let script: Arc<Script> = Arc::new(|_, _| {
+        Some(b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\ncontent-length: 2\r\n\r\nok".to_vec())
+    });
+    let raw = RawBackend::start(Duration::from_secs(30), script).await;
+    let lb = Lb::start(&raw.toml_with("[health]\ninterval = \"1h\"")).await;
+    let out = exchange_raw(
+        &lb,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let head = out.split_once("\r\n\r\n").unwrap().0.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200 "), "{out}");
+    assert!(
+        !head.contains("x-secret") && !head.contains("keep-alive:"),
+        "{head}"
+    );
+    assert!(head.contains("x-kept: 1"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_keep_the_connection_failed_attempts_close_it() {
     // No backend up: 503 before any attempt, the connection stays open.
     let dead = dead_port();

@@ -138,9 +138,17 @@ fn in_flight_counts_consistent_after_switches_and_disconnects() {
     });
     stop.notify_one();
     server.join().unwrap();
-    // Every request either got its 200 or was cut by its own 1 ms timeout.
-    assert_eq!(ok + cut, 32 * 313);
+    // Both outcomes were exercised (each worker counts every request as one
+    // or the other, or panics on another status).
+    assert!(ok > 0, "no request was answered");
     assert!(cut > 0, "no client disconnects were exercised");
+    // Each 200 was served by an app, and no request was served twice: the
+    // apps answered at least every 200 and at most every request sent.
+    let served: u64 = apps.api_counts().iter().sum();
+    assert!(
+        (u64::from(ok)..=u64::from(ok + cut)).contains(&served),
+        "apps served {served}, clients got {ok} answers and cut {cut}"
+    );
     assert_eq!(
         min_seen.load(Ordering::Relaxed),
         0,

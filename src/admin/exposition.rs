@@ -282,6 +282,36 @@ fn global(r: &Registry, state: &State) {
             .with_label_values(&[k])
             .inc_by(c.admin_changes[i].load(Ordering::Relaxed));
     }
+    let local = counter(
+        r,
+        "lb_local_errors_total",
+        "Upstream connects that failed for lack of lb's own resources (never charged to a backend)",
+        &["errno"],
+    );
+    for (i, (_, name)) in crate::metrics::LOCAL_ERRNOS.iter().enumerate() {
+        local
+            .with_label_values(&[name])
+            .inc_by(c.local_errors[i].load(Ordering::Relaxed));
+    }
+    let limited = counter(
+        r,
+        "lb_limited_total",
+        "Client connections and requests refused by lb's limits, by reason",
+        &["reason"],
+    );
+    for (i, reason) in crate::metrics::LIMITED_REASONS.iter().enumerate() {
+        limited
+            .with_label_values(&[reason])
+            .inc_by(c.limited[i].load(Ordering::Relaxed));
+    }
+    counter(
+        r,
+        "lb_retries_skipped_total",
+        "Retries not made, by reason",
+        &["reason"],
+    )
+    .with_label_values(&["budget"])
+    .inc_by(c.retries_skipped_budget.load(Ordering::Relaxed));
 }
 
 /// `lb_build_info{version}` and, on Linux, `process_*`.
@@ -408,6 +438,8 @@ mod tests {
             ("lb_build_info", "gauge", 1),
             ("lb_config_reloads_total", "counter", 2),
             ("lb_health_checks_total", "counter", 2 * 2),
+            ("lb_limited_total", "counter", 2),
+            ("lb_local_errors_total", "counter", 5),
             ("lb_log_dropped_total", "counter", 1),
             ("lb_no_backend_total", "counter", 1),
             ("lb_queue_depth", "gauge", 1),
@@ -423,6 +455,7 @@ mod tests {
                 2 * histogram(DURATION_BUCKETS),
             ),
             ("lb_requests_total", "counter", 2 * 5),
+            ("lb_retries_skipped_total", "counter", 1),
             ("lb_retries_total", "counter", 2),
             (
                 "lb_upstream_errors_total",

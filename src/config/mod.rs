@@ -110,6 +110,14 @@ pub struct ServerConfig {
     /// new connection and from the first byte of the next request on a kept-alive
     /// one (default 10 s); otherwise `408` and close.
     pub header_timeout: Duration,
+    /// A client that takes no response bytes this long is disconnected
+    /// (default 60 s).
+    pub send_timeout: Duration,
+    /// No request-body byte this long: `408` and close (default 60 s).
+    pub body_timeout: Duration,
+    /// Client connections per process; beyond it new ones are closed at
+    /// once (default 10,000).
+    pub max_connections: usize,
     /// Largest request head (request line + headers) accepted; above → 431 (default 32 KiB).
     pub max_header_bytes: usize,
     /// Most header fields accepted; above → 431 (default 100).
@@ -177,6 +185,9 @@ pub struct RetryConfig {
     pub attempts: u32,
     /// Upstream statuses retried for idempotent requests (default 502, 503, 504).
     pub statuses: Vec<u16>,
+    /// Retries that may have reached a backend stay under this share of the
+    /// requests of the last 10 s, at least 3 a second (default 0.2).
+    pub budget: f64,
 }
 
 /// `[timeouts]`.
@@ -338,6 +349,17 @@ impl PoolConfig {
     }
 }
 
+/// `[limits]`: per-client-IP limits (IPv6 keyed by /64); 0 = off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LimitsConfig {
+    /// Connections one client IP may hold open; more are closed at accept.
+    pub per_ip_connections: u32,
+    /// Requests per second one client IP may send; more get `429`.
+    pub per_ip_rate: u32,
+    /// Requests allowed above the rate in a burst.
+    pub per_ip_burst: u32,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -363,6 +385,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[queue]`
     pub queue: QueueConfig,
+    /// `[limits]`
+    pub limits: LimitsConfig,
     /// `[[backends]]`, in file order (at most [`MAX_BACKENDS`]; at least one
     /// unless a `[pool]` provides them).
     pub backends: Vec<BackendConfig>,
@@ -404,8 +428,8 @@ impl Config {
         let sv = &self.server;
         let _ = writeln!(
             s,
-            "client        {} thread(s); head within {:?}, keep-alive {:?}, at most {} fields / {} bytes",
-            sv.threads, sv.header_timeout, sv.keepalive_timeout, sv.max_headers, sv.max_header_bytes
+            "client        {} thread(s); head within {:?}, body bytes every {:?}, sends within {:?}, keep-alive {:?}, at most {} fields / {} bytes",
+            sv.threads, sv.header_timeout, sv.body_timeout, sv.send_timeout, sv.keepalive_timeout, sv.max_headers, sv.max_header_bytes
         );
         let _ = writeln!(s, "admin         {}", self.admin.listen);
         let _ = writeln!(s, "algorithm     {} (sticky: {sticky})", b.algorithm);

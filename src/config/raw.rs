@@ -20,6 +20,7 @@ pub struct RawConfig {
     pub discovery: RawDiscovery,
     pub log: RawLog,
     pub queue: RawQueue,
+    pub limits: RawLimits,
     pub backends: Vec<RawBackend>,
     pub pool: Option<RawPool>,
 }
@@ -32,6 +33,9 @@ pub struct RawServer {
     pub grace_period: String,
     pub keepalive_timeout: String,
     pub header_timeout: String,
+    pub send_timeout: String,
+    pub body_timeout: String,
+    pub max_connections: i64,
     pub max_header_bytes: i64,
     pub max_headers: i64,
 }
@@ -44,6 +48,9 @@ impl Default for RawServer {
             grace_period: "5s".into(),
             keepalive_timeout: "60s".into(),
             header_timeout: "10s".into(),
+            send_timeout: "60s".into(),
+            body_timeout: "60s".into(),
+            max_connections: 10_000,
             max_header_bytes: 32 * 1024,
             max_headers: 100,
         }
@@ -161,6 +168,7 @@ impl Default for RawCircuit {
 pub struct RawRetry {
     pub attempts: i64,
     pub statuses: Vec<i64>,
+    pub budget: f64,
 }
 
 impl Default for RawRetry {
@@ -168,6 +176,7 @@ impl Default for RawRetry {
         Self {
             attempts: 3,
             statuses: vec![502, 503, 504],
+            budget: 0.2,
         }
     }
 }
@@ -242,6 +251,14 @@ impl Default for RawLog {
             access: true,
         }
     }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub per_ip_connections: i64,
+    pub per_ip_rate: i64,
+    pub per_ip_burst: i64,
 }
 
 #[derive(Debug, Deserialize)]

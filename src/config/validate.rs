@@ -200,6 +200,14 @@ impl TryFrom<RawConfig> for Config {
                 HOUR,
             )?,
             header_timeout: duration("server.header_timeout", &r.server.header_timeout, MS, HOUR)?,
+            send_timeout: duration("server.send_timeout", &r.server.send_timeout, MS, HOUR)?,
+            body_timeout: duration("server.body_timeout", &r.server.body_timeout, MS, HOUR)?,
+            max_connections: int_in(
+                "server.max_connections",
+                r.server.max_connections,
+                1,
+                10_000_000,
+            )? as usize,
             max_header_bytes: int_in(
                 "server.max_header_bytes",
                 r.server.max_header_bytes,
@@ -235,6 +243,10 @@ impl TryFrom<RawConfig> for Config {
                     int_in(&format!("retry.statuses[{i}]"), s, 500, 599).map(|v| v as u16)
                 })
                 .collect::<Result<_, _>>()?,
+            budget: match r.retry.budget {
+                b if (0.0..=1.0).contains(&b) => b,
+                b => return Err(invalid("retry.budget", b, "is out of range 0.0..=1.0")),
+            },
         };
         let timeouts = TimeoutConfig {
             connect: duration(
@@ -283,6 +295,16 @@ impl TryFrom<RawConfig> for Config {
             size: int_in("queue.size", r.queue.size, 0, MAX_QUEUE as i64)? as usize,
             timeout: duration("queue.timeout", &r.queue.timeout, MS, HOUR)?,
         };
+        let limits = LimitsConfig {
+            per_ip_connections: int_in(
+                "limits.per_ip_connections",
+                r.limits.per_ip_connections,
+                0,
+                1_000_000,
+            )?,
+            per_ip_rate: int_in("limits.per_ip_rate", r.limits.per_ip_rate, 0, 1_000_000)?,
+            per_ip_burst: int_in("limits.per_ip_burst", r.limits.per_ip_burst, 0, 1_000_000)?,
+        };
         let backends = backends(&r)?;
         let pool = super::pool::pool(&r, &backends)?;
         Ok(Config {
@@ -297,6 +319,7 @@ impl TryFrom<RawConfig> for Config {
             discovery,
             log,
             queue,
+            limits,
             backends,
             pool,
         })

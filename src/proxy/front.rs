@@ -4,7 +4,7 @@
 //! the connection. Neither path knows the other: this is the one place that
 //! holds both.
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,6 +15,7 @@ use pingora::server::ShutdownWatch;
 
 use super::h1::Conn;
 use super::pingora::Proxy;
+use super::policy::limits::{ConnGuard, Connections};
 use crate::state::State;
 
 /// The front door: lb's HTTP/1 path with the Pingora proxy as its fallback.
@@ -28,6 +29,8 @@ pub struct FrontDoor {
     /// `LB_PATH=pingora`: every request goes to the Pingora path once its head
     /// is validated (so `make test` runs the integration suite through both).
     pingora_only: bool,
+    /// Open client connections (`server.max_connections`, `[limits]`).
+    conns: Arc<Connections>,
 }
 
 impl FrontDoor {
@@ -45,6 +48,7 @@ impl FrontDoor {
             fallback: Arc::new(fallback),
             rehome,
             pingora_only,
+            conns: Arc::default(),
         }
     }
 }
@@ -56,6 +60,8 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Beyond the limits the connection is closed at once, before any read.
+        let _place = self.admit(&stream)?;
         let stream = if self.rehome { rehome(stream)? } else { stream };
         let conn = Conn::new(stream, &self.state, &self.active, self.pingora_only);
         let mut next = conn.serve(shutdown).await;
@@ -64,6 +70,27 @@ impl ServerApp for FrontDoor {
             next = self.fallback.process_new(stream, shutdown).await;
         }
         None
+    }
+}
+
+impl FrontDoor {
+    /// A place for a new connection under `server.max_connections` and
+    /// `limits.per_ip_connections`; `None` (counted) when there is none.
+    fn admit(&self, stream: &Stream) -> Option<ConnGuard> {
+        let ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let snap = self.state.load();
+        let max = snap.config.server.max_connections;
+        let per_ip = snap.config.limits.per_ip_connections;
+        match self.conns.admit(ip, max, per_ip) {
+            Ok(place) => Some(place),
+            Err(why) => {
+                self.state.counters.limited[0].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(client = ?ip, reason = ?why, "connection refused by limits");
+                None
+            }
+        }
     }
 }
 

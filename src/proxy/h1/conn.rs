@@ -13,14 +13,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::request::{self, Head, Route};
-use crate::config::Sticky;
+use crate::config::{ServerConfig, Sticky};
 use crate::proxy::policy::forward::StickyField;
 use crate::proxy::policy::reply::ErrorReply;
 use crate::proxy::policy::{self, log_request, Ctx, HeadLimits};
 use crate::state::{Snapshot, State};
 
-/// Per-read limit while a request body arrives (Pingora's default).
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest backend response head accepted.
 pub(super) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Initial client read buffer (grows up to `server.max_header_bytes` + body).
@@ -100,7 +98,7 @@ impl<'a> Conn<'a> {
                 Err(End::Close) => return None,
                 Err(End::Reply(code, message)) => {
                     let rid = policy::new_request_id();
-                    self.reply(code, message, &rid, false, false).await;
+                    self.reply(code, message, &rid, false, false, 0).await;
                     let ctx = Ctx::new(self.active);
                     log_request(&snap, &ctx, code, "-", "-", 0, Some(message));
                     return None;
@@ -183,10 +181,13 @@ impl<'a> Conn<'a> {
         } else {
             Instant::now() + server.header_timeout
         };
+        // Where the search for the head's end resumes: a head sent a byte at a
+        // time is scanned once, not parsed from byte 0 on every read.
+        let mut scanned = 0;
         loop {
-            if !self.buf.is_empty() {
+            if head_may_end(&self.buf, &mut scanned) {
                 match request::parse(&self.buf, limits, sticky, up, self.client_ip) {
-                    Ok(Some(head)) => return self.read_body(head, deadline).await,
+                    Ok(Some(head)) => return self.read_body(head, server).await,
                     Ok(None) if self.buf.len() >= server.max_header_bytes => {
                         return Err(End::Reply(431, "request header fields too large"));
                     }
@@ -215,24 +216,29 @@ impl<'a> Conn<'a> {
     }
 
     /// Makes sure a fast-path request's body is buffered (answering
-    /// `Expect: 100-continue` first when it is not).
-    async fn read_body(&mut self, head: Head, _deadline: Instant) -> Result<Head, End> {
+    /// `Expect: 100-continue` first when it is not): `408` when no body byte
+    /// arrives for `server.body_timeout`.
+    async fn read_body(&mut self, head: Head, server: &ServerConfig) -> Result<Head, End> {
         let need = head.len + head.body_len;
         if head.route != Route::Fast || self.buf.len() >= need {
             return Ok(head);
         }
         if head.expect_continue {
-            let _ = self
-                .stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await;
-            let _ = self.stream.flush().await;
+            let sent = send(
+                &mut self.stream,
+                b"HTTP/1.1 100 Continue\r\n\r\n",
+                server.send_timeout,
+            );
+            if !sent.await {
+                return Err(End::Close);
+            }
         }
         self.buf.reserve(need - self.buf.len());
         while self.buf.len() < need {
-            match timeout(BODY_READ_TIMEOUT, self.stream.read_buf(&mut self.buf)).await {
+            match timeout(server.body_timeout, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
-                _ => return Err(End::Close),
+                Ok(_) => return Err(End::Close),
+                Err(_) => return Err(End::Reply(408, "request body timeout")),
             }
         }
         Ok(head)
@@ -248,11 +254,13 @@ impl<'a> Conn<'a> {
         request_id: &str,
         keep_alive: bool,
         head_method: bool,
+        retry_after: u64,
     ) -> bool {
         let r = ErrorReply {
             status: code,
             message,
             request_id,
+            retry_after,
         };
         let body = r.body();
         let reason = http::StatusCode::from_u16(code)
@@ -274,8 +282,8 @@ impl<'a> Conn<'a> {
         if !head_method {
             out.extend_from_slice(&body);
         }
-        let ok = self.stream.write_all(&out).await.is_ok() && self.stream.flush().await.is_ok();
-        ok && keep_alive
+        let limit = self.state.load().config.server.send_timeout;
+        send(&mut self.stream, &out, limit).await && keep_alive
     }
 }
 
@@ -290,6 +298,24 @@ fn rewound(stream: Stream, data: &[u8]) -> Option<Stream> {
         }
         Err(_) => None,
     }
+}
+
+/// Writes `bytes` to the client and flushes, within `limit`
+/// (`server.send_timeout`); false when it failed or the client took too long.
+pub(super) async fn send(stream: &mut Stream, bytes: &[u8], limit: Duration) -> bool {
+    let write = async { stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok() };
+    timeout(limit, write).await.unwrap_or(false)
+}
+
+/// Has a head's end (an empty line) arrived since `scanned`? Advances
+/// `scanned` past what was searched (keeping the 3 bytes an end can span).
+fn head_may_end(buf: &[u8], scanned: &mut usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    *scanned = buf.len();
+    buf[from.min(buf.len())..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\r\n" && i + from >= 1 && buf[i + from - 1] == b'\n'))
 }
 
 /// Resolves if the client closes its connection (or it fails) while its
@@ -397,6 +423,27 @@ mod tests {
             Conn::new(stream, &s, &active, false).serve(&shutdown).await;
         });
         client
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_once_its_end_may_have_arrived() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        // Byte by byte: the end shows exactly once, at the last byte.
+        let mut scanned = 0;
+        let ends: Vec<usize> = (1..=head.len())
+            .filter(|&n| head_may_end(&head[..n], &mut scanned))
+            .collect();
+        assert_eq!(ends, [head.len()]);
+        // All at once, bare LF line ends, and an end split across reads.
+        assert!(head_may_end(head, &mut 0));
+        assert!(head_may_end(b"GET / HTTP/1.0\n\n", &mut 0));
+        let mut scanned = 0;
+        assert!(!head_may_end(
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r",
+            &mut scanned
+        ));
+        assert!(head_may_end(head, &mut scanned));
+        assert!(!head_may_end(b"GET / HTTP/1.1\r\nHost: x\r\n", &mut 0));
     }
 
     /// A request is routed by the state at its arrival, not by the one its

@@ -80,6 +80,14 @@ impl Conn<'_> {
         keep_alive: bool,
         bytes: &mut u64,
     ) -> Ended {
+        if let Some(secs) = ctx.rate_limited(self.state) {
+            let keep = reply::keeps_connection(429, false, keep_alive);
+            let m = policy::RATE_LIMITED;
+            let keep = self
+                .reply(429, m, &ctx.request_id, keep, head.head_method, secs)
+                .await;
+            return (429, keep, Some(m));
+        }
         let sticky: Option<Vec<u8>> = head.sticky.map(|(s, e)| self.buf[s..e].to_vec());
         let base = up.len();
         let mut error = None;
@@ -137,7 +145,7 @@ impl Conn<'_> {
                 Trip::Failed(failure) => failure,
             };
             error = Some(failure.as_str());
-            match ctx.after_failure(failure, head.idempotent) {
+            match ctx.after_failure(failure, head.idempotent, self.state) {
                 Next::Retry | Next::Resend => continue,
                 Next::Answer(code) => {
                     let message = failure.message();
@@ -161,7 +169,14 @@ impl Conn<'_> {
     ) -> Ended {
         let keep_alive = reply::keeps_connection(code, ctx.attempts > 0, keep_alive);
         let keep = self
-            .reply(code, message, &ctx.request_id, keep_alive, head.head_method)
+            .reply(
+                code,
+                message,
+                &ctx.request_id,
+                keep_alive,
+                head.head_method,
+                0,
+            )
             .await;
         (code, keep, Some(error))
     }
@@ -254,14 +269,7 @@ impl Conn<'_> {
         };
         ctx.upstream_ttfb = Some(ctx.attempt_started.elapsed());
         ctx.record(Outcome::Status(resp.status));
-        let statuses = &snap.config.retry.statuses;
-        if policy::retry_status(
-            resp.status,
-            statuses,
-            head.idempotent,
-            ctx.attempts_left(),
-            ctx.untried_left(),
-        ) {
+        if ctx.retry_on_status(resp.status, head.idempotent, self.state) {
             return Trip::RetryStatus;
         }
         ctx.final_status = resp.status;
@@ -272,6 +280,7 @@ impl Conn<'_> {
             &mut out,
             resp,
             t.response,
+            snap.config.server.send_timeout,
             bytes,
         )
         .await;

@@ -22,6 +22,7 @@ pub enum Relay {
 
 /// Sends the encoded head in `out` with the body bytes already in `rbuf` (from
 /// `resp.len`), then streams the rest of the body as it arrives.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     client: &mut Stream,
     upc: &mut TcpStream,
@@ -29,6 +30,7 @@ pub async fn relay(
     out: &mut Vec<u8>,
     resp: RespHead,
     read_timeout: Duration,
+    send_timeout: Duration,
     bytes: &mut u64,
 ) -> Relay {
     let mut chunked = Chunked::default();
@@ -72,15 +74,19 @@ pub async fn relay(
                 (false, false)
             }
         };
+        // A client that takes no bytes for `send_timeout` is cut off: it
+        // would hold the backend connection and its slot for as long as TCP
+        // keeps it alive.
         if !out.is_empty() || first {
-            if client.write_all(out).await.is_err() {
-                return Relay::Broken;
+            match timeout(send_timeout, client.write_all(out)).await {
+                Ok(Ok(())) => {}
+                _ => return Relay::Broken,
             }
             out.clear();
         }
         first = false;
         if done {
-            let _ = client.flush().await;
+            let _ = timeout(send_timeout, client.flush()).await;
             return Relay::Done {
                 upstream_clean: !extra,
             };
@@ -91,7 +97,7 @@ pub async fn relay(
             Ok(Ok(n)) if n > 0 => {}
             // Until-close bodies end here.
             Ok(Ok(_)) if resp.upstream == Framing::Close => {
-                let _ = client.flush().await;
+                let _ = timeout(send_timeout, client.flush()).await;
                 return Relay::Done {
                     upstream_clean: false,
                 };

@@ -139,7 +139,8 @@ pub fn parse(
         head_method: method == "HEAD",
         idempotent: idempotent(method.as_bytes()),
         expect_continue: f.expect_continue,
-        missing_host: f.hosts == 0,
+        // An absolute-form target gives the Host (see `encode`).
+        missing_host: f.hosts == 0 && forward::absolute_form(target).is_none(),
         request_id: f.request_id,
         sticky: f.sticky,
         method: range(method.as_bytes()),

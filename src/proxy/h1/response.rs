@@ -59,6 +59,9 @@ pub fn parse(
         Err(_) => return Err(Malformed),
     };
     let status = resp.code.unwrap_or(0);
+    if status < 100 {
+        return Err(Malformed); // not a status lb could relay (RFC 9110 §15)
+    }
     let fields = BodyFields::of(resp.version == Some(0), resp.headers)?;
     if (100..200).contains(&status) {
         return Ok(Some(RespHead {
@@ -108,11 +111,26 @@ fn encode(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     };
+    // Fields the backend's `Connection` names are hop-by-hop too.
+    let mut named: [&[u8]; 8] = [b""; 8];
+    let mut n_named = 0;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            respond::connection_named(h.value, |n| {
+                if n_named < named.len() {
+                    named[n_named] = n;
+                    n_named += 1;
+                }
+            });
+        }
+    }
+    let named = &named[..n_named];
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
         if respond::hop_by_hop(n, head.status)
             || crate::proxy::policy::forward::is_framing(n)
             || client.decoration.replaces(n)
+            || named.iter().any(|m| n.eq_ignore_ascii_case(m))
         {
             continue;
         }
@@ -124,7 +142,8 @@ fn encode(
         Framing::Chunked if !head.dechunk => line(b"transfer-encoding", b"chunked"),
         // HEAD and 304 describe the body a GET would get (204 has none).
         Framing::Empty if head.status != 204 => {
-            if fields.chunked {
+            // (An HTTP/1.0 client is never told of chunked.)
+            if fields.chunked && !client.http10 {
                 line(b"transfer-encoding", b"chunked");
             } else if let Some(n) = fields.length {
                 line(b"content-length", len.format(n).as_bytes());

@@ -62,8 +62,10 @@ fn classify(e: &Error, ctx: &Ctx) -> (u16, &'static str) {
         _ => match e.esource() {
             ErrorSource::Upstream => (502, "upstream failed"),
             ErrorSource::Downstream => match e.etype() {
-                // The client is gone or too slow: nobody to answer.
-                WriteError | ReadError | ConnectionClosed | ReadTimedout | WriteTimedout => (0, ""),
+                // `server.body_timeout`: no body byte for that long.
+                ReadTimedout => (408, "request body timeout"),
+                // The client is gone or takes no bytes: nobody to answer.
+                WriteError | ReadError | ConnectionClosed | WriteTimedout => (0, ""),
                 _ => (400, "bad request"),
             },
             ErrorSource::Internal | ErrorSource::Unset => (500, "internal error"),
@@ -84,6 +86,7 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToP
             status: code,
             message,
             request_id: &ctx.request_id,
+            retry_after: 0,
         };
         let body = r.body();
         if let Ok(resp) = header(&r, body.len()) {

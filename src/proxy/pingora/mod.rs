@@ -90,6 +90,12 @@ impl ProxyHttp for Proxy {
         // Pipelined requests after this one stay on the connection (Pingora
         // otherwise closes when it has read past this request's body).
         session.set_pipelining_enabled(true);
+        // Pingora keeps neither across requests: set for every one. Reads of
+        // the body wait at most `body_timeout` per read, writes to the client
+        // `send_timeout`.
+        let server = &self.state.load().config.server;
+        session.set_read_timeout(Some(server.body_timeout));
+        session.set_write_timeout(Some(server.send_timeout));
         Ok(())
     }
 
@@ -114,6 +120,10 @@ impl ProxyHttp for Proxy {
         // Idempotent requests with a body are buffered (up to Pingora's 64 KiB)
         // so they can be replayed on another backend.
         session.as_mut().enable_retry_buffering();
+        if let Some(secs) = ctx.rate_limited(&self.state) {
+            reply_refusal(session, ctx, 429, policy::RATE_LIMITED, secs).await;
+            return Ok(true);
+        }
         match self.choose(session, ctx).await {
             Ok(choice) => {
                 ctx.pending = Some(choice);
@@ -121,7 +131,7 @@ impl ProxyHttp for Proxy {
             }
             Err((499, _)) => Err(client_closed()),
             Err((code, message)) => {
-                reply_refusal(session, ctx, code, message).await;
+                reply_refusal(session, ctx, code, message, 0).await;
                 Ok(true)
             }
         }
@@ -183,7 +193,7 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         let failure = errors::connect_failure(&e);
         ctx.reused = false;
-        decide(session, ctx, failure, e)
+        decide(session, ctx, failure, e, &self.state)
     }
 
     async fn upstream_request_filter(
@@ -219,19 +229,8 @@ impl ProxyHttp for Proxy {
         let status = resp.status.as_u16();
         ctx.upstream_ttfb = Some(ctx.attempt_started.elapsed());
         ctx.record(Outcome::Status(status));
-        let statuses = ctx
-            .snapshot
-            .as_ref()
-            .map_or(&[][..], |s| &s.config.retry.statuses[..]);
         let idempotent = session.req_header().method.is_idempotent();
-        if policy::retry_status(
-            status,
-            statuses,
-            idempotent,
-            ctx.attempts_left(),
-            ctx.untried_left(),
-        ) && may_retry(session)
-        {
+        if may_retry(session) && ctx.retry_on_status(status, idempotent, &self.state) {
             // Nothing has been sent downstream yet: drop this response and let
             // Pingora call upstream_peer again (PINGORA.md §1, PR #872).
             ctx.status_retry = true;
@@ -266,7 +265,7 @@ impl ProxyHttp for Proxy {
             return e; // already decided in upstream_response_filter
         }
         match failure {
-            Some(failure) => decide(session, ctx, failure, e),
+            Some(failure) => decide(session, ctx, failure, e, &self.state),
             None => {
                 // The client went away or sent garbage: not the backend's fault.
                 e.set_retry(false);
@@ -354,9 +353,15 @@ fn peer(snap: &Snapshot, ctx: &Ctx, resend: bool) -> Result<Box<HttpPeer>> {
 }
 
 /// Applies the policy's decision after `failure` to Pingora's error.
-fn decide(session: &Session, ctx: &mut Ctx, failure: Failure, mut e: Box<Error>) -> Box<Error> {
+fn decide(
+    session: &Session,
+    ctx: &mut Ctx,
+    failure: Failure,
+    mut e: Box<Error>,
+    state: &State,
+) -> Box<Error> {
     let idempotent = session.req_header().method.is_idempotent();
-    let next = ctx.after_failure(failure, idempotent);
+    let next = ctx.after_failure(failure, idempotent, state);
     let again = matches!(next, Next::Retry | Next::Resend) && may_retry(session);
     ctx.resend = again && next == Next::Resend;
     if !again {
@@ -375,7 +380,13 @@ fn client_closed() -> Box<Error> {
 
 /// Answers a refusal before any attempt (keeping the connection as the
 /// policy says).
-async fn reply_refusal(session: &mut Session, ctx: &Ctx, code: u16, message: &'static str) {
+async fn reply_refusal(
+    session: &mut Session,
+    ctx: &Ctx,
+    code: u16,
+    message: &'static str,
+    retry_after: u64,
+) {
     let keep = reply::keeps_connection(code, false, session.get_keepalive().is_some());
     if !keep {
         session.set_keepalive(None);
@@ -384,6 +395,7 @@ async fn reply_refusal(session: &mut Session, ctx: &Ctx, code: u16, message: &'s
         status: code,
         message,
         request_id: &ctx.request_id,
+        retry_after,
     };
     let body = r.body();
     let Ok(resp) = errors::header(&r, body.len()) else {
@@ -405,16 +417,20 @@ async fn reply_refusal(session: &mut Session, ctx: &Ctx, code: u16, message: &'s
 /// rather than chunked.
 fn decorate(session: &Session, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     let status = resp.status.as_u16();
-    let drop: Vec<_> = resp
-        .headers
-        .keys()
-        .filter(|n| {
-            respond::hop_by_hop(n.as_str().as_bytes(), status) && n.as_str() != "connection"
-        })
-        .cloned()
-        .collect();
+    // Hop-by-hop fields, and those the backend's `Connection` names.
+    let mut drop: Vec<Vec<u8>> = Vec::new();
+    for v in resp.headers.get_all(http::header::CONNECTION) {
+        respond::connection_named(v.as_bytes(), |n| drop.push(n.to_ascii_lowercase()));
+    }
+    for n in resp.headers.keys() {
+        if respond::hop_by_hop(n.as_str().as_bytes(), status) && n.as_str() != "connection" {
+            drop.push(n.as_str().as_bytes().to_vec());
+        }
+    }
     for n in drop {
-        resp.remove_header(&n);
+        if let Ok(name) = http::HeaderName::from_bytes(&n) {
+            resp.remove_header(&name);
+        }
     }
     let http10 = session.req_header().version == http::Version::HTTP_10;
     if http10 && !resp.headers.contains_key(http::header::CONTENT_LENGTH) {

@@ -13,8 +13,12 @@ use crate::state::{BackendStats, InFlight, Snapshot};
 use crate::sticky::Choice;
 
 use super::admit::Refusal;
+use super::budget;
 use super::failure::{self, Failure, Next};
 use crate::state::State;
+
+/// The message of a `429` for `[limits] per_ip_rate`.
+pub const RATE_LIMITED: &str = "rate limited";
 
 /// How one attempt at a backend ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +139,9 @@ impl Ctx {
         if let Some(stats) = retried_from {
             stats.retries_total.fetch_add(1, Ordering::Relaxed);
         }
+        if self.attempts == 0 {
+            budget::RETRY_BUDGET.request(budget::now());
+        }
         self.tried |= 1 << choice.index;
         self.attempts += 1;
         self.backend = Some(choice.index);
@@ -209,20 +216,73 @@ impl Ctx {
         }
     }
 
+    /// Is this request over its client's `[limits] per_ip_rate`? The
+    /// `Retry-After` seconds of its `429` if so (counted, and noted for the
+    /// access log).
+    pub fn rate_limited(&mut self, state: &State) -> Option<u64> {
+        let limits = &self.snapshot.as_ref()?.config.limits;
+        let secs = super::limits::check_rate(self.client_ip, limits).err()?;
+        state.counters.limited[1].fetch_add(1, Ordering::Relaxed);
+        self.refusal = Some(RATE_LIMITED);
+        Some(secs)
+    }
+
     /// Records the current attempt's `failure` and decides what follows
     /// ([`failure::after_failure`]). A stale pooled connection is resent
     /// without a verdict on its backend; a failure that only shows the
     /// backend gone frees its attempt ([`Ctx::backend_gone`]) when the
     /// request may be sent again at all.
-    pub fn after_failure(&mut self, failure: Failure, idempotent: bool) -> Next {
+    /// A retry that may add work to a backend is skipped when `retry.budget`
+    /// is spent ([`budget`]); lb's own shortage is counted by `errno`.
+    pub fn after_failure(&mut self, failure: Failure, idempotent: bool, state: &State) -> Next {
         if failure == Failure::Stale && self.reused {
             return Next::Resend;
         }
         self.fail(failure);
+        if let Failure::Local(errno) = failure {
+            state.counters.local_error(errno);
+        }
         if (idempotent || !failure.reached_backend()) && failure.backend_gone() {
             self.backend_gone();
         }
-        failure::after_failure(failure, idempotent, false, self.attempts_left())
+        let next = failure::after_failure(failure, idempotent, false, self.attempts_left());
+        if next == Next::Retry && failure.reached_backend() && !self.budget_allows(state) {
+            return Next::Answer(failure.status());
+        }
+        next
+    }
+
+    /// Is a backend's `status` retried elsewhere ([`failure::retry_status`],
+    /// within the retry budget)?
+    pub fn retry_on_status(&self, status: u16, idempotent: bool, state: &State) -> bool {
+        let statuses = self
+            .snapshot
+            .as_ref()
+            .map_or(&[][..], |s| &s.config.retry.statuses[..]);
+        failure::retry_status(
+            status,
+            statuses,
+            idempotent,
+            self.attempts_left(),
+            self.untried_left(),
+        ) && self.budget_allows(state)
+    }
+
+    /// Does `retry.budget` allow one more retry (counting it)? A skipped one
+    /// is counted in `lb_retries_skipped_total{reason="budget"}`.
+    fn budget_allows(&self, state: &State) -> bool {
+        let budget = self
+            .snapshot
+            .as_ref()
+            .map_or(1.0, |s| s.config.retry.budget);
+        if budget::RETRY_BUDGET.try_retry(budget, budget::now()) {
+            return true;
+        }
+        state
+            .counters
+            .retries_skipped_budget
+            .fetch_add(1, Ordering::Relaxed);
+        false
     }
 
     /// Records the current attempt's failure (nothing when it was lb's own,

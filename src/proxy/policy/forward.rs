@@ -6,7 +6,8 @@
 //!   removed — unless it names a field lb routes or frames by (`Host`,
 //!   `Content-Length`, `Transfer-Encoding`, the sticky header or cookie): that
 //!   request is refused with `400`, since dropping the field would change what
-//!   the backend (or lb) thinks the request is;
+//!   the backend (or lb) thinks the request is (the `X-Forwarded-*` fields lb
+//!   sets are protected the same way);
 //! - fields never forwarded: hop-by-hop ones, the framing fields (lb writes
 //!   the framing from what it parsed) and the ones lb sets itself;
 //! - the forwarding fields lb adds (`X-Forwarded-*`, `X-Real-IP`, `X-Request-Id`);
@@ -65,9 +66,14 @@ pub fn connection_token(token: &[u8], sticky: StickyField<'_>) -> Result<Token, 
     if is("upgrade") {
         return Ok(Token::Upgrade);
     }
+    // The forwarding fields are lb's to set: a client making them hop-by-hop
+    // is refused too (as Pingora's own check does).
     let protected = is("host")
         || is("content-length")
         || is("transfer-encoding")
+        || is("x-forwarded-for")
+        || is("x-forwarded-host")
+        || is("x-forwarded-proto")
         || match sticky {
             StickyField::None => false,
             StickyField::Cookie(name) => is("cookie") || is(name),

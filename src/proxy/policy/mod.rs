@@ -16,16 +16,18 @@
 //! Everything but `admit` is pure and unit-tested next to its code.
 
 mod admit;
+pub mod budget;
 mod ctx;
 mod failure;
 pub mod forward;
 mod ids;
+pub mod limits;
 mod log;
 pub mod reply;
 pub mod respond;
 
 pub use admit::{admit, ip_key, Refusal};
-pub use ctx::{Active, Ctx, Outcome};
+pub use ctx::{Active, Ctx, Outcome, RATE_LIMITED};
 pub use failure::{after_failure, idempotent, retry_status, Failure, Next};
 pub use ids::{new_request_id, request_id, sane_request_id, REQUEST_ID};
 pub use log::log_request;

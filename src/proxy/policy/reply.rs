@@ -11,6 +11,8 @@ pub struct ErrorReply<'a> {
     pub message: &'a str,
     /// Known-safe ASCII (see [`super::sane_request_id`]).
     pub request_id: &'a str,
+    /// `Retry-After` seconds on a `503` or `429` (0: 1 s).
+    pub retry_after: u64,
 }
 
 impl ErrorReply<'_> {
@@ -32,7 +34,11 @@ impl ErrorReply<'_> {
         field(REQUEST_ID, self.request_id.as_bytes());
         field("cache-control", b"no-store");
         if matches!(self.status, 503 | 429) {
-            field("retry-after", b"1");
+            let mut secs = itoa::Buffer::new();
+            field(
+                "retry-after",
+                secs.format(self.retry_after.max(1)).as_bytes(),
+            );
         }
     }
 }
@@ -59,6 +65,7 @@ mod tests {
             status: 503,
             message: "no eligible backend",
             request_id: "rid",
+            retry_after: 0,
         };
         let body = r.body();
         assert_eq!(

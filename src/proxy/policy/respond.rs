@@ -24,6 +24,20 @@ pub fn hop_by_hop(name: &[u8], status: u16) -> bool {
         && !(status == 101 && name.eq_ignore_ascii_case(b"upgrade"))
 }
 
+/// Calls `named` with each field name a response's `Connection` value
+/// lists (hop-by-hop for that connection: never passed on), but `close`,
+/// `keep-alive` and `upgrade`, which are connection options.
+pub fn connection_named<'v>(value: &'v [u8], mut named: impl FnMut(&'v [u8])) {
+    for t in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        let option = [&b"close"[..], b"keep-alive", b"upgrade"]
+            .iter()
+            .any(|o| t.eq_ignore_ascii_case(o));
+        if !t.is_empty() && !option {
+            named(t);
+        }
+    }
+}
+
 /// The fields lb adds to every response it relays.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoration<'a> {
@@ -81,5 +95,8 @@ mod tests {
         assert_eq!(v[2], ("set-cookie".into(), "lb=1".into(), true));
         assert!(hop_by_hop(b"Keep-Alive", 200) && hop_by_hop(b"upgrade", 200));
         assert!(!hop_by_hop(b"upgrade", 101) && !hop_by_hop(b"content-type", 200));
+        let mut named = Vec::new();
+        connection_named(b"close, X-Secret,,keep-alive , x-other", |n| named.push(n));
+        assert_eq!(named, [&b"X-Secret"[..], b"x-other"]);
     }
 }

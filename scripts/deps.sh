@@ -9,7 +9,8 @@
 #                    node exporter), and its server is never started by lb's tests
 # With an argument, also what that target needs:
 #   scripts/deps.sh test       + python3 and wrk (tests/scenarios.rs runs the
-#                                scenario driver), chromium (tests/status_page.rs)
+#                                scenario driver), chromium (tests/status_page.rs),
+#                                slowhttptest (tests/slow_clients.rs)
 #   scripts/deps.sh scenarios  + python3 and wrk (`make scenarios`)
 set -euo pipefail
 missing=()
@@ -22,6 +23,9 @@ case "${1:-}" in
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     ;;
 esac
+if [ "${1:-}" = test ]; then
+  command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
+fi
 if [ "${1:-}" = test ] && ! command -v chromium >/dev/null 2>&1 \
    && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "${LB_CHROMIUM:-}" ]; then
   missing+=(chromium)

@@ -5,97 +5,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// A backend answering `GET /big` with `size` bytes (and anything else with
-/// `status` and a short body), noting when a write of the big body failed
-/// (lb dropped its side).
-struct Backend {
-    addr: std::net::SocketAddr,
-    hits: Arc<AtomicUsize>,
-    cut: Arc<AtomicBool>,
-}
-
-impl Backend {
-    async fn start(status: u16, size: usize) -> Backend {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let hits = Arc::new(AtomicUsize::new(0));
-        let cut = Arc::new(AtomicBool::new(false));
-        let (h, c) = (hits.clone(), cut.clone());
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = l.accept().await {
-                let (h, c) = (h.clone(), c.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            let mut chunk = [0u8; 4096];
-                            match s.read(&mut chunk).await {
-                                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                                _ => return,
-                            }
-                        }
-                        let head = String::from_utf8_lossy(&buf).into_owned();
-                        buf.clear();
-                        if head.starts_with("GET /health ") {
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await;
-                            continue;
-                        }
-                        h.fetch_add(1, Ordering::SeqCst);
-                        if head.starts_with("POST ") {
-                            // Answer only a whole (chunked) body: read to its end.
-                            while !buf.windows(5).any(|w| w == b"0\r\n\r\n") {
-                                let mut chunk = [0u8; 4096];
-                                match s.read(&mut chunk).await {
-                                    Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                                    _ => return,
-                                }
-                            }
-                            buf.clear();
-                        }
-                        if head.starts_with("GET /big ") {
-                            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n");
-                            let block = vec![b'x'; 64 * 1024];
-                            let mut ok = s.write_all(head.as_bytes()).await.is_ok();
-                            let mut left = size;
-                            while ok && left > 0 {
-                                let n = left.min(block.len());
-                                ok = s.write_all(&block[..n]).await.is_ok();
-                                left -= n;
-                            }
-                            if !ok {
-                                c.store(true, Ordering::SeqCst);
-                                return;
-                            }
-                            continue;
-                        }
-                        let resp = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
-                        if s.write_all(resp.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Backend { addr, hits, cut }
-    }
-
-    fn toml(&self, name: &str) -> String {
-        format!(
-            "[[backends]]\nname = \"{name}\"\naddr = \"{}\"\n",
-            self.addr
-        )
-    }
-}
+use tokio::net::TcpStream;
 
 /// Reads what lb sends on `s` until it closes (bounded by `limit`).
 async fn read_until_close(s: &mut TcpStream, limit: Duration) -> String {
@@ -108,7 +23,7 @@ async fn read_until_close(s: &mut TcpStream, limit: Duration) -> String {
 async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
     // 256 MiB: far more than the loopback socket buffers hold, so lb's
     // writes stall once the client stops reading.
-    let b = Backend::start(200, 256 << 20).await;
+    let b = StubBackend::start(200, 256 << 20).await;
     let lb = Lb::start_server(
         "send_timeout = \"1s\"",
         "",
@@ -124,7 +39,9 @@ async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
     // The client keeps its socket open and reads nothing: lb gives up on it
     // and drops the upstream connection, so the backend's writes fail.
     assert!(
-        eventually(Duration::from_secs(10), || b.cut.load(Ordering::SeqCst)).await,
+        eventually(Duration::from_secs(10), || b.cuts.load(Ordering::SeqCst)
+            > 0)
+        .await,
         "the backend is still sending after {:?}",
         started.elapsed()
     );
@@ -143,7 +60,7 @@ async fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_408_after_body_timeout() {
-    let b = Backend::start(200, 0).await;
+    let b = StubBackend::start(200, 0).await;
     let lb = Lb::start_server(
         "body_timeout = \"1s\"",
         "",
@@ -183,7 +100,7 @@ async fn a_stalled_request_body_gets_408_after_body_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_per_ip_rate_get_429_with_retry_after() {
-    let b = Backend::start(200, 0).await;
+    let b = StubBackend::start(200, 0).await;
     let lb = Lb::start(&format!(
         "[limits]\nper_ip_rate = 1\nper_ip_burst = 2\n\n[health]\ninterval = \"1h\"\n\n{}",
         b.toml("app")
@@ -214,7 +131,7 @@ async fn requests_over_the_per_ip_rate_get_429_with_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_ip_limit_are_closed_at_accept() {
-    let b = Backend::start(200, 0).await;
+    let b = StubBackend::start(200, 0).await;
     let lb = Lb::start(&format!(
         "[limits]\nper_ip_connections = 2\n\n[health]\ninterval = \"1h\"\n\n{}",
         b.toml("app")
@@ -266,7 +183,10 @@ async fn connections_over_the_per_ip_limit_are_closed_at_accept() {
 async fn retries_beyond_the_budget_are_skipped_and_counted() {
     // Two backends that always answer 503: every request is retried once
     // (the second backend is its only untried one) while the budget allows.
-    let (a, b) = (Backend::start(503, 0).await, Backend::start(503, 0).await);
+    let (a, b) = (
+        StubBackend::start(503, 0).await,
+        StubBackend::start(503, 0).await,
+    );
     let lb = Lb::start(&format!(
         "[retry]\nbudget = 0.0\n\n[circuit_breaker]\nfailures = 1000\n\n[health]\ninterval = \"1h\"\n\n{}\n{}",
         a.toml("a"),
@@ -296,7 +216,7 @@ async fn retries_beyond_the_budget_are_skipped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigquit_without_a_successor_is_a_graceful_stop() {
-    let b = Backend::start(200, 0).await;
+    let b = StubBackend::start(200, 0).await;
     let mut lb = Lb::start(&format!("[health]\ninterval = \"1h\"\n\n{}", b.toml("app"))).await;
     let r = client().get(lb.url("/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);

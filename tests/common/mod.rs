@@ -23,6 +23,8 @@ pub use ops::*;
 pub use pool::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use stub::StubBackend;
 
 pub mod compose;
 mod dns;
@@ -30,6 +32,13 @@ mod load;
 mod ops;
 mod pool;
 mod process;
+mod stub;
+
+/// The tests' `server.max_connections` line: within the open-file limit of
+/// a machine whose hard limit is 20,000 (as here), which the default 10,000
+/// (2 descriptors each, client and upstream) is not: lb would warn at start,
+/// and tests that assert no warning would see it.
+pub const MAX_CONNECTIONS: &str = "max_connections = 4096\n";
 
 /// A free TCP port on 127.0.0.1 (bound then released; lb start retries on a race).
 /// Only for something that will listen on it; for a port where nothing must
@@ -184,7 +193,7 @@ impl Lb {
             format!("{extra}\n")
         };
         let head = format!(
-            "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"1s\"\n{server_extra}\n\
+            "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"1s\"\n{MAX_CONNECTIONS}{server_extra}\n\
              [admin]\nlisten = \"{admin}\"\n{extra}\n"
         );
         let cfg = dir.path().join("lb.toml");

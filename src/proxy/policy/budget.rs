@@ -2,10 +2,11 @@
 //! under `retry.budget` of the requests of the last 10 s, and at least 3 a
 //! second are always allowed, so a quiet service still retries. A fleet that
 //! is failing then gets at most 1.2× its load, not the 3× that
-//! `retry.attempts = 3` would send. Retries whose failed attempt never
-//! reached a backend (connection refused, connect timeout, lb's own
-//! shortage) add no work and are not charged: they are how a request finds a
-//! live backend while health checks catch up.
+//! `retry.attempts = 3` would send. Retries after an attempt that did no
+//! work on a live backend (connection refused, connect timeout, closed before
+//! a response head — a backend that is gone — or lb's own shortage) are not
+//! charged: they are how a request finds a live backend while health checks
+//! catch up. Timeouts, malformed answers and retry statuses are charged.
 //!
 //! Lock-free and approximate: ten one-second slots of atomic counters, a slot
 //! reset when a new second claims it (an increment racing a reset may be

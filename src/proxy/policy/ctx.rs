@@ -232,8 +232,9 @@ impl Ctx {
     /// without a verdict on its backend; a failure that only shows the
     /// backend gone frees its attempt ([`Ctx::backend_gone`]) when the
     /// request may be sent again at all.
-    /// A retry that may add work to a backend is skipped when `retry.budget`
-    /// is spent ([`budget`]); lb's own shortage is counted by `errno`.
+    /// A retry after an attempt a live backend may have worked on (a timeout,
+    /// a malformed answer) is skipped when `retry.budget` is spent
+    /// ([`budget`]); lb's own shortage is counted by `errno`.
     pub fn after_failure(&mut self, failure: Failure, idempotent: bool, state: &State) -> Next {
         if failure == Failure::Stale && self.reused {
             return Next::Resend;
@@ -246,7 +247,10 @@ impl Ctx {
             self.backend_gone();
         }
         let next = failure::after_failure(failure, idempotent, false, self.attempts_left());
-        if next == Next::Retry && failure.reached_backend() && !self.budget_allows(state) {
+        // A backend that is gone does no work: only retries after an attempt
+        // a live backend may have worked on are charged to the budget.
+        let charged = failure.reached_backend() && !failure.backend_gone();
+        if next == Next::Retry && charged && !self.budget_allows(state) {
             return Next::Answer(failure.status());
         }
         next

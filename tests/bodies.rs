@@ -1,5 +1,5 @@
-//! Bodies and upgrades on both of lb's paths: small bodies (fast path), large
-//! and chunked uploads and WebSocket upgrades (handed to the Pingora path),
+//! Bodies and upgrades on both of lb's paths: small bodies (buffered), large
+//! and chunked uploads (streamed), WebSocket upgrades (handed to the Pingora path),
 //! streamed responses relayed as they arrive, large downloads.
 
 mod common;
@@ -61,8 +61,8 @@ async fn uploads_of_every_shape_arrive_whole() {
     let apps = Apps::plain(1).await;
     let lb = Lb::start(&apps.backends_toml(&[1])).await;
     let c = client();
-    // 10 KiB with Content-Length (fast path), 1.5 MiB with Content-Length and
-    // 1.5 MiB chunked (both handed to the Pingora path).
+    // 10 KiB with Content-Length (buffered), 1.5 MiB with Content-Length and
+    // 1.5 MiB chunked (streamed through a 16 KiB buffer).
     for (len, chunked) in [
         (10 * 1024, false),
         (1536 * 1024, false),
@@ -199,4 +199,30 @@ async fn large_downloads_arrive_whole_with_bounded_memory() {
         "lb RSS grew {} KiB",
         peak - before
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_upload_is_followed_by_pipelined_requests() {
+    let apps = Apps::plain(1).await;
+    let lb = Lb::start(&apps.backends_toml(&[1])).await;
+    // A 200 KiB chunked body (beyond the 64 KiB lb buffers: streamed) with
+    // a GET pipelined behind it in the same writes.
+    let mut raw =
+        b"POST /api/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..50 {
+        raw.extend_from_slice(format!("{:x}\r\n", 4096).as_bytes());
+        raw.extend_from_slice(&[b'y'; 4096]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(
+        b"0\r\n\r\nGET /api/whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(&raw).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(out.matches("HTTP/1.1 200 ").count(), 2, "{out}");
+    assert!(out.contains("\"body_bytes\":204800"), "{out}");
+    assert_eq!(apps.api_counts(), vec![2]);
 }

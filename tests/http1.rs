@@ -455,8 +455,9 @@ fn dechunk(mut body: &str) -> String {
     }
 }
 
-/// A chunked POST: lb's HTTP/1 path hands the connection to the Pingora path
-/// at this request, so whatever follows it on the connection is served there.
+/// A chunked POST: lb's HTTP/1 path streams it; under `LB_PATH=pingora` the
+/// connection goes to the Pingora path here (as it did on every path before
+/// lb streamed bodies itself), so what follows it is served there.
 const CHUNKED_POST: &[u8] =
     b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
 

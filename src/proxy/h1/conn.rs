@@ -196,6 +196,9 @@ impl<'a> Conn<'a> {
                         return Err(End::Reply(431, "request header fields too large"));
                     }
                     Err(request::Reject::Bad(why)) => return Err(End::Reply(400, why)),
+                    Err(request::Reject::Unsupported) => {
+                        return Err(End::Reply(501, "unsupported Transfer-Encoding"));
+                    }
                 }
             }
             if self.buf.capacity() - self.buf.len() < 512 {

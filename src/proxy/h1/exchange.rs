@@ -9,11 +9,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use super::conn::{client_gone, Conn, MAX_RESPONSE_HEAD};
+use super::conn::{client_gone, send, Conn, MAX_RESPONSE_HEAD};
 use super::pool;
 use super::relay::{relay, Relay};
-use super::request::{self, Head};
+use super::request::{self, Body, Head};
 use super::response::{self, ClientSide, RespHead};
+use super::upload::{self, Upload};
 use crate::config::Sticky;
 use crate::proxy::policy::reply;
 use crate::proxy::policy::respond::Decoration;
@@ -35,6 +36,9 @@ pub(super) enum Trip {
     RetryStatus,
     /// The client went away while waiting.
     ClientGone,
+    /// The client's streamed body failed (its timeout, malformed chunks):
+    /// answered with this status and message, connection closed.
+    BadBody(u16, &'static str),
 }
 
 /// How a request ended: status, keep the connection, the log's error.
@@ -57,9 +61,14 @@ impl Conn<'_> {
         let keep_alive =
             head.keep_alive && !shutting_down && !snap.config.server.keepalive_timeout.is_zero();
         let mut bytes = 0u64;
-        let (status, keep, error) = self
+        let (status, mut keep, error) = self
             .attempts(head, snap, up, &mut ctx, keep_alive, &mut bytes)
             .await;
+        if head.body != Body::Buffered && !ctx.unreplayable {
+            // A streamed body that was never read (refused before any
+            // attempt) is still on the connection: it cannot be a request.
+            keep = false;
+        }
         ctx.in_flight = None;
         ctx.permit = None;
         let snap = ctx.snapshot.clone().expect("set above");
@@ -142,6 +151,11 @@ impl Conn<'_> {
                     ctx.record(Outcome::Abandoned);
                     return (499, false, Some("client closed"));
                 }
+                Trip::BadBody(code, message) => {
+                    // Not the backend's doing: no verdict on it.
+                    ctx.record(Outcome::Abandoned);
+                    return self.answer(code, message, message, ctx, head, false).await;
+                }
                 Trip::Failed(failure) => failure,
             };
             error = Some(failure.as_str());
@@ -195,7 +209,12 @@ impl Conn<'_> {
         bytes: &mut u64,
     ) -> Trip {
         let t = &snap.config.timeouts;
-        let mut pooled = pool::take(addr, t.upstream_idle);
+        // A streamed body cannot be sent again: it never meets a pooled
+        // connection the backend may have closed.
+        let mut pooled = match head.body {
+            Body::Buffered => pool::take(addr, t.upstream_idle),
+            _ => None,
+        };
         loop {
             ctx.reused = pooled.is_some();
             let upc = match pooled.take() {
@@ -238,6 +257,11 @@ impl Conn<'_> {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Trip::Failed(Failure::closed(ctx.reused, false)),
             Err(_) => return Trip::Failed(Failure::Timeout),
+        }
+        if head.body != Body::Buffered {
+            if let Some(trip) = self.upload(&mut upc, head, snap, ctx).await {
+                return trip;
+            }
         }
         let stats = &snap.backends[ctx.backend.unwrap_or(0)].stats;
         let cookie = match (&snap.sticky, ctx.set_cookie) {
@@ -294,6 +318,48 @@ impl Conn<'_> {
                 }
             }
             Relay::Broken => Trip::Broken,
+        }
+    }
+
+    /// Streams a body too large to buffer (or chunked) to the backend; `Some`
+    /// when that ended the attempt.
+    async fn upload(
+        &mut self,
+        upc: &mut TcpStream,
+        head: &Head,
+        snap: &Snapshot,
+        ctx: &mut Ctx,
+    ) -> Option<Trip> {
+        let server = &snap.config.server;
+        if head.expect_continue && self.buf.len() == head.len {
+            let go = b"HTTP/1.1 100 Continue\r\n\r\n";
+            if !send(&mut self.stream, go, server.send_timeout).await {
+                return Some(Trip::ClientGone);
+            }
+        }
+        // From here on the body cannot be sent again.
+        ctx.unreplayable = true;
+        let limits = upload::Limits {
+            body: server.body_timeout,
+            upstream: snap.config.timeouts.response,
+        };
+        let mut sent = 0;
+        let up = upload::stream(
+            &mut self.stream,
+            &mut self.buf,
+            head.len,
+            upc,
+            head.body,
+            limits,
+            &mut sent,
+        );
+        match up.await {
+            Upload::Done => None,
+            Upload::ClientTimedOut => Some(Trip::BadBody(408, "request body timeout")),
+            Upload::Malformed => Some(Trip::BadBody(400, "malformed chunked body")),
+            Upload::ClientFailed => Some(Trip::ClientGone),
+            Upload::UpstreamFailed { timed_out: true } => Some(Trip::Failed(Failure::Timeout)),
+            Upload::UpstreamFailed { timed_out: false } => Some(Trip::Failed(Failure::Closed)),
         }
     }
 

@@ -11,8 +11,9 @@
 //! ([`response`]) → one write of head and first body bytes to the client →
 //! stream the rest without buffering.
 //!
-//! Requests it does not handle — upgrades (WebSocket), CONNECT, chunked or
-//! larger than 64 KiB request bodies — end [`Conn::serve`] with the stream
+//! Request bodies up to 64 KiB are buffered (a retry can replay them);
+//! larger and chunked ones are streamed ([`upload`]). Requests it does not
+//! handle — upgrades (WebSocket) and CONNECT — end [`Conn::serve`] with the stream
 //! and every byte already read, for the front door ([`super::front`]) to
 //! hand to the Pingora path. Every decision about a request is
 //! [`super::policy`]'s; this path only reads and writes bytes.
@@ -26,5 +27,6 @@ pub mod pool;
 mod relay;
 pub mod request;
 pub mod response;
+mod upload;
 
 pub use conn::Conn;

@@ -11,15 +11,31 @@ use crate::proxy::policy::forward::{self, Forwarding, StickyField, Token};
 use crate::proxy::policy::{idempotent, sane_request_id, HeadLimits};
 
 /// Largest request body the fast path buffers (and can replay on a retry), like
-/// Pingora's retry buffer. Larger bodies, chunked bodies and upgrades go to the
-/// Pingora path.
+/// Pingora's retry buffer. Larger and chunked bodies are streamed to the
+/// backend (one attempt once a byte of them was sent); upgrades and CONNECT
+/// go to the Pingora path.
 pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
+
+/// A request's body, as its framing says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// None, or a `Content-Length` of at most [`MAX_BUFFERED_BODY`]: read
+    /// whole before the request is sent (`Head::body_len` bytes).
+    Buffered,
+    /// A larger `Content-Length` body, streamed.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, streamed (chunk framing validated and
+    /// passed on as it was sent).
+    Chunked,
+}
 
 /// Why a request head was refused; each maps to one status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
     /// Malformed or forbidden by RFC 9112 → `400`.
     Bad(&'static str),
+    /// A transfer coding lb does not implement (only `chunked` alone) → `501`.
+    Unsupported,
     /// Beyond `server.max_headers` or `server.max_header_bytes` → `431`.
     TooLarge,
 }
@@ -29,6 +45,7 @@ impl Reject {
     pub fn status(self) -> u16 {
         match self {
             Reject::Bad(_) => 400,
+            Reject::Unsupported => 501,
             Reject::TooLarge => 431,
         }
     }
@@ -37,10 +54,9 @@ impl Reject {
 /// How the rest of the exchange must be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    /// Served by the fast path: no body, or a `Content-Length` body of at most
-    /// [`MAX_BUFFERED_BODY`] bytes.
+    /// Served by the fast path (see [`Body`]).
     Fast,
-    /// Upgrades, CONNECT, chunked or large bodies: handed to the Pingora path.
+    /// Upgrades and CONNECT: handed to the Pingora path.
     Fallback,
 }
 
@@ -49,8 +65,10 @@ pub enum Route {
 pub struct Head {
     /// Bytes of the head in the read buffer.
     pub len: usize,
-    /// Request body length (`Content-Length`, else 0).
+    /// Bytes of a [`Body::Buffered`] body (0 for streamed ones).
     pub body_len: usize,
+    /// How the body is framed and forwarded.
+    pub body: Body,
     pub route: Route,
     /// HTTP/1.0 (else 1.1).
     pub http10: bool,
@@ -117,9 +135,20 @@ pub fn parse(
     if f.te && f.content_length.is_some() {
         return Err(Reject::Bad("both Content-Length and Transfer-Encoding"));
     }
-    let body_len = f.content_length.unwrap_or(0);
+    if f.te && http10 {
+        // RFC 9112 §6.1: faulty framing in an HTTP/1.0 message.
+        return Err(Reject::Bad("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    if f.te && !f.chunked {
+        return Err(Reject::Unsupported);
+    }
+    let (body, body_len) = match f.content_length {
+        _ if f.te => (Body::Chunked, 0),
+        Some(n) if n > MAX_BUFFERED_BODY => (Body::Length(n as u64), 0),
+        n => (Body::Buffered, n.unwrap_or(0)),
+    };
     let upgrade = f.upgrade && f.conn_upgrade;
-    let route = if method == "CONNECT" || upgrade || f.te || body_len > MAX_BUFFERED_BODY {
+    let route = if method == "CONNECT" || upgrade {
         Route::Fallback
     } else {
         Route::Fast
@@ -133,6 +162,7 @@ pub fn parse(
     let head = Head {
         len,
         body_len,
+        body,
         route,
         http10,
         keep_alive,
@@ -159,6 +189,8 @@ struct Fields {
     host: Option<(usize, usize)>,
     content_length: Option<usize>,
     te: bool,
+    /// `Transfer-Encoding` is exactly `chunked`.
+    chunked: bool,
     upgrade: bool,
     conn_upgrade: bool,
     conn_close: bool,
@@ -193,6 +225,8 @@ impl Fields {
             }
             self.content_length = Some(n);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            // One field, `chunked` alone: the only coding lb forwards.
+            self.chunked = !self.te && v.trim_ascii().eq_ignore_ascii_case(b"chunked");
             self.te = true;
         } else if name.eq_ignore_ascii_case("connection") {
             for token in v.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
@@ -307,6 +341,8 @@ fn encode(
     }
     if let Some(n) = f.content_length {
         line(b"content-length", itoa::Buffer::new().format(n).as_bytes());
+    } else if f.te {
+        line(b"transfer-encoding", b"chunked");
     }
     let forwarding = Forwarding {
         client,
@@ -448,12 +484,27 @@ mod tests {
         let h = run(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(h.route, Route::Fallback);
+        assert_eq!(
+            (h.route, h.body, h.body_len),
+            (Route::Fast, Body::Chunked, 0)
+        );
         let big = format!(
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
             MAX_BUFFERED_BODY + 1
         );
-        assert_eq!(run(big.as_bytes()).unwrap().unwrap().route, Route::Fallback);
+        let h = run(big.as_bytes()).unwrap().unwrap();
+        let n = MAX_BUFFERED_BODY as u64 + 1;
+        assert_eq!(
+            (h.route, h.body, h.body_len),
+            (Route::Fast, Body::Length(n), 0)
+        );
+        // Only `chunked` alone is forwarded; HTTP/1.0 may not use it.
+        let gz = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        assert_eq!(run(gz).unwrap_err(), Reject::Unsupported);
+        let twice = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(run(twice).unwrap_err(), Reject::Unsupported);
+        let old = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(run(old).unwrap_err().status(), 400);
         let h =
             run(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
                 .unwrap()

@@ -93,6 +93,9 @@ pub struct Ctx {
     pub(in crate::proxy) resend: bool,
     /// The answer the policy decided when it ended the request.
     pub(in crate::proxy) answer: Option<(u16, &'static str)>,
+    /// The path sent body bytes it cannot send again (a streamed body): no
+    /// further attempt is possible.
+    pub(in crate::proxy) unreplayable: bool,
     /// The current attempt runs on a reused (pooled) upstream connection.
     pub(in crate::proxy) reused: bool,
     /// The status relayed to the client (fast path).
@@ -127,6 +130,7 @@ impl Ctx {
             pending: None,
             resend: false,
             answer: None,
+            unreplayable: false,
             reused: false,
             final_status: 0,
         }
@@ -165,7 +169,7 @@ impl Ctx {
     /// Does the retry budget allow another attempt? Attempts that found their
     /// backend gone while another was left ([`Ctx::backend_gone`]) do not count.
     pub fn attempts_left(&self) -> bool {
-        self.attempts - self.free < self.max_attempts()
+        !self.unreplayable && self.attempts - self.free < self.max_attempts()
     }
 
     /// The current attempt failed in a way that only says its backend cannot
@@ -236,7 +240,7 @@ impl Ctx {
     /// a malformed answer) is skipped when `retry.budget` is spent
     /// ([`budget`]); lb's own shortage is counted by `errno`.
     pub fn after_failure(&mut self, failure: Failure, idempotent: bool, state: &State) -> Next {
-        if failure == Failure::Stale && self.reused {
+        if failure == Failure::Stale && self.reused && !self.unreplayable {
             return Next::Resend;
         }
         self.fail(failure);

@@ -10,7 +10,8 @@
 # With an argument, also what that target needs:
 #   scripts/deps.sh test       + python3 and wrk (tests/scenarios.rs runs the
 #                                scenario driver), chromium (tests/status_page.rs),
-#                                slowhttptest (tests/slow_clients.rs)
+#                                slowhttptest (tests/slow_clients.rs), strace
+#                                (tests/state_file.rs)
 #   scripts/deps.sh scenarios  + python3 and wrk (`make scenarios`)
 set -euo pipefail
 missing=()
@@ -25,6 +26,8 @@ case "${1:-}" in
 esac
 if [ "${1:-}" = test ]; then
   command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
+  # tests/state_file.rs slows lb's fsync with `strace -e inject=...:delay_enter`.
+  command -v strace >/dev/null 2>&1 || missing+=(strace)
 fi
 if [ "${1:-}" = test ] && ! command -v chromium >/dev/null 2>&1 \
    && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "${LB_CHROMIUM:-}" ]; then

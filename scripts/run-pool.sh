@@ -86,6 +86,8 @@ cat <<MSG
     lb admin pool status
     lb admin pool size 5
     lb admin pool rollout --command app --id 'v2-{name}' --listen '127.0.0.1:{port}'
+      (a command rollout answers 403 unless examples/pool.toml sets
+       allow_rollout_command = true under [pool]; then: lb admin POST /admin/reload)
 
   Ctrl-C stops lb and its members.
 MSG

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::circuit::Circuit;
 use crate::config::{Algorithm, CircuitConfig};
@@ -72,6 +72,8 @@ pub struct BackendStats {
     pub circuit: Circuit,
     /// Status classes, upstream errors, duration histogram.
     pub metrics: RequestMetrics,
+    /// When its slow start began (`clock::ms`): joining, or coming back.
+    pub ramp_from_ms: AtomicU64,
 }
 
 impl BackendStats {
@@ -97,7 +99,26 @@ impl BackendStats {
             retries_total: AtomicU64::new(0),
             circuit: Circuit::default(),
             metrics: RequestMetrics::default(),
+            // Joining (start, reload, DNS, the pool) begins a slow start.
+            ramp_from_ms: AtomicU64::new(crate::clock::ms(Instant::now())),
         }
+    }
+
+    /// Starts this backend's slow start over at `now` (it came back).
+    pub fn restart_ramp(&self, now: Instant) {
+        self.ramp_from_ms
+            .store(crate::clock::ms(now), Ordering::Relaxed);
+    }
+
+    /// Its share under slow start at `now` for `window`, in thousandths
+    /// (100..=1000; 1000 when off or done).
+    pub fn slow_start_ratio(&self, window: Duration, now: Instant) -> u32 {
+        if window.is_zero() {
+            return 1000;
+        }
+        let since = self.ramp_from_ms.load(Ordering::Relaxed);
+        let elapsed = crate::clock::ms(now).saturating_sub(since);
+        crate::slow_start::ratio_milli(Duration::from_millis(elapsed), window)
     }
 
     /// Current in-flight count.

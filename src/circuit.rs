@@ -178,15 +178,20 @@ impl Circuit {
     }
 
     /// The request sent under `permit` succeeded.
-    pub fn on_success(&self, mut permit: Permit) {
+    pub fn on_success(&self, mut permit: Permit) -> bool {
         match permit.probe.take() {
             // A probe closes the circuit, if its period is still current.
             Some((word, period)) => {
-                if in_period(&word, period, |_| Word::new(CLOSED, 0, 0)) {
+                let closed = in_period(&word, period, |_| Word::new(CLOSED, 0, 0));
+                if closed {
                     self.consecutive_failures.store(0, Ordering::Release);
                 }
+                closed
             }
-            None => self.consecutive_failures.store(0, Ordering::Release),
+            None => {
+                self.consecutive_failures.store(0, Ordering::Release);
+                false
+            }
         }
     }
 

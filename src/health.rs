@@ -179,6 +179,10 @@ impl HealthChecker {
             .entry(stats.name.clone())
             .or_insert(Tracker::new(up));
         if let Some(now_up) = tracker.observe(ok, h.rise, h.fall) {
+            if now_up {
+                // Back: slow start (`balancer.slow_start`).
+                stats.restart_ramp(std::time::Instant::now());
+            }
             stats.healthy.store(now_up, Ordering::Relaxed);
             match result {
                 Ok(()) => tracing::info!(backend = %stats.name, "health: marked up"),

@@ -104,27 +104,58 @@ pub fn content_length(v: &[u8]) -> Option<u64> {
 
 /// Incremental reader of a chunked body: finds where it ends and, when asked,
 /// yields the data without the chunk framing.
+///
+/// Strict RFC 9112 §7.1 syntax: lines end with CRLF only, a size line is hex
+/// digits and well-formed extensions (`;name`, `;name=token`,
+/// `;name="quoted"`), trailer lines are header fields. lb passes chunk
+/// framing on as it was sent, so anything a stricter or laxer reader could
+/// split differently (a bare LF, an extension running to an LF) is refused:
+/// both sides of lb must see the same chunk boundaries, or a body could hide a
+/// request.
 #[derive(Debug, Clone, Default)]
 pub struct Chunked {
     state: ChunkState,
     size: u64,
+    /// Hex digits seen on the current size line.
+    digits: u8,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 enum ChunkState {
     #[default]
     Size,
-    /// Chunk extension: skipped to the end of the line.
-    Ext,
+    /// Whitespace after the size: `;` or the CR may follow.
+    SizeWs,
+    /// After `;`: whitespace, then an extension name.
+    ExtName,
+    /// Inside an extension name.
+    ExtNameChars,
+    /// After the name: whitespace, `=`, `;` or CR.
+    ExtAfterName,
+    /// After `=`: whitespace, then a token or a quoted string.
+    ExtValue,
+    ExtToken,
+    ExtQuoted,
+    ExtQuotedEscape,
+    /// After a value: whitespace, `;` or CR.
+    ExtAfterValue,
+    SizeLf,
     Data,
     DataCr,
     DataLf,
     /// Start of a trailer line (or the final empty line).
     TrailerStart,
-    Trailer,
+    TrailerName,
+    TrailerValue,
+    TrailerLf,
     /// Final CRLF's LF.
     EndLf,
     Done,
+}
+
+/// RFC 9110 `tchar`.
+fn tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 impl Chunked {
@@ -138,71 +169,75 @@ impl Chunked {
         use ChunkState::*;
         let mut i = 0;
         while i < input.len() && self.state != Done {
-            let b = input[i];
-            match self.state {
-                Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let d = (b as char).to_digit(16).unwrap_or(0) as u64;
-                        self.size = self.size.checked_mul(16).ok_or(Malformed)? + d;
-                        if self.size > 1 << 48 {
-                            return Err(Malformed);
-                        }
-                    }
-                    b';' | b' ' | b'\t' | b'\r' => self.state = Ext,
-                    b'\n' => self.state = self.after_size(),
-                    _ => return Err(Malformed),
-                },
-                Ext => {
-                    if b == b'\n' {
-                        self.state = self.after_size();
-                    }
+            if self.state == Data {
+                let n = (input.len() - i).min(self.size as usize);
+                data(&input[i..i + n]);
+                self.size -= n as u64;
+                i += n;
+                if self.size == 0 {
+                    self.state = DataCr;
                 }
-                Data => {
-                    let n = (input.len() - i).min(self.size as usize);
-                    data(&input[i..i + n]);
-                    self.size -= n as u64;
-                    i += n;
-                    if self.size == 0 {
-                        self.state = DataCr;
-                    }
-                    continue;
-                }
-                DataCr => match b {
-                    b'\r' => self.state = DataLf,
-                    b'\n' => self.state = Size,
-                    _ => return Err(Malformed),
-                },
-                DataLf => match b {
-                    b'\n' => self.state = Size,
-                    _ => return Err(Malformed),
-                },
-                TrailerStart => match b {
-                    b'\r' => self.state = EndLf,
-                    b'\n' => self.state = Done,
-                    _ => self.state = Trailer,
-                },
-                Trailer => {
-                    if b == b'\n' {
-                        self.state = TrailerStart;
-                    }
-                }
-                EndLf => match b {
-                    b'\n' => self.state = Done,
-                    _ => return Err(Malformed),
-                },
-                Done => unreachable!("loop condition"),
+                continue;
             }
+            self.state = self.step(input[i])?;
             i += 1;
         }
         Ok((i, self.state == Done))
     }
 
-    fn after_size(&mut self) -> ChunkState {
-        if self.size == 0 {
-            ChunkState::TrailerStart
-        } else {
-            ChunkState::Data
-        }
+    /// The state after byte `b` (any state but `Data` and `Done`).
+    fn step(&mut self, b: u8) -> Result<ChunkState, Malformed> {
+        use ChunkState::*;
+        let ws = b == b' ' || b == b'\t';
+        Ok(match (self.state, b) {
+            (Size, b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F') => {
+                let d = (b as char).to_digit(16).unwrap_or(0) as u64;
+                self.size = self.size.checked_mul(16).ok_or(Malformed)? + d;
+                self.digits = self.digits.saturating_add(1);
+                if self.size > 1 << 48 {
+                    return Err(Malformed);
+                }
+                Size
+            }
+            (Size, _) if self.digits == 0 => return Err(Malformed),
+            (Size | SizeWs, b';') => ExtName,
+            (Size | SizeWs, _) if ws => SizeWs,
+            // (Whitespace before the CR is unambiguous: accepted.)
+            (Size | SizeWs | ExtNameChars | ExtAfterName | ExtToken | ExtAfterValue, b'\r') => {
+                SizeLf
+            }
+            (ExtName, _) if ws => ExtName,
+            (ExtName | ExtNameChars, _) if tchar(b) => ExtNameChars,
+            (ExtNameChars | ExtAfterName, _) if ws => ExtAfterName,
+            (ExtNameChars | ExtAfterName | ExtToken | ExtAfterValue, b';') => ExtName,
+            (ExtNameChars | ExtAfterName, b'=') => ExtValue,
+            (ExtValue, _) if ws => ExtValue,
+            (ExtValue, b'"') => ExtQuoted,
+            (ExtValue | ExtToken, _) if tchar(b) => ExtToken,
+            (ExtToken | ExtAfterValue, _) if ws => ExtAfterValue,
+            (ExtQuoted, b'"') => ExtAfterValue,
+            (ExtQuoted, b'\\') => ExtQuotedEscape,
+            (ExtQuoted, _) if ws || (0x21..=0x7e).contains(&b) || b >= 0x80 => ExtQuoted,
+            (ExtQuotedEscape, _) if ws || (0x21..=0x7e).contains(&b) || b >= 0x80 => ExtQuoted,
+            (SizeLf, b'\n') => {
+                self.digits = 0;
+                if self.size == 0 {
+                    TrailerStart
+                } else {
+                    Data
+                }
+            }
+            (DataCr, b'\r') => DataLf,
+            (DataLf, b'\n') => Size,
+            (TrailerStart, b'\r') => EndLf,
+            (TrailerStart | TrailerName, _) if tchar(b) => TrailerName,
+            (TrailerName, b':') => TrailerValue,
+            (TrailerValue, b'\r') => TrailerLf,
+            (TrailerValue, _) if b != b'\n' && b != 0 => TrailerValue,
+            (TrailerLf, b'\n') => TrailerStart,
+            (EndLf, b'\n') => Done,
+            _ => return Err(Malformed),
+        })
     }
 }
 
@@ -298,10 +333,24 @@ mod tests {
             }
         }
         assert_eq!((seen, &data[..]), (end, &b"Wikipedia"[..]));
-        // Bare LF line ends and no trailers.
-        let mut c = Chunked::default();
-        assert_eq!(c.feed(b"1\nA\n0\n\n", |_| {}), Ok((7, true)));
-        for bad in [&b"x\r\n"[..], b"1\r\nAB\r\n", b"fffffffffffffffff\r\n"] {
+        // Extensions (token and quoted values, whitespace) and trailers.
+        let ok = b"1 ;a ; b = c;d=\"x;\\\"y\"\r\nA\r\n0\r\nX-T: 1\r\n\r\n";
+        assert_eq!(Chunked::default().feed(ok, |_| {}), Ok((ok.len(), true)));
+        // Only strict syntax: a reader that splits these otherwise must not
+        // see another body than lb does.
+        for bad in [
+            &b"x\r\n"[..],
+            b"1\r\nAB\r\n",
+            b"fffffffffffffffff\r\n",
+            b"1\nA\r\n",                 // bare LF after the size
+            b"1\r\nA\n",                 // bare LF after data
+            b"2;\nxx\r\n",               // an extension ending at an LF
+            b"\r\n",                     // an empty size line
+            b"1;a=\"\r\n",               // an unterminated quoted value
+            b"1;\r\n",                   // an extension without a name
+            b"0\r\nnot a field\r\n\r\n", // a trailer that is no field
+            b"0\r\n\n",                  // a bare LF at the end
+        ] {
             assert!(
                 Chunked::default().feed(bad, |_| {}).is_err(),
                 "{}",

@@ -55,5 +55,6 @@ pub mod proxy;
 pub mod queue;
 pub mod reweigh;
 pub mod server;
+pub mod slow_start;
 pub mod state;
 pub mod sticky;

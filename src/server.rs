@@ -126,12 +126,8 @@ impl Lb {
             addr: config.admin.listen,
             source,
         })?;
-        let (token, source) =
-            admin::resolve_token(config.admin.token_file.as_deref()).map_err(StartError::Token)?;
-        if source == admin::TokenSource::Generated {
-            tracing::warn!(token = %token,
-                "admin token generated for this run; set LB_ADMIN_TOKEN or admin.token_file to choose one");
-        }
+        // Logs where the token came from, never a generated token itself.
+        let token = admin::token(config.admin.token_file.as_deref()).map_err(StartError::Token)?;
 
         let state = Arc::new(State::new(config.clone()));
         let control = Arc::new(Control::new(state.clone(), config_path));

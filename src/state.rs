@@ -89,6 +89,8 @@ impl Snapshot {
             available: self.schedulable(now),
             excluded,
             algorithm: self.algorithm,
+            slow_start: self.config.balancer.slow_start,
+            now,
         };
         self.balancer.pick(&pool, key, now)
     }

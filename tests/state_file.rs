@@ -1,7 +1,9 @@
-//! `admin.state_file` (SPEC "Admin API"): operator weights and modes survive a
-//! restart; a corrupt or unwritable state file costs a warning, never the
-//! service or the in-memory state; writers racing (admin API and SIGHUP
-//! reload) still leave one whole, current file.
+//! `admin.state_file` (SPEC "Admin API", "Admin hardening"): operator weights
+//! and modes survive a restart; a corrupt or unwritable state file costs a
+//! warning, never the service or the in-memory state, and a change it could
+//! not take is answered `507` (applied, counted); a slow disk never stalls
+//! the admin API; writers racing (admin API and SIGHUP reload) still leave
+//! one whole, current file.
 //!
 //! The tests run one at a time (`common::serial`): each runs lb and four apps on a
 //! 2-core machine.
@@ -121,24 +123,76 @@ async fn an_algorithm_switch_survives_a_restart() {
     .await;
 }
 
-/// Makes `path` a FIFO: a writer's `open` blocks until someone opens it to read.
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a valid NUL-terminated path; mkfifo has no other preconditions.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo");
+/// `name` on PATH.
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A slow disk for one process: strace attached to every thread of it,
+/// holding each `fsync` for `delay` before it runs. (lb's temp files are
+/// created new under names of their own, so no FIFO can be planted in a
+/// write's way any more; delaying the syscall is what a slow disk does.)
+/// Detached on drop.
+struct SlowDisk(std::process::Child);
+
+impl SlowDisk {
+    async fn attach(pid: u32, delay: Duration) -> SlowDisk {
+        let strace = which("strace").unwrap_or_else(|| {
+            panic!("strace not found on PATH: install it (Debian: apt-get install strace)")
+        });
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = std::process::Command::new(strace)
+            .args(["-f", "-o", "/dev/null", "-e", "trace=fsync", "-e"])
+            .arg(format!("inject=fsync:delay_enter={}", delay.as_micros()))
+            .arg("-p")
+            .arg(pid.to_string())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let slow = SlowDisk(child);
+        // Attached once strace has said so for every thread of lb: one line
+        // "attached with N threads" (recent strace), or one line per thread.
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count();
+        let attached = || {
+            let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+            text.contains(" attached with ") || text.matches(" attached").count() >= threads
+        };
+        assert!(
+            eventually(Duration::from_secs(5), attached).await,
+            "strace did not attach: {}",
+            std::fs::read_to_string(log.path()).unwrap_or_default()
+        );
+        slow
+    }
+}
+
+impl Drop for SlowDisk {
+    fn drop(&mut self) {
+        // SIGTERM: strace detaches, and the tracee runs on untouched.
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe {
+            libc::kill(self.0.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stuck_state_file_write_never_stalls_metrics_or_health() {
+async fn a_slow_state_file_write_never_stalls_metrics_or_health() {
     serial(async {
         let apps = Apps::plain(2).await;
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("lb-state.json");
-        // lb writes `.lb-state.json.tmp` first; as a FIFO with no reader, that
-        // write blocks in open(2), like a disk that stopped answering.
-        let tmp = dir.path().join(".lb-state.json.tmp");
-        mkfifo(&tmp);
         let lb = Lb::start_full(&state_line(&state), &apps.backends_toml(&[1, 1])).await;
+        // A write is two fsyncs (the temp file, then the directory): 3 s in
+        // all, within the 5 s an admin change waits for its write.
+        let slow = SlowDisk::attach(lb.pid(), Duration::from_millis(1500)).await;
         let put = {
             let (url, c) = (lb.admin_url("/admin/weights"), client());
             tokio::spawn(async move {
@@ -150,9 +204,9 @@ async fn a_stuck_state_file_write_never_stalls_metrics_or_health() {
                     .map(|r| r.status().as_u16())
             })
         };
-        // While the write is stuck, the admin runtime keeps answering. Before,
-        // the write ran inside the handler on the admin API's one thread: these
-        // waited for the disk.
+        // While the write is under way, the admin runtime keeps answering.
+        // Before the writer thread, the write ran inside the handler on the
+        // admin API's one thread: these waited for the disk.
         let quick = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(2))
@@ -165,22 +219,20 @@ async fn a_stuck_state_file_write_never_stalls_metrics_or_health() {
             let took = t.elapsed();
             assert!(
                 r.as_ref().is_ok_and(|r| r.status() == 200),
-                "GET {path} while the state file write is stuck: {r:?} after {took:?}"
+                "GET {path} while the state file write is slow: {r:?} after {took:?}"
             );
-            println!("[stuck write] GET {path}: 200 in {took:?}");
+            println!("[slow write] GET {path}: 200 in {took:?}");
             applied |= lb.weights().await["app-1"] == 3;
         }
-        // The change itself is in effect (in memory) meanwhile.
-        assert!(applied, "weights not applied while the write is stuck");
-        // Let the writer through (it then fails on fsync of a FIFO, which is
-        // logged), remove the FIFO, and the next change is written normally.
-        let reader = tokio::task::spawn_blocking({
-            let tmp = tmp.clone();
-            move || std::fs::read(&tmp)
-        });
-        assert!(reader.await.unwrap().is_ok());
-        std::fs::remove_file(&tmp).unwrap();
+        // The change itself is in effect (in memory) meanwhile, and the PUT
+        // is still waiting for its write.
+        assert!(applied, "weights not applied while the write is slow");
+        assert!(!put.is_finished(), "the PUT answered before its write");
+        // The PUT answers once the write is done: the file holds the change.
         assert_eq!(put.await.unwrap().unwrap(), 200);
+        let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        assert_eq!(saved["weights"]["app-1"], 3);
+        drop(slow);
         lb.set_weights(&json!({"app-2": 4})).await;
         let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
         assert_eq!(saved["weights"], json!({"app-1": 3, "app-2": 4}));
@@ -238,15 +290,18 @@ async fn unwritable_state_file_keeps_changes_in_memory() {
         let at_start = state_warnings(&lb, 0);
 
         let from = lb.log_len();
+        // Applied, but not saved: 507 saying so (SPEC "Admin hardening").
         let r = lb.admin_put("/admin/weights", &json!({"app-1": 3})).await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.status, 507, "{}", r.text);
+        assert_eq!(r.json["applied"], true, "{}", r.text);
         let r = lb
             .admin_put(
                 "/admin/backends/app-4/mode",
                 &json!({"mode": "maintenance"}),
             )
             .await;
-        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.status, 507, "{}", r.text);
+        assert_eq!(r.json["applied"], true, "{}", r.text);
         let warned = lb
             .wait_log(
                 from,
@@ -274,6 +329,97 @@ async fn unwritable_state_file_keeps_changes_in_memory() {
         );
         assert_eq!(m, vec!["active", "active", "active", "maintenance"]);
         assert_eq!(routed, vec![6, 2, 2, 0]);
+        let errors = lb.scrape().await.value("lb_state_file_errors_total", &[]);
+        assert!(errors >= 2.0, "lb_state_file_errors_total {errors}");
+    })
+    .await;
+}
+
+/// The state file's directory turns into a regular file after lb started
+/// (a deterministic stand-in for a full or read-only disk: the write fails
+/// with ENOTDIR, even for root, whom no permission bit stops): each change is
+/// applied, answered `507` `{"error": "state file: ...", "applied": true}`
+/// and counted; once the directory is back, the next change saves them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_the_state_file_cannot_take_is_507_applied_and_counted() {
+    serial(async {
+        let apps = Apps::plain(4).await;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let state = sub.join("lb-state.json");
+        let lb = Lb::start_full(&state_line(&state), &apps.backends_toml(&[1, 1, 1, 1])).await;
+        lb.set_weights(&json!({"app-2": 2})).await;
+        assert!(state.exists());
+        let errors_before = lb.scrape().await.value("lb_state_file_errors_total", &[]);
+
+        std::fs::remove_dir_all(&sub).unwrap();
+        std::fs::write(&sub, b"no longer a directory").unwrap();
+        let r = lb.admin_put("/admin/weights", &json!({"app-1": 7})).await;
+        println!("[507] PUT /admin/weights: {} {}", r.status, r.text);
+        assert_eq!(r.status, 507, "{}", r.text);
+        assert_eq!(r.json["applied"], true);
+        let e = r.json["error"].as_str().unwrap_or("");
+        assert!(e.starts_with("state file: "), "{e}");
+        assert!(
+            e.contains("lb-state.json") && e.contains("ot a directory"),
+            "{e}"
+        );
+        assert!(!r.etag.is_empty(), "a 507 carries the new version");
+        // Applied all the same: the API and the routing show it.
+        assert_eq!(
+            lb.weights().await,
+            map(&[("app-1", 7), ("app-2", 2), ("app-3", 1), ("app-4", 1)])
+        );
+        let routed = tally(&route_seq(&lb, 11).await, &NAMES);
+        assert_eq!(routed, vec![7, 2, 1, 1]);
+        // Every kind of change, reload included.
+        let r = lb
+            .admin_put("/admin/algorithm", &json!({"algorithm": "least_conn"}))
+            .await;
+        assert_eq!(
+            (r.status, &r.json["applied"]),
+            (507, &json!(true)),
+            "{}",
+            r.text
+        );
+        let r = lb
+            .admin_put("/admin/backends/app-4/mode", &json!({"mode": "drain"}))
+            .await;
+        assert_eq!(
+            (r.status, &r.json["applied"]),
+            (507, &json!(true)),
+            "{}",
+            r.text
+        );
+        let r = lb.reload().await;
+        assert_eq!(
+            (r.status, &r.json["applied"]),
+            (507, &json!(true)),
+            "{}",
+            r.text
+        );
+        let errors = lb.scrape().await.value("lb_state_file_errors_total", &[]);
+        assert!(errors >= errors_before + 4.0, "{errors_before} -> {errors}");
+
+        // The directory is back: the next change is saved, with the others.
+        std::fs::remove_file(&sub).unwrap();
+        std::fs::create_dir(&sub).unwrap();
+        lb.set_weights(&json!({"app-3": 3})).await;
+        let saved: Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+        assert_eq!(
+            saved["weights"],
+            json!({"app-1": 7, "app-2": 2, "app-3": 3, "app-4": 1})
+        );
+        assert_eq!(saved["algorithm"], "least_conn");
+        assert_eq!(saved["modes"]["app-4"], "drain");
+        // No temp file left behind by the failures or the success.
+        let leftovers: Vec<_> = std::fs::read_dir(&sub)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     })
     .await;
 }

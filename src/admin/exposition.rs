@@ -107,6 +107,7 @@ struct BackendFamilies {
     eff: IntGaugeVec,
     circuit: IntGaugeVec,
     ewma: GaugeVec,
+    slow_start: GaugeVec,
     errors: IntCounterVec,
     retries: IntCounterVec,
     checks: IntCounterVec,
@@ -160,6 +161,16 @@ impl BackendFamilies {
         )
         .expect("valid metric");
         r.register(Box::new(ewma.clone())).expect("unique metric");
+        let slow_start = GaugeVec::new(
+            Opts::new(
+                "lb_backend_slow_start_ratio",
+                "Share of its weight a backend in slow start gets (1 when not ramping)",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(slow_start.clone()))
+            .expect("unique metric");
         let errors = counter(
             r,
             "lb_upstream_errors_total",
@@ -187,6 +198,7 @@ impl BackendFamilies {
             eff,
             circuit,
             ewma,
+            slow_start,
             errors,
             retries,
             checks,
@@ -213,6 +225,10 @@ impl BackendFamilies {
         self.eff
             .with_label_values(&[name])
             .set(b.effective_weight(snap.algorithm).into());
+        let ratio = s.slow_start_ratio(snap.config.balancer.slow_start, now);
+        self.slow_start
+            .with_label_values(&[name])
+            .set(f64::from(ratio) / 1000.0);
         let st = s.circuit.state(&snap.config.circuit_breaker, now);
         for c in [
             CircuitState::Closed,
@@ -244,7 +260,8 @@ impl BackendFamilies {
 }
 
 /// The process-wide counters: `lb_no_backend_total`, `lb_log_dropped_total`,
-/// `lb_config_reloads_total{result}`, `lb_admin_changes_total{kind}`.
+/// `lb_config_reloads_total{result}`, `lb_admin_changes_total{kind}`,
+/// `lb_state_file_errors_total`, ...
 fn global(r: &Registry, state: &State) {
     let c = &state.counters;
     let no_backend = counter(
@@ -312,6 +329,14 @@ fn global(r: &Registry, state: &State) {
     )
     .with_label_values(&["budget"])
     .inc_by(c.retries_skipped_budget.load(Ordering::Relaxed));
+    counter(
+        r,
+        "lb_state_file_errors_total",
+        "Writes of admin.state_file that failed (the changes stayed applied in memory)",
+        &[],
+    )
+    .with_label_values(&[] as &[&str])
+    .inc_by(crate::control::state_file_errors());
 }
 
 /// `lb_build_info{version}` and, on Linux, `process_*`.
@@ -433,6 +458,7 @@ mod tests {
             ("lb_backend_ewma_seconds", "gauge", 2),
             ("lb_backend_in_flight", "gauge", 2),
             ("lb_backend_max_in_flight", "gauge", 2),
+            ("lb_backend_slow_start_ratio", "gauge", 2),
             ("lb_backend_up", "gauge", 2),
             ("lb_backend_weight", "gauge", 2),
             ("lb_build_info", "gauge", 1),
@@ -457,6 +483,7 @@ mod tests {
             ("lb_requests_total", "counter", 2 * 5),
             ("lb_retries_skipped_total", "counter", 1),
             ("lb_retries_total", "counter", 2),
+            ("lb_state_file_errors_total", "counter", 1),
             (
                 "lb_upstream_errors_total",
                 "counter",

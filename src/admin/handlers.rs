@@ -1,6 +1,9 @@
 //! Admin endpoints (SPEC "Admin API"). Bodies are parsed here so malformed
 //! JSON is a `400` and well-formed but unacceptable values a `422`; nothing
-//! changes unless the whole request is valid.
+//! changes unless the whole request is valid. A change answers once
+//! `admin.state_file` holds it: `200`, or `507` with `"applied": true` when
+//! the write failed (the change is in effect, but would not survive a
+//! restart).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -16,7 +19,7 @@ use serde_json::{json, Map, Value};
 
 use super::{error, if_match, with_etag, Shared};
 use crate::config::Algorithm;
-use crate::control::{parse_mode, weights_of, ControlError};
+use crate::control::{parse_mode, weights_of, ControlError, StateFileError};
 use crate::state::{Backend, Snapshot};
 
 type Peer = ConnectInfo<SocketAddr>;
@@ -31,6 +34,8 @@ struct BackendView {
     resolved: Option<String>,
     weight: u32,
     effective_weight: u32,
+    /// Share under slow start (0.1..=1.0; 1.0 when not ramping).
+    slow_start_ratio: f64,
     health: &'static str,
     circuit: &'static str,
     mode: &'static str,
@@ -51,6 +56,8 @@ fn view(b: &Backend, s: &crate::state::Snapshot, now: Instant) -> BackendView {
         resolved: b.addr.map(|a| a.to_string()),
         weight: b.weight,
         effective_weight: b.effective_weight(s.algorithm),
+        slow_start_ratio: f64::from(st.slow_start_ratio(s.config.balancer.slow_start, now))
+            / 1000.0,
         health: if st.healthy.load(Ordering::Relaxed) {
             "up"
         } else {
@@ -79,6 +86,14 @@ fn failed(e: ControlError) -> Response {
         ControlError::Invalid(_) | ControlError::Config(_) => StatusCode::UNPROCESSABLE_ENTITY,
     };
     error(status, &e.to_string())
+}
+
+/// `507`: the change is applied in memory but `admin.state_file` does not
+/// hold it. Tagged with the current version, as a `200` would be.
+fn unsaved(snap: &Snapshot, e: StateFileError) -> Response {
+    let body = json!({ "error": e.to_string(), "applied": true });
+    let r = (StatusCode::INSUFFICIENT_STORAGE, Json(body)).into_response();
+    with_etag(r, snap.version)
 }
 
 /// A refused request body: status and message.
@@ -148,9 +163,12 @@ pub(super) async fn put_weights(
         .set_weights(&changes, if_match(&headers), &peer.to_string())
     {
         Ok(_) => {
-            s.control.persisted().await;
+            let saved = s.control.persisted().await;
             let snap = s.control.state.load();
-            ok(&snap, json!(weights_of(&snap)))
+            match saved {
+                Ok(()) => ok(&snap, json!(weights_of(&snap))),
+                Err(e) => unsaved(&snap, e),
+            }
         }
         Err(e) => failed(e),
     }
@@ -186,8 +204,11 @@ pub(super) async fn put_mode(
     {
         return failed(e);
     }
-    s.control.persisted().await;
+    let saved = s.control.persisted().await;
     let snap = s.control.state.load();
+    if let Err(e) = saved {
+        return unsaved(&snap, e);
+    }
     let now = Instant::now();
     // A backend or member: its view; a group: its members' views.
     match (snap.index_of(&name), snap.targets(&name)) {
@@ -230,9 +251,12 @@ pub(super) async fn put_algorithm(
         .set_algorithm(a, if_match(&headers), &peer.to_string())
     {
         Ok(()) => {
-            s.control.persisted().await;
+            let saved = s.control.persisted().await;
             let snap = s.control.state.load();
-            ok(&snap, json!({ "algorithm": snap.algorithm.as_str() }))
+            match saved {
+                Ok(()) => ok(&snap, json!({ "algorithm": snap.algorithm.as_str() })),
+                Err(e) => unsaved(&snap, e),
+            }
         }
         Err(e) => failed(e),
     }
@@ -248,7 +272,14 @@ pub(super) async fn reload(
         .reload_if(&peer.to_string(), if_match(&headers))
         .await
     {
-        Ok(()) => ok(&s.control.state.load(), json!({ "status": "reloaded" })),
+        Ok(()) => {
+            let saved = s.control.persisted().await;
+            let snap = s.control.state.load();
+            match saved {
+                Ok(()) => ok(&snap, json!({ "status": "reloaded" })),
+                Err(e) => unsaved(&snap, e),
+            }
+        }
         Err(e) => failed(e),
     }
 }

@@ -2,13 +2,23 @@
 //! status page `GET /` (with its script and style) and `GET /history` (what
 //! the page draws) open — read-only, the same facts as the metrics —
 //! everything under `/admin/` behind `Authorization: Bearer <token>` (compared
-//! in constant time). JSON in and out; responses carry an `ETag` (the state
-//! version) and mutations with a stale `If-Match` get `412`.
+//! in constant time; where it comes from: `token.rs`). JSON in and out;
+//! responses carry an `ETag` (the state version) and mutations with a stale
+//! `If-Match` get `412`. The listener has limits of its own (SPEC "Admin
+//! hardening"): 64 connections and a 10 s head clock (`listener.rs`), 1 MiB
+//! bodies within 10 s (`limits.rs`).
 
 pub mod exposition;
 mod handlers;
+mod limits;
+mod listener;
 mod pool;
 mod status;
+mod token;
+
+pub use limits::{BODY_TIMEOUT, MAX_BODY};
+pub use listener::{HEAD_TIMEOUT, MAX_CONNECTIONS};
+pub use token::{resolve_token, token, TokenSource};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,45 +32,11 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use rand::Rng;
 use subtle::ConstantTimeEq;
 
 use crate::control::Control;
 use crate::history::History;
 use crate::pool::Pool;
-
-/// Where the admin token came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `LB_ADMIN_TOKEN`.
-    Env,
-    /// `admin.token_file`.
-    File,
-    /// Generated at start (logged once).
-    Generated,
-}
-
-/// Picks the admin token: env `LB_ADMIN_TOKEN`, else `admin.token_file`, else
-/// a random one. A configured token file that cannot be read is an error.
-pub fn resolve_token(
-    token_file: Option<&std::path::Path>,
-) -> Result<(String, TokenSource), String> {
-    if let Ok(t) = std::env::var("LB_ADMIN_TOKEN") {
-        if !t.trim().is_empty() {
-            return Ok((t.trim().to_string(), TokenSource::Env));
-        }
-    }
-    if let Some(p) = token_file {
-        let t = std::fs::read_to_string(p)
-            .map_err(|e| format!("admin.token_file: {}: {e}", p.display()))?;
-        if t.trim().is_empty() {
-            return Err(format!("admin.token_file: {} is empty", p.display()));
-        }
-        return Ok((t.trim().to_string(), TokenSource::File));
-    }
-    let t = format!("{:032x}", rand::thread_rng().gen::<u128>());
-    Ok((t, TokenSource::Generated))
-}
 
 #[derive(Clone)]
 pub(crate) struct Shared {
@@ -132,6 +108,7 @@ impl Admin {
                 error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
             })
             .with_state(self.shared.clone())
+            .layer(middleware::from_fn(limits::bounded))
     }
 }
 
@@ -192,9 +169,10 @@ impl BackgroundService for Admin {
             }
         };
         tracing::info!(listen = %self.listen, "admin API listening");
+        let listener = listener::AdminListener::new(listener);
         let app = self
             .router()
-            .into_make_service_with_connect_info::<SocketAddr>();
+            .into_make_service_with_connect_info::<listener::AdminConn>();
         let stop = async move {
             let _ = shutdown.changed().await;
         };

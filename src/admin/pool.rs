@@ -1,6 +1,9 @@
 //! `GET /admin/pool`, `PUT /admin/pool/size`, `POST /admin/pool/rollout`
 //! (SPEC "The pool"). Without a `[pool]` they answer 404. Each accepted
-//! change writes one audit line, like the other operator actions.
+//! change writes one audit line, like the other operator actions. A rollout
+//! naming a `command` is refused `403` unless the running config says
+//! `[pool] allow_rollout_command = true` (SPEC "Admin hardening"): otherwise
+//! the admin token alone would let its holder run any program as lb.
 
 use std::net::SocketAddr;
 
@@ -46,6 +49,15 @@ fn pool(s: &Shared) -> Result<&Pool, Refused> {
         .ok_or_else(|| Refused(StatusCode::NOT_FOUND, "no [pool] is configured".into()))
 }
 
+/// `[pool] allow_rollout_command` of the running config (a reload changes it).
+fn commands_allowed(s: &Shared) -> bool {
+    let snap = s.control.state.load();
+    snap.config
+        .pool
+        .as_ref()
+        .is_some_and(|p| p.allow_rollout_command)
+}
+
 fn json_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, Refused> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(m)) => Ok(m),
@@ -84,8 +96,8 @@ fn set_size(s: &Shared, peer: SocketAddr, body: &Bytes) -> Result<Response, Refu
     Ok(Json(view).into_response())
 }
 
-/// `{"image": "..."}` (docker) or `{"command": [...]}` (process) → 202; the
-/// rollout's progress shows in `GET /admin/pool`.
+/// `{"image": "..."}` (docker) or `{"command": [...]}` (process, when
+/// allowed) → 202; the rollout's progress shows in `GET /admin/pool`.
 pub(super) async fn post_rollout(
     State(s): State<Shared>,
     ConnectInfo(peer): Peer,
@@ -97,6 +109,15 @@ pub(super) async fn post_rollout(
 fn rollout(s: &Shared, peer: SocketAddr, body: &Bytes) -> Result<Response, Refused> {
     let p = pool(s)?;
     let m = json_object(body)?;
+    if m.contains_key("command") && !commands_allowed(s) {
+        tracing::warn!(target: "audit", what = "pool rollout", peer = %peer,
+            "admin change refused: a command rollout needs [pool] allow_rollout_command = true");
+        return Err(Refused(
+            StatusCode::FORBIDDEN,
+            "rollouts with a command are off; set [pool] allow_rollout_command = true to allow them"
+                .into(),
+        ));
+    }
     let version = match (m.get("image"), m.get("command"), m.len()) {
         (Some(Value::String(i)), None, 1) if !i.trim().is_empty() => Version::Image(i.clone()),
         (None, Some(Value::Array(a)), 1) => {

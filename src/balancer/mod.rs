@@ -13,7 +13,7 @@ mod least_time;
 mod rendezvous;
 mod round_robin;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use dynamic::{next_factor, DynamicInput, DynamicMemory, MAX_STEP};
 pub use least_conn::LeastConn;
@@ -43,6 +43,10 @@ pub struct Pool<'a> {
     pub excluded: Mask,
     /// Which weight to use ([`Backend::effective_weight`]).
     pub algorithm: Algorithm,
+    /// `balancer.slow_start` (zero: off).
+    pub slow_start: Duration,
+    /// The request's time (slow start's ramp is read at it).
+    pub now: Instant,
 }
 
 impl Pool<'_> {
@@ -52,10 +56,20 @@ impl Pool<'_> {
         self.available & !self.excluded
     }
 
-    /// The weight selection uses for backend `i`.
+    /// The weight selection uses for backend `i`: its effective weight,
+    /// ramped while it is in slow start (all weights scaled alike while slow
+    /// start is on; hashing ignores it, so `ip_hash` keeps every client where
+    /// it was).
     #[inline]
     pub fn weight(&self, i: usize) -> u32 {
-        self.backends[i].effective_weight(self.algorithm)
+        let w = self.backends[i].effective_weight(self.algorithm);
+        if self.slow_start.is_zero() || self.algorithm == Algorithm::IpHash {
+            return w;
+        }
+        let ratio = self.backends[i]
+            .stats
+            .slow_start_ratio(self.slow_start, self.now);
+        crate::slow_start::ramped(w, ratio)
     }
 }
 
@@ -133,6 +147,8 @@ pub(crate) mod testing {
             available,
             excluded: 0,
             algorithm,
+            slow_start: std::time::Duration::ZERO,
+            now,
         }
     }
 }

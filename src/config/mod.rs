@@ -25,6 +25,8 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const MAX_GRACE_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The longest `pool.drain_timeout` a config may set.
 pub const MAX_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(86_400);
+/// `admin.token_file`'s default name, in the config file's directory.
+pub const DEFAULT_TOKEN_FILE: &str = "lb-admin-token";
 
 /// The balancing algorithm (SPEC "Balancing").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -118,6 +120,10 @@ pub struct ServerConfig {
     /// Client connections per process; beyond it new ones are closed at
     /// once (default 10,000).
     pub max_connections: usize,
+    /// PROXY protocol headers accepted from [`ServerConfig::proxy_protocol_from`].
+    pub proxy_protocol: ProxyProtocol,
+    /// Sources that must send a PROXY header (others are direct clients).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Largest request head (request line + headers) accepted; above → 431 (default 32 KiB).
     pub max_header_bytes: usize,
     /// Most header fields accepted; above → 431 (default 100).
@@ -131,7 +137,10 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Where operator weights/modes are persisted (default: none).
     pub state_file: Option<PathBuf>,
-    /// File holding the admin token when `LB_ADMIN_TOKEN` is unset.
+    /// File holding the admin token when `LB_ADMIN_TOKEN` is unset; where a
+    /// generated token is written when the file does not exist. Default
+    /// ([`Config::load`]): `lb-admin-token` next to the config file; `None`
+    /// only for a config not read from a file.
     pub token_file: Option<PathBuf>,
 }
 
@@ -144,6 +153,9 @@ pub struct BalancerConfig {
     pub sticky: Sticky,
     /// Response header naming the chosen backend; `None` when configured as "".
     pub backend_header: Option<HeaderName>,
+    /// A backend that comes back or joins ramps from 10 % to 100 % of its
+    /// share over this window (default 0: at once).
+    pub slow_start: Duration,
 }
 
 /// `[health]`: active checks.
@@ -337,6 +349,10 @@ pub struct PoolConfig {
     pub drain_timeout: Duration,
     /// A member not healthy this long after its start has failed (default 30 s).
     pub start_timeout: Duration,
+    /// Whether `POST /admin/pool/rollout` may name a `command` (default
+    /// false: a token holder could otherwise run any program as lb; `403`).
+    /// Process provider only; rollouts by reload are the file's own.
+    pub allow_rollout_command: bool,
 }
 
 impl PoolConfig {
@@ -346,6 +362,27 @@ impl PoolConfig {
             .strip_prefix(self.name.as_str())
             .and_then(|rest| rest.strip_prefix('-'))
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    }
+}
+
+/// `[server] proxy_protocol`: which PROXY protocol versions a trusted source
+/// may send (default off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    V1,
+    V2,
+    Any,
+}
+
+impl ProxyProtocol {
+    /// Does this setting accept a header of version `v` (1 or 2)?
+    pub fn accepts(self, v: u8) -> bool {
+        matches!(
+            (self, v),
+            (ProxyProtocol::Any, _) | (ProxyProtocol::V1, 1) | (ProxyProtocol::V2, 2)
+        )
     }
 }
 
@@ -411,7 +448,13 @@ impl Config {
             path: path.display().to_string(),
             source: e,
         })?;
-        Config::from_toml(&text)
+        let mut c = Config::from_toml(&text)?;
+        // A relative token_file is relative to the working directory, as
+        // every path in the file; the default sits next to the file itself.
+        c.admin
+            .token_file
+            .get_or_insert_with(|| path.with_file_name(DEFAULT_TOKEN_FILE));
+        Ok(c)
     }
 
     /// A one-screen human summary, printed by `lb check`.

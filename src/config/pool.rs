@@ -84,6 +84,7 @@ pub(super) fn pool(
             super::MAX_DRAIN_TIMEOUT,
         )?,
         start_timeout: duration("pool.start_timeout", &p.start_timeout, 10 * MS, DAY)?,
+        allow_rollout_command: p.allow_rollout_command,
     };
     for (i, b) in backends.iter().enumerate() {
         if pool.owns_name(&b.name) {
@@ -117,6 +118,7 @@ fn provider(p: &RawPool) -> Result<PoolProvider, ConfigError> {
             &[
                 ("command", p.command.is_some()),
                 ("ports", p.ports.is_some()),
+                ("allow_rollout_command", p.allow_rollout_command),
             ],
         ),
     };
@@ -278,6 +280,10 @@ mod tests {
         assert_eq!(p.max_age, None);
         assert_eq!(p.max_memory, None);
         assert!(
+            !p.allow_rollout_command,
+            "command rollouts are off by default"
+        );
+        assert!(
             matches!(p.provider, PoolProvider::Process { ref ports, .. } if *ports == (3100..=3199))
         );
         assert!(c.backends.is_empty());
@@ -318,6 +324,10 @@ mod tests {
             (
                 format!("{CMD}\nimage = \"x\""),
                 "pool.image: (set) does not apply to provider = \"process\"",
+            ),
+            (
+                "provider = \"docker\"\nimage = \"a\"\nallow_rollout_command = true".into(),
+                "pool.allow_rollout_command: (set) does not apply to provider = \"docker\"",
             ),
             (
                 format!("{CMD}\nmax_memory = \"lots\""),
@@ -415,6 +425,7 @@ mod tests {
             "start_timeout",
             "command",
             "ports",
+            "allow_rollout_command",
             "image",
             "network",
             "container_port",

@@ -36,6 +36,8 @@ pub struct RawServer {
     pub send_timeout: String,
     pub body_timeout: String,
     pub max_connections: i64,
+    pub proxy_protocol: String,
+    pub proxy_protocol_from: Vec<String>,
     pub max_header_bytes: i64,
     pub max_headers: i64,
 }
@@ -51,6 +53,8 @@ impl Default for RawServer {
             send_timeout: "60s".into(),
             body_timeout: "60s".into(),
             max_connections: 10_000,
+            proxy_protocol: "off".into(),
+            proxy_protocol_from: Vec::new(),
             max_header_bytes: 32 * 1024,
             max_headers: 100,
         }
@@ -105,6 +109,7 @@ pub struct RawBalancer {
     pub sticky_cookie: String,
     pub sticky_header: String,
     pub backend_header: String,
+    pub slow_start: String,
 }
 
 impl Default for RawBalancer {
@@ -115,6 +120,7 @@ impl Default for RawBalancer {
             sticky_cookie: "lb_sticky".into(),
             sticky_header: "X-Session-Id".into(),
             backend_header: "X-Backend".into(),
+            slow_start: "0s".into(),
         }
     }
 }
@@ -333,6 +339,7 @@ pub struct RawPool {
     // provider = "process"
     pub command: Option<Vec<String>>,
     pub ports: Option<String>,
+    pub allow_rollout_command: bool,
     // provider = "docker"
     pub image: Option<String>,
     pub network: Option<String>,
@@ -363,6 +370,7 @@ impl Default for RawPool {
             start_timeout: "30s".into(),
             command: None,
             ports: None,
+            allow_rollout_command: false,
             image: None,
             network: None,
             container_port: None,

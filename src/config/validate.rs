@@ -208,6 +208,8 @@ impl TryFrom<RawConfig> for Config {
                 1,
                 10_000_000,
             )? as usize,
+            proxy_protocol: proxy_protocol(&r.server.proxy_protocol)?,
+            proxy_protocol_from: proxy_sources(&r.server.proxy_protocol_from)?,
             max_header_bytes: int_in(
                 "server.max_header_bytes",
                 r.server.max_header_bytes,
@@ -217,6 +219,13 @@ impl TryFrom<RawConfig> for Config {
             // Pingora's parser stops at 256 header fields.
             max_headers: int_in("server.max_headers", r.server.max_headers, 1, 256)? as usize,
         };
+        if server.proxy_protocol != ProxyProtocol::Off && server.proxy_protocol_from.is_empty() {
+            return Err(invalid(
+                "server.proxy_protocol_from",
+                "[]",
+                "must list the trusted PROXY senders when server.proxy_protocol is on",
+            ));
+        }
         let admin = AdminConfig {
             listen: socket_addr("admin.listen", &r.admin.listen)?,
             state_file: non_empty_path("admin.state_file", r.admin.state_file.clone())?,
@@ -326,6 +335,39 @@ impl TryFrom<RawConfig> for Config {
     }
 }
 
+fn proxy_protocol(v: &str) -> Result<ProxyProtocol, ConfigError> {
+    match v {
+        "off" => Ok(ProxyProtocol::Off),
+        "v1" => Ok(ProxyProtocol::V1),
+        "v2" => Ok(ProxyProtocol::V2),
+        "any" => Ok(ProxyProtocol::Any),
+        _ => Err(invalid(
+            "server.proxy_protocol",
+            v,
+            "must be \"off\", \"v1\", \"v2\" or \"any\"",
+        )),
+    }
+}
+
+/// CIDR blocks (`10.0.0.0/8`, `fd00::/8`) or single addresses.
+fn proxy_sources(v: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    v.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let s = s.trim();
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    invalid(
+                        format!("server.proxy_protocol_from[{i}]"),
+                        s,
+                        "must be an IP address or a CIDR block such as 10.0.0.0/8",
+                    )
+                })
+        })
+        .collect()
+}
+
 fn non_empty_path(key: &str, p: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
     match p {
         Some(s) if s.trim().is_empty() => {
@@ -366,6 +408,7 @@ fn balancer(r: &RawConfig) -> Result<BalancerConfig, ConfigError> {
         algorithm,
         sticky,
         backend_header,
+        slow_start: duration("balancer.slow_start", &b.slow_start, Duration::ZERO, HOUR)?,
     })
 }
 

@@ -7,13 +7,15 @@
 //! sees all of it, no request sees half. Each applied change writes one audit
 //! line (what, old → new, peer) and, with `admin.state_file`, persists the
 //! operator state (weights, modes, algorithm) atomically (temp file + fsync +
-//! rename) on the state file's own writer thread (`writer.rs`).
+//! rename) on the state file's own writer thread (`writer.rs`); the admin API
+//! waits for that write and answers `507` when it failed
+//! ([`Control::persisted`]).
 
 mod reload;
 mod state_file;
 mod writer;
 
-pub use state_file::{write_atomically, SavedState};
+pub use state_file::{state_file_errors, write_atomically, SavedState, StateFileError};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -193,6 +195,10 @@ impl Control {
                 old = backends[i].mode;
             }
             for i in targets {
+                // Back from maintenance: slow start (`balancer.slow_start`).
+                if backends[i].mode == Mode::Maintenance && mode != Mode::Maintenance {
+                    backends[i].stats.restart_ramp(std::time::Instant::now());
+                }
                 backends[i].mode = mode;
             }
             Ok(cur.with_groups(backends, groups, cur.algorithm))

@@ -16,14 +16,19 @@ impl Control {
     /// keep their state (stats, health, circuit, operator weight unless the file
     /// changed it, mode); new ones join, removed ones leave (their in-flight
     /// requests finish on the old snapshot they hold). Returns once the state
-    /// file (if any) is written.
+    /// file (if any) is written; a failed write is the writer's to log (SIGHUP
+    /// has nobody to answer).
     pub async fn reload(&self, peer: &str) -> Result<(), ControlError> {
-        self.reload_if(peer, None).await
+        self.reload_if(peer, None).await?;
+        let _ = self.persisted().await;
+        Ok(())
     }
 
     /// [`Control::reload`] if the state's version still equals `if_match`
     /// (`POST /admin/reload` with `If-Match`); checked before the file is read
-    /// and again, atomically, when the new snapshot is installed.
+    /// and again, atomically, when the new snapshot is installed. Asks for
+    /// the state file write without waiting: the caller awaits
+    /// [`Control::persisted`] and answers its outcome.
     pub async fn reload_if(&self, peer: &str, if_match: Option<u64>) -> Result<(), ControlError> {
         let path = self
             .config_path
@@ -104,7 +109,6 @@ impl Control {
         let names: Vec<String> = new.backends.iter().map(|b| b.name.clone()).collect();
         self.audit(3, "reload", &old_names.join(","), &names.join(","), peer);
         self.persist();
-        self.persisted().await;
         Ok(())
     }
 }

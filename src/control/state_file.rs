@@ -1,16 +1,39 @@
 //! The state file (`admin.state_file`): what it holds, applying it at start,
-//! and writing it (atomically, on the writer thread) after every change.
+//! and writing it (atomically, on the writer thread) after every change. A
+//! change that could not be saved stays applied in memory; the admin API
+//! answers it `507` ([`StateFileError`]) and `lb_state_file_errors_total`
+//! counts the failed write.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::writer::Outcome;
 use super::{parse_mode, Control};
 use crate::config::{Algorithm, MAX_WEIGHT};
 use crate::state::State;
+
+/// Failed state file writes in this process (`lb_state_file_errors_total`).
+/// Process-wide, as `lb_log_dropped_total` is: lb has one state file.
+static WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
+
+/// Failed state file writes so far (`lb_state_file_errors_total`).
+pub fn state_file_errors() -> u64 {
+    WRITE_ERRORS.load(Ordering::Relaxed)
+}
+
+/// A change applied in memory that `admin.state_file` does not hold: the
+/// write failed (disk full, read-only, a directory gone). Shown as
+/// `state file: <reason>`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state file: {0}")]
+pub struct StateFileError(pub Arc<str>);
 
 /// What the state file holds.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -46,23 +69,37 @@ impl Control {
     }
 
     /// Waits (without blocking a thread; at most 5 s) until every write
-    /// requested so far is done, so an admin `200` means "survives a restart".
-    pub async fn persisted(&self) {
-        if !self.writer.wait(self.pending()).await {
-            tracing::warn!("state file write still pending after 5 s; answering anyway");
-        }
+    /// requested so far is done, so an admin `200` means "survives a restart";
+    /// `Err` when the write that would have saved the latest change failed
+    /// (the change stays applied in memory). A write still running after 5 s
+    /// counts as done (logged): the disk is slow, not failing.
+    pub async fn persisted(&self) -> Result<(), StateFileError> {
+        settle(self.writer.wait(self.pending()).await)
     }
 
     /// [`Control::persisted`] for synchronous callers (tests, shutdown).
-    pub fn persisted_blocking(&self) {
-        self.writer.wait_blocking(self.pending());
+    pub fn persisted_blocking(&self) -> Result<(), StateFileError> {
+        settle(self.writer.wait_blocking(self.pending()))
     }
 
     fn pending(&self) -> u64 {
         // Tickets are handed out in order; the latest is the last one requested.
         self.writer.request_count()
     }
+}
 
+fn settle(outcome: Outcome) -> Result<(), StateFileError> {
+    match outcome {
+        Outcome::Saved => Ok(()),
+        Outcome::Failed(why) => Err(StateFileError(why)),
+        Outcome::Pending => {
+            tracing::warn!("state file write still pending after 5 s; answering anyway");
+            Ok(())
+        }
+    }
+}
+
+impl Control {
     /// Applies a saved state file at start to backends still in the config.
     /// Missing file: nothing to do. Unreadable or corrupt: one warning.
     pub fn load_state_file(&self) {
@@ -144,12 +181,13 @@ impl Control {
 }
 
 /// Writes the operator state of `state`'s current snapshot to
-/// `admin.state_file` (the writer thread's job). `failing` is set while writes
-/// fail, so an unwritable file warns once, not per change.
-pub(super) fn write_state_file(state: &State, failing: &AtomicBool) {
+/// `admin.state_file` (the writer thread's job); `Err(reason)` if it could
+/// not. `failing` is set while writes fail, so an unwritable file warns once,
+/// not per change; every failure is counted.
+pub(super) fn write_state_file(state: &State, failing: &AtomicBool) -> Result<(), String> {
     let snap = state.load_full();
     let Some(path) = snap.config.admin.state_file.clone() else {
-        return;
+        return Ok(());
     };
     let mut saved = SavedState {
         algorithm: Some(snap.algorithm.as_str().to_string()),
@@ -175,41 +213,66 @@ pub(super) fn write_state_file(state: &State, failing: &AtomicBool) {
             if failing.swap(false, Ordering::Relaxed) {
                 tracing::info!(path = %path.display(), "state file written again");
             }
+            Ok(())
         }
         Err(e) => {
+            WRITE_ERRORS.fetch_add(1, Ordering::Relaxed);
             if !failing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(path = %path.display(), error = %e,
                     "cannot write state file; state kept in memory (warning once until it works)");
             }
+            Err(format!("{}: {e}", path.display()))
         }
     }
 }
 
 /// Writes `value` as JSON to `path` via a temp file in the same directory,
 /// fsync, then rename: readers see the old file or the new one, never half.
+///
+/// The temp file has a name of its own per write (pid and a random number),
+/// is created exclusively (`O_CREAT | O_EXCL`: an existing file, FIFO or
+/// symlink of that name — even a dangling one — is an error, never opened or
+/// followed) with mode 0600, and is removed when any step fails. The rename
+/// replaces `path` itself, never what a symlink there points to.
 pub fn write_atomically(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("lb-state")
-    ));
     let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
+    let tmp = temp_name(dir, path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let written = f
+        .write_all(&bytes)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| {
+            drop(f);
+            std::fs::rename(&tmp, path)
+        });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)?;
     // Make the rename itself durable.
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// `<dir>/.<file name>.<pid>-<random>.tmp`: unique per write, so two writers
+/// (two lb processes during an upgrade) never share a temp file.
+fn temp_name(dir: &Path, path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("lb-state");
+    let unique: u64 = rand::thread_rng().gen();
+    dir.join(format!(".{name}.{}-{unique:016x}.tmp", std::process::id()))
 }
 
 #[cfg(test)]
@@ -252,7 +315,7 @@ mod tests {
         c.set_mode("g@127.0.0.1:1", Mode::Drain, None, "test")
             .unwrap();
         assert_eq!(c.state.load().groups[0].mode, Mode::Active);
-        c.persisted_blocking();
+        c.persisted_blocking().unwrap();
         let again = start();
         again.load_state_file();
         let snap = again.state.load();
@@ -275,7 +338,7 @@ mod tests {
         c.set_weights(changes.as_object().unwrap(), None, "test")
             .unwrap();
         c.set_mode("b", Mode::Drain, None, "test").unwrap();
-        c.persisted_blocking();
+        c.persisted_blocking().unwrap();
 
         // Restart with the same file: both operator weights and the mode return.
         let same = control(dir.path(), [1, 1]);
@@ -313,7 +376,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        c.persisted_blocking();
+        c.persisted_blocking().unwrap();
         let saved: SavedState =
             serde_json::from_slice(&std::fs::read(dir.path().join("state.json")).unwrap()).unwrap();
         assert_eq!(saved.weights, c.weights(), "file lags memory");
@@ -341,7 +404,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = control_with(dir.path(), "round_robin");
         c.set_algorithm(Algorithm::LeastTime, None, "t").unwrap();
-        c.persisted_blocking();
+        c.persisted_blocking().unwrap();
         let same = control_with(dir.path(), "round_robin");
         same.load_state_file();
         assert_eq!(same.state.load().algorithm, Algorithm::LeastTime);
@@ -350,5 +413,88 @@ mod tests {
         let edited = control_with(dir.path(), "ip_hash");
         edited.load_state_file();
         assert_eq!(edited.state.load().algorithm, Algorithm::IpHash);
+    }
+
+    fn leftovers(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_counted_and_kept_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        // The state file's directory is a regular file: every write fails
+        // with ENOTDIR, even as root.
+        let blocked = dir.path().join("sub");
+        std::fs::write(&blocked, b"not a directory").unwrap();
+        let text = format!(
+            "[admin]\nstate_file = \"{}\"\n[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
+            blocked.join("state.json").display()
+        );
+        let c = Control::new(
+            Arc::new(State::new(Arc::new(Config::from_toml(&text).unwrap()))),
+            None,
+        );
+        let before = state_file_errors();
+        c.set_weights(serde_json::json!({"a": 5}).as_object().unwrap(), None, "t")
+            .unwrap();
+        let e = c.persisted_blocking().unwrap_err();
+        assert!(e.to_string().starts_with("state file: "), "{e}");
+        assert!(e.to_string().contains("ot a directory"), "{e}");
+        assert_eq!(c.weights()["a"], 5, "the change stays applied");
+        assert!(state_file_errors() > before);
+        // The directory comes back: the next change saves both.
+        std::fs::remove_file(&blocked).unwrap();
+        std::fs::create_dir(&blocked).unwrap();
+        c.set_mode("a", Mode::Drain, None, "t").unwrap();
+        c.persisted_blocking().unwrap();
+        let saved: SavedState =
+            serde_json::from_slice(&std::fs::read(blocked.join("state.json")).unwrap()).unwrap();
+        assert_eq!(
+            (saved.weights["a"], saved.modes["a"].as_str()),
+            (5, "drain")
+        );
+    }
+
+    #[test]
+    fn temp_files_are_private_unique_and_removed_on_failure() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomically(&path, &serde_json::json!({"n": 1})).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Two names for two writes.
+        assert_ne!(temp_name(dir.path(), &path), temp_name(dir.path(), &path));
+        // The rename fails (a non-empty directory is in the way): no temp
+        // file is left behind.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        assert!(write_atomically(&blocked, &serde_json::json!({"n": 2})).is_err());
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
+    }
+
+    #[test]
+    fn a_symlink_at_the_state_file_is_replaced_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = dir.path().join("state.json");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write_atomically(&path, &serde_json::json!({"n": 1})).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(leftovers(dir.path()).is_empty());
     }
 }

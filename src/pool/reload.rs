@@ -3,8 +3,9 @@
 //! config the pool goes on with, and the spec a rolling update moves the
 //! members to when the member template changed.
 //!
-//! - *Policy* keys (sizes, capacity, timings, recycling limits, weight) apply
-//!   at once; the core converges to them ([`super::Core::reconfigure`]).
+//! - *Policy* keys (sizes, capacity, timings, recycling limits, weight,
+//!   `allow_rollout_command`) apply at once; the core converges to them
+//!   ([`super::Core::reconfigure`]).
 //! - *Template* keys (`command`; `image`, `env`, `cpus`, `memory`) start a
 //!   rolling update, as `POST /admin/pool/rollout` does.
 //! - *Restart* keys (`provider`, `name`, `ports`, `network`,
@@ -71,6 +72,10 @@ pub fn plan(running: &PoolConfig, file: &PoolConfig) -> Plan {
         (
             running.start_timeout != file.start_timeout,
             "pool.start_timeout",
+        ),
+        (
+            running.allow_rollout_command != file.allow_rollout_command,
+            "pool.allow_rollout_command",
         ),
     ];
     for (changed, key) in policy {

@@ -16,6 +16,7 @@ use pingora::server::ShutdownWatch;
 use super::h1::Conn;
 use super::pingora::Proxy;
 use super::policy::limits::{ConnGuard, Connections};
+use super::proxy_header;
 use crate::state::State;
 
 /// The front door: lb's HTTP/1 path with the Pingora proxy as its fallback.
@@ -60,9 +61,12 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        // Beyond the limits the connection is closed at once, before any read.
-        let _place = self.admit(&stream)?;
         let stream = if self.rehome { rehome(stream)? } else { stream };
+        // The PROXY header (from a trusted balancer) says who the client is,
+        // for the limits below and everything after.
+        let stream = self.proxy_header(stream).await?;
+        // Beyond the limits the connection is closed at once.
+        let _place = self.admit(&stream)?;
         let conn = Conn::new(stream, &self.state, &self.active, self.pingora_only);
         let mut next = conn.serve(shutdown).await;
         // Handed over: Pingora serves the rest of this connection.
@@ -74,12 +78,58 @@ impl ServerApp for FrontDoor {
 }
 
 impl FrontDoor {
+    /// Reads the PROXY header a trusted source must send and makes its
+    /// source the connection's peer; `None` (closed) when it is missing,
+    /// malformed, of a version not accepted, or late (`server.header_timeout`).
+    async fn proxy_header(&self, stream: Stream) -> Option<Stream> {
+        use pingora::protocols::l4::stream::Stream as L4Stream;
+        use tokio::io::AsyncReadExt;
+
+        let snap = self.state.load();
+        let server = &snap.config.server;
+        let peer = peer_ip(&stream);
+        if !proxy_header::required(server.proxy_protocol, &server.proxy_protocol_from, peer) {
+            return Some(stream);
+        }
+        let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+        let deadline = tokio::time::Instant::now() + server.header_timeout;
+        let mut buf = Vec::with_capacity(256);
+        let parsed = loop {
+            match proxy_header::parse(&buf, server.proxy_protocol) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::debug!(client = ?peer, reason = ?why, "PROXY header refused");
+                    return None;
+                }
+            }
+            match tokio::time::timeout_at(deadline, l4.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            }
+        };
+        if let Some(source) = parsed.source {
+            use pingora::protocols::{GetSocketDigest, SocketDigest};
+            use std::os::fd::AsRawFd;
+            let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
+            let _ = digest
+                .peer_addr
+                .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
+                    source,
+                )));
+            l4.set_socket_digest(digest);
+        }
+        // What followed the header is the first request's start.
+        if buf.len() > parsed.len {
+            l4.rewind(&buf[parsed.len..]);
+        }
+        Some(l4)
+    }
+
     /// A place for a new connection under `server.max_connections` and
     /// `limits.per_ip_connections`; `None` (counted) when there is none.
     fn admit(&self, stream: &Stream) -> Option<ConnGuard> {
-        let ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let ip = peer_ip(stream);
         let snap = self.state.load();
         let max = snap.config.server.max_connections;
         let per_ip = snap.config.limits.per_ip_connections;
@@ -92,6 +142,13 @@ impl FrontDoor {
             }
         }
     }
+}
+
+/// The connection's peer IP (after a PROXY header).
+fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
+    stream
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
 }
 
 /// Moves an accepted socket onto the current thread's reactor.

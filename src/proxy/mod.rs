@@ -8,12 +8,13 @@
 //! - [`pingora`] is the Pingora `ProxyHttp` path, which serves what the
 //!   HTTP/1 path hands over.
 //! - [`front`] is the front door that owns a connection and passes it from
-//!   one path to the other.
+//!   one path to the other, after its [`proxy_header`] where that is on.
 
 pub mod front;
 pub mod h1;
 pub mod pingora;
 pub mod policy;
+pub mod proxy_header;
 
 pub use front::FrontDoor;
 pub use pingora::Proxy;

@@ -12,7 +12,9 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rollout_under_load_moves_every_member_to_the_new_command() {
     serial("pool rollout", LIMIT, async {
-        let p = start("size = 3", &[]).await;
+        // Command rollouts are off unless the file allows them (SPEC
+        // "Admin hardening"; tests/admin_hardening.rs checks the 403).
+        let p = start("size = 3\nallow_rollout_command = true", &[]).await;
         let load = load(&p.lb, 100, 12);
         tokio::time::sleep(Duration::from_millis(500)).await;
         // Through the CLI, as an operator would.
@@ -90,7 +92,11 @@ async fn rollout_under_load_moves_every_member_to_the_new_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_that_never_turns_healthy_fails_and_keeps_the_old_members() {
     serial("pool failed rollout", LIMIT, async {
-        let p = start("size = 2\nstart_timeout = \"1s\"", &[]).await;
+        let p = start(
+            "size = 2\nstart_timeout = \"1s\"\nallow_rollout_command = true",
+            &[],
+        )
+        .await;
         let before = members_in(&p.lb.pool().await, "ready");
         let load = load(&p.lb, 50, 10);
         // Runs, but listens on a port of its own choosing, not the one lb

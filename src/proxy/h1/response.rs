@@ -111,26 +111,12 @@ fn encode(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     };
-    // Fields the backend's `Connection` names are hop-by-hop too.
-    let mut named: [&[u8]; 8] = [b""; 8];
-    let mut n_named = 0;
-    for h in resp.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
-            respond::connection_named(h.value, |n| {
-                if n_named < named.len() {
-                    named[n_named] = n;
-                    n_named += 1;
-                }
-            });
-        }
-    }
-    let named = &named[..n_named];
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
         if respond::hop_by_hop(n, head.status)
             || crate::proxy::policy::forward::is_framing(n)
             || client.decoration.replaces(n)
-            || named.iter().any(|m| n.eq_ignore_ascii_case(m))
+            || connection_names(resp.headers, n)
         {
             continue;
         }
@@ -158,6 +144,20 @@ fn encode(
     }
     client.decoration.each(|n, v, _| line(n.as_bytes(), v));
     out.extend_from_slice(b"\r\n");
+}
+
+/// Does one of the response's `Connection` fields name `name` (hop-by-hop
+/// for that connection: not passed on)? Scanned per field: a response has few
+/// `Connection` tokens, and no bound on them is assumed.
+fn connection_names(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| {
+            let mut found = false;
+            respond::connection_named(h.value, |t| found |= t.eq_ignore_ascii_case(name));
+            found
+        })
 }
 
 #[cfg(test)]

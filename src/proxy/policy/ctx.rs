@@ -362,7 +362,10 @@ impl Ctx {
                 tracing::warn!(backend = %stats.name, after = cb.failures, "circuit opened");
             }
         } else {
-            stats.circuit.on_success(permit);
+            if stats.circuit.on_success(permit) {
+                // Closed after it opened: slow start (`balancer.slow_start`).
+                stats.restart_ramp(now);
+            }
         }
     }
 }

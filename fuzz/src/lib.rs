@@ -1,0 +1,2 @@
+//! Shared by the fuzz targets: the invariants they check.
+pub mod checks;

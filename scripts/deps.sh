@@ -11,7 +11,10 @@
 #   scripts/deps.sh test       + python3 and wrk (tests/scenarios.rs runs the
 #                                scenario driver), chromium (tests/status_page.rs),
 #                                slowhttptest (tests/slow_clients.rs), strace
-#                                (tests/state_file.rs)
+#                                (tests/state_file.rs), python3-venv where
+#                                Debian's python3 lacks it, and
+#                                kubernetes-validate (tests/deploy.rs) in a
+#                                venv under target/ (below)
 #   scripts/deps.sh scenarios  + python3 and wrk (`make scenarios`)
 set -euo pipefail
 missing=()
@@ -28,7 +31,28 @@ if [ "${1:-}" = test ]; then
   command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
   # tests/state_file.rs slows lb's fsync with `strace -e inject=...:delay_enter`.
   command -v strace >/dev/null 2>&1 || missing+=(strace)
+  # Debian's python3 creates venvs only with python3-venv (ensurepip).
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
+# tests/deploy.rs validates deploy/k8s against Kubernetes' API schemas with
+# kubernetes-validate (PyPI), pinned: each release ships the schemas of a fixed
+# set of Kubernetes versions, and the test pins one of them. Installed into a
+# venv under target/ rather than with pip --user or --break-system-packages:
+# no root, works whether or not the system Python is externally managed
+# (Debian 12's refuses pip installs, PEP 668), never shadows or breaks apt's
+# Python packages, and `cargo clean` removes it. Run after the system
+# packages (python3-venv) are in.
+KUBERNETES_VALIDATE=1.37.0
+kubernetes_validate() {
+  [ "${1:-}" = test ] || return 0
+  local venv
+  venv="$(cd "$(dirname "$0")/.." && pwd)/target/tools/kubernetes-validate"
+  [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" = "$KUBERNETES_VALIDATE" ] && return 0
+  echo "installing kubernetes-validate $KUBERNETES_VALIDATE into $venv" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE"
+}
 if [ "${1:-}" = test ] && ! command -v chromium >/dev/null 2>&1 \
    && ! command -v chromium-browser >/dev/null 2>&1 && [ -z "${LB_CHROMIUM:-}" ]; then
   missing+=(chromium)
@@ -38,7 +62,7 @@ if command -v docker >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1
    && ! command -v docker-compose >/dev/null 2>&1; then
   missing+=(docker-compose)
 fi
-[ ${#missing[@]} -eq 0 ] && exit 0
+[ ${#missing[@]} -eq 0 ] && { kubernetes_validate "${1:-}"; exit 0; }
 
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   as_root=()
@@ -58,3 +82,4 @@ for p in "${missing[@]}"; do [ "$p" = prometheus ] || build+=("$p"); done
 [ ${#build[@]} -eq 0 ] || apt_install "${build[@]}"
 # Only promtool is wanted from `prometheus`.
 [ "${missing[*]}" = "${build[*]}" ] || apt_install --no-install-recommends prometheus
+kubernetes_validate "${1:-}"

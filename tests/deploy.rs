@@ -2,10 +2,13 @@
 //! Kubernetes manifests (labels/selectors, ports, ConfigMap keys, probe paths,
 //! the embedded lb.toml), docker-compose.yml (limits, healthchecks, ports, the
 //! backends in lb.toml), Prometheus targets and the Grafana dashboard's metrics.
+//! The Kubernetes manifests are also validated against Kubernetes' own API
+//! schemas (kubernetes-validate, installed by `scripts/deps.sh test`).
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use lb::config::{Config, Resolve};
 use serde::Deserialize;
@@ -133,6 +136,24 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
             listen_port(&config.admin.listen)
         );
     }
+
+    // Lossless rollout: a new pod must be ready before an old one stops; a
+    // stopping pod sleeps in preStop (the kubelet's sleep action: the image
+    // has no shell) while the endpoint change spreads, then gets SIGTERM and
+    // drains for server.grace_period, all within the termination grace period
+    // (strictly: lb settles briefly after the signal before it exits).
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .expect("lifecycle.preStop.sleep.seconds");
+    assert!(pre_stop >= 1, "preStop sleep {pre_stop} s");
+    let termination = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let stop = Duration::from_secs(pre_stop) + config.server.grace_period;
+    assert!(
+        Duration::from_secs(termination) > stop,
+        "terminationGracePeriodSeconds {termination} <= preStop {pre_stop} s + grace_period {:?}",
+        config.server.grace_period
+    );
 
     // Service: LoadBalancer on 80 to lb's http port, selecting lb pods.
     assert_eq!(svc["spec"]["type"], "LoadBalancer");
@@ -269,6 +290,115 @@ fn kubernetes_app_is_a_deployment_with_an_hpa_behind_a_headless_service_lb_resol
         )
     );
     assert!(config.discovery.nameservers.is_empty(), "the cluster DNS");
+}
+
+#[test]
+fn kubernetes_deployments_have_disruption_budgets_that_allow_a_drain() {
+    let m = manifests();
+    let pdbs: Vec<&Value> = m
+        .iter()
+        .filter(|((kind, _), _)| kind == "PodDisruptionBudget")
+        .map(|(_, v)| v)
+        .collect();
+    let deployments: Vec<(&String, &Value)> = m
+        .iter()
+        .filter(|((kind, _), _)| kind == "Deployment")
+        .map(|((_, name), v)| (name, v))
+        .collect();
+    assert!(deployments.len() >= 2, "lb and app");
+    for (name, dep) in &deployments {
+        let labels = &dep["spec"]["template"]["metadata"]["labels"];
+        // Exactly one budget selects the Deployment's pods (the eviction API
+        // refuses to evict a pod that two budgets select).
+        let mine: Vec<&&Value> = pdbs
+            .iter()
+            .filter(|p| &p["spec"]["selector"]["matchLabels"] == labels)
+            .collect();
+        assert_eq!(mine.len(), 1, "PodDisruptionBudgets for Deployment {name}");
+        let pdb = &mine[0]["spec"];
+        assert!(pdb["selector"]["matchExpressions"].is_null(), "{name}");
+        // The fewest pods there may be is the HPA's minimum: the budget lets
+        // a drain evict one of them and keeps the others serving.
+        let hpa = get(&m, "HorizontalPodAutoscaler", name);
+        assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], name.as_str());
+        let min = hpa["spec"]["minReplicas"].as_u64().unwrap();
+        let unavailable = match (pdb["maxUnavailable"].as_u64(), pdb["minAvailable"].as_u64()) {
+            (Some(n), None) => n,
+            (None, Some(n)) => min.saturating_sub(n),
+            other => panic!("{name}: one integer maxUnavailable or minAvailable, got {other:?}"),
+        };
+        assert!(
+            (1..min).contains(&unavailable),
+            "{name}: the budget allows {unavailable} of {min} pods down"
+        );
+        assert_eq!(pdb["unhealthyPodEvictionPolicy"], "AlwaysAllow", "{name}");
+    }
+    // And no budget selects no Deployment.
+    assert_eq!(pdbs.len(), deployments.len(), "a budget per Deployment");
+}
+
+/// The Kubernetes release whose API schemas deploy/k8s is validated against:
+/// the newest kubernetes-validate 1.37.0 (pinned in scripts/deps.sh) ships.
+const KUBERNETES_VERSION: &str = "1.37.0";
+
+/// kubernetes-validate: $LB_KUBERNETES_VALIDATE, else the venv
+/// `scripts/deps.sh test` installs it into. Missing is a failure.
+fn kubernetes_validate() -> PathBuf {
+    if let Some(p) = std::env::var_os("LB_KUBERNETES_VALIDATE") {
+        return PathBuf::from(p);
+    }
+    let venv = root().join("target/tools/kubernetes-validate/bin/kubernetes-validate");
+    assert!(
+        venv.is_file(),
+        "kubernetes-validate is not installed ({} is missing): run `scripts/deps.sh test` \
+         (`make test` does), or set LB_KUBERNETES_VALIDATE to one that has the \
+         Kubernetes {KUBERNETES_VERSION} schemas",
+        venv.display()
+    );
+    venv
+}
+
+#[test]
+fn kubernetes_manifests_validate_against_the_kubernetes_api_schemas() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root().join("deploy/k8s"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files
+            .iter()
+            .all(|f| matches!(f.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))),
+        "only YAML in deploy/k8s: {files:?}"
+    );
+    let tool = kubernetes_validate();
+    // --strict: an unknown or misspelt field is an error, not ignored.
+    let out = std::process::Command::new(&tool)
+        .args(["--strict", "-k", KUBERNETES_VERSION])
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (install it with `scripts/deps.sh test`)",
+                tool.display()
+            )
+        });
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "kubernetes-validate --strict -k {KUBERNETES_VERSION} failed ({}):\n{report}",
+        out.status
+    );
+    // Every document was checked (none skipped), each of every file.
+    let passed = report
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
+    assert_eq!(passed, manifests().len(), "documents validated:\n{report}");
 }
 
 /// Parsed docker-compose.yml.

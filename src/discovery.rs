@@ -18,8 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::NetError;
+use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -30,22 +31,29 @@ use crate::state::State;
 
 /// Builds the resolver `cfg` asks for: its nameservers, or the system's.
 pub fn resolver(cfg: &DiscoveryConfig) -> Result<TokioResolver, String> {
-    let provider = TokioConnectionProvider::default();
+    let provider = TokioRuntimeProvider::default();
     let mut builder = if cfg.nameservers.is_empty() {
         TokioResolver::builder(provider).map_err(|e| format!("system DNS config: {e}"))?
     } else {
-        let mut rc = ResolverConfig::new();
-        for ns in &cfg.nameservers {
-            rc.add_name_server(NameServerConfig::new(*ns, Protocol::Udp));
-            rc.add_name_server(NameServerConfig::new(*ns, Protocol::Tcp));
-        }
-        TokioResolver::builder_with_config(rc, provider)
+        // Each server over UDP, and TCP for answers too big for a datagram.
+        let servers = cfg
+            .nameservers
+            .iter()
+            .map(|ns| {
+                let mut server = NameServerConfig::udp_and_tcp(ns.ip());
+                for c in &mut server.connections {
+                    c.port = ns.port();
+                }
+                server
+            })
+            .collect();
+        TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
     };
     let opts: &mut ResolverOpts = builder.options_mut();
     opts.cache_size = 0;
     opts.timeout = std::time::Duration::from_secs(2);
     opts.attempts = 1;
-    Ok(builder.build())
+    builder.build().map_err(|e| format!("DNS resolver: {e}"))
 }
 
 /// Splits `host:port` (validated by config).
@@ -81,15 +89,21 @@ pub async fn lookup_all(r: &TokioResolver, host_port: &str) -> Result<Vec<Socket
     let (v4, v6) = tokio::join!(r.ipv4_lookup(fqdn.as_str()), r.ipv6_lookup(fqdn.as_str()));
     // "No such records" is an answer (perhaps a v4-only service); any other
     // error means the answer is unknown, so nothing changes.
-    let known = |e: &hickory_resolver::ResolveError| e.is_no_records_found() || e.is_nx_domain();
+    let known = |e: &NetError| e.is_no_records_found() || e.is_nx_domain();
     let mut addrs = Vec::new();
     match v4 {
-        Ok(l) => addrs.extend(l.iter().map(|a| SocketAddr::new(IpAddr::V4(a.0), port))),
+        Ok(l) => addrs.extend(l.answers().iter().filter_map(|r| match &r.data {
+            RData::A(a) => Some(SocketAddr::new(IpAddr::V4(a.0), port)),
+            _ => None,
+        })),
         Err(e) if known(&e) => {}
         Err(e) => return Err(e.to_string()),
     }
     match v6 {
-        Ok(l) => addrs.extend(l.iter().map(|a| SocketAddr::new(IpAddr::V6(a.0), port))),
+        Ok(l) => addrs.extend(l.answers().iter().filter_map(|r| match &r.data {
+            RData::AAAA(a) => Some(SocketAddr::new(IpAddr::V6(a.0), port)),
+            _ => None,
+        })),
         Err(e) if known(&e) => {}
         Err(e) => return Err(e.to_string()),
     }

@@ -547,3 +547,501 @@ fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every rule above and in `pool.rs`, in process: a refused value names its
+    //! key, the value as written and the rule; the bounds themselves pass.
+    //! `tests/check.rs` keeps what needs the binary (exit code, output).
+
+    use super::ConfigError;
+    use crate::config::{Config, PoolProvider, Resolve, Sticky};
+
+    const B: &str = "[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:3000\"\n";
+    const CMD: &str = "command = [\"app\", \"--listen\", \"127.0.0.1:{port}\"]";
+    /// A docker pool valid whatever `DOCKER_HOST` says.
+    const DOCKER: &str = "provider = \"docker\"\nimage = \"a\"\ndocker_host = \"unix:///d.sock\"";
+    const DOCKER_KEYS: [&str; 8] = [
+        "image",
+        "network",
+        "container_port",
+        "cpus",
+        "memory",
+        "env",
+        "docker_host",
+        "publish",
+    ];
+
+    /// A whole config setting `key` (dotted; `x[0]` makes a one-element array)
+    /// to the TOML value `v`, everything else minimal: `backends[1].*` is a
+    /// second backend beside a valid first, `pool.*` a process pool (docker
+    /// for docker keys) without static backends, `circuit_breaker.*` starts
+    /// from open_for = 1ms, max_open_for = 24h so every bound is reachable.
+    fn set(key: &str, v: &str) -> String {
+        let (section, field) = key.split_once('.').expect("section.field");
+        let (first, table, base) = match section {
+            "backends[1]" => (B, "[[backends]]".into(), "name = \"b\"\naddr = \"x:1\""),
+            "pool" if DOCKER_KEYS.contains(&field) => ("", "[pool]".into(), DOCKER),
+            "pool" => ("", "[pool]".into(), CMD),
+            "circuit_breaker" => (
+                B,
+                "[circuit_breaker]".into(),
+                "open_for = \"1ms\"\nmax_open_for = \"24h\"",
+            ),
+            s => (B, format!("[{s}]"), ""),
+        };
+        let (field, v) = match field.strip_suffix("[0]") {
+            Some(f) => (f, format!("[{v}]")),
+            None => (field, v.to_string()),
+        };
+        let base: String = base
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{field} =")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        format!("{first}{table}\n{base}{field} = {v}\n")
+    }
+
+    fn accepted(text: &str) -> Config {
+        Config::from_toml(text).unwrap_or_else(|e| panic!("refused: {e}\n{text}"))
+    }
+
+    /// `text` is refused with one line starting with `want` (`key: ...`).
+    fn refused(text: &str, want: &str) -> ConfigError {
+        let e = match Config::from_toml(text) {
+            Err(e) => e,
+            Ok(_) => panic!("accepted; expected {want:?}:\n{text}"),
+        };
+        let line = e.to_string();
+        assert!(
+            line.starts_with(want),
+            "got {line:?}, expected {want:?}\n{text}"
+        );
+        assert!(!line.contains('\n'), "not one line: {line:?}");
+        let key = want.split_once(": ").expect("key: ...").0;
+        assert_eq!(e.key(), key, "{line}");
+        e
+    }
+
+    /// A value that parsed but breaks a rule: `want` is `key: value rule...`,
+    /// naming the value as written in full and (the start of) the rule.
+    fn assert_invalid(text: &str, want: &str) {
+        match refused(text, want) {
+            ConfigError::Invalid { key, value, .. } => {
+                let named = format!("{key}: {value} ");
+                assert!(
+                    want.starts_with(&named) && want.len() > named.len(),
+                    "{want:?} must name the value and the rule"
+                );
+            }
+            e => panic!("expected a rule, got {e}\n{text}"),
+        }
+    }
+
+    /// Syntax, an unknown key or variant, a wrong type: the parser's message.
+    fn assert_parse(text: &str, want: &str) {
+        match refused(text, want) {
+            ConfigError::Parse { .. } => {}
+            e => panic!("expected a parse error, got {e}\n{text}"),
+        }
+    }
+
+    /// Rows `key = TOML value => the error line` (or its start), the config
+    /// made by [`set`]. One rule per row; integer and duration ranges are
+    /// [`INTS`] and [`DURATIONS`].
+    const RULES: &str = r#"
+server.listen = "localhost:80"          => server.listen: "localhost:80" is not an ip:port address (e.g. "0.0.0.0:80", "[::1]:8080")
+server.listen = "0.0.0.0"               => server.listen: "0.0.0.0" is not an ip:port address
+admin.listen = "127.0.0.1:99999"        => admin.listen: "127.0.0.1:99999" is not an ip:port address
+admin.listen = "0.0.0.0:80"             => admin.listen: "0.0.0.0:80" must differ from server.listen
+admin.state_file = " "                  => admin.state_file: "" must be a file path (or omitted)
+admin.token_file = ""                   => admin.token_file: "" must be a file path (or omitted)
+
+balancer.sticky_cookie = "a b"          => balancer.sticky_cookie: "a b" is not a cookie name (1-64 token characters)
+balancer.sticky_cookie = ""             => balancer.sticky_cookie: "" is not a cookie name
+balancer.sticky_cookie = "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc" => balancer.sticky_cookie: "ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc" is not a cookie name
+balancer.sticky_header = "a b"          => balancer.sticky_header: "a b" is not a valid HTTP header name
+balancer.sticky_header = ""             => balancer.sticky_header: "" is not a valid HTTP header name
+balancer.backend_header = "X:B"         => balancer.backend_header: "X:B" is not a valid HTTP header name
+
+health.path = "health"                  => health.path: "health" must be an absolute request path starting with "/"
+health.path = ""                        => health.path: "" must be an absolute request path
+health.path = "/a b"                    => health.path: "/a b" must be an absolute request path
+health.host = "a b"                     => health.host: "a b" is not a host or host:port for the probes' Host header
+health.host = ""                        => health.host: "" is not a host or host:port
+health.host = "u@h:80"                  => health.host: "u@h:80" is not a host or host:port
+
+retry.statuses = [502, 404]             => retry.statuses[1]: 404 is out of range 500..=599
+retry.budget = 1.5                      => retry.budget: 1.5 is out of range 0.0..=1.0
+retry.budget = -0.1                     => retry.budget: -0.1 is out of range 0.0..=1.0
+retry.budget = nan                      => retry.budget: NaN is out of range 0.0..=1.0
+retry.budget = inf                      => retry.budget: inf is out of range 0.0..=1.0
+
+discovery.nameservers[0] = "8.8.8.8"    => discovery.nameservers[0]: "8.8.8.8" is not an ip:port address
+discovery.nameservers = ["1.1.1.1:53", "dns:53"] => discovery.nameservers[1]: "dns:53" is not an ip:port address
+
+backends[1].name = "has space"          => backends[1].name: "has space" must match [A-Za-z0-9_.-]{1,64}
+backends[1].name = ""                   => backends[1].name: "" must match [A-Za-z0-9_.-]{1,64}
+backends[1].name = "é"                  => backends[1].name: "é" must match
+backends[1].name = "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn" => backends[1].name: "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn" must match
+backends[1].name = "a"                  => backends[1].name: "a" is a duplicate; backend names must be unique
+backends[1].addr = "no-port"            => backends[1].addr: "no-port" is not host:port (e.g. "app-1:3000", "127.0.0.1:3000", "[::1]:3000")
+backends[1].addr = "x:99999"            => backends[1].addr: "x:99999" is not host:port
+backends[1].addr = "x:0"                => backends[1].addr: "x:0" is not host:port
+backends[1].addr = "x:"                 => backends[1].addr: "x:" is not host:port
+backends[1].addr = ":80"                => backends[1].addr: ":80" is not host:port
+backends[1].addr = "-a:1"               => backends[1].addr: "-a:1" is not host:port
+backends[1].addr = "a-:1"               => backends[1].addr: "a-:1" is not host:port
+backends[1].addr = "a..b:1"             => backends[1].addr: "a..b:1" is not host:port
+backends[1].addr = "a_b:1"              => backends[1].addr: "a_b:1" is not host:port
+backends[1].addr = "::1:80"             => backends[1].addr: "::1:80" is not host:port
+backends[1].addr = "llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.x:80" => backends[1].addr: "llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.x:80" is not host:port
+
+pool.name = "bad name"                  => pool.name: "bad name" must match [A-Za-z0-9_.-]{1,50}
+pool.name = ""                          => pool.name: "" must match
+pool.name = "ppppppppppppppppppppppppppppppppppppppppppppppppppp" => pool.name: "ppppppppppppppppppppppppppppppppppppppppppppppppppp" must match [A-Za-z0-9_.-]{1,50}
+pool.size = 0                           => pool.size: 0 is out of range 1..=64
+pool.size = 65                          => pool.size: 65 is out of range 1..=64
+pool.size = 33                          => pool.size: 33 exceeds 32: 64 backends at most, 0 static, and each member may briefly have a replacement beside it
+pool.max_size = 33                      => pool.max_size: 33 exceeds 32
+pool.max_memory = "lots"                => pool.max_memory: "lots" is not a size (e.g. "500MiB", "512m", "1g"; 0 = off)
+pool.command = []                       => pool.command: [] must be a non-empty argv list
+pool.command = [" ", "{port}"]          => pool.command: [" ", "{port}"] must be a non-empty argv list
+pool.command = ["app"]                  => pool.command: ["app"] must pass {port} to the member (lb reaches it at 127.0.0.1:{port})
+pool.ports = "9-3"                      => pool.ports: "9-3" is not a port range "FIRST-LAST" within 1..=65535
+pool.ports = "0-5"                      => pool.ports: "0-5" is not a port range
+pool.ports = "1-65536"                  => pool.ports: "1-65536" is not a port range
+pool.ports = "3100"                     => pool.ports: "3100" is not a port range
+pool.ports = "a-b"                      => pool.ports: "a-b" is not a port range
+pool.image = " "                        => pool.image: " " must name a local image (e.g. "lb-app:local")
+pool.cpus = 1024.5                      => pool.cpus: 1024.5 is out of range 0..=1024 (0 = no limit)
+pool.cpus = -1.0                        => pool.cpus: -1 is out of range 0..=1024
+pool.memory = "1m"                      => pool.memory: "1m" is below Docker's minimum of 6m (or 0 = no limit)
+pool.memory = "6291455"                 => pool.memory: "6291455" is below Docker's minimum of 6m
+pool.memory = "lots"                    => pool.memory: "lots" is not a size
+pool.docker_host = "http://d:2375"      => pool.docker_host: "http://d:2375" must be unix:///path/to/docker.sock or tcp://host:port
+pool.env = { "A=B" = "1" }              => pool.env.A=B: "A=B" is not an environment variable name
+pool.env = { "" = "1" }                 => pool.env.: "" is not an environment variable name
+pool.publish = "localhost"              => pool.publish: "localhost" is not an IP address to publish members on
+"#;
+
+    /// Rows of [`RULES`]' form for errors from the TOML parser.
+    const PARSE: &str = r#"
+server.lisen = 1                        => server.lisen: unknown field `lisen`
+queue.length = 5                        => queue.length: unknown field `length`
+backends[1].port = 1                    => backends[1].port: unknown field `port`
+pool.replicas = 2                       => pool.replicas: unknown field `replicas`
+balancer.algorithm = "fastest"          => balancer.algorithm: unknown variant `fastest`
+balancer.sticky = "ip"                  => balancer.sticky: unknown variant `ip`
+log.format = "xml"                      => log.format: unknown variant `xml`
+backends[1].resolve = "many"            => backends[1].resolve: unknown variant `many`, expected `one` or `all`
+pool.provider = "k8s"                   => pool.provider: unknown variant `k8s`
+server.threads = "two"                  => server.threads: invalid type: string "two"
+server.listen = 80                      => server.listen: invalid type: integer `80`
+log.access = "yes"                      => log.access: invalid type: string "yes"
+retry.budget = "x"                      => retry.budget: invalid type: string "x"
+retry.statuses = 502                    => retry.statuses: invalid type: integer `502`
+pool.allow_rollout_command = 1          => pool.allow_rollout_command: invalid type: integer `1`
+"#;
+
+    /// `(config, error line)` for each row of a table.
+    fn rows(table: &str) -> impl Iterator<Item = (String, &str)> {
+        table.lines().filter(|l| !l.trim().is_empty()).map(|row| {
+            let (setting, want) = row.split_once(" => ").expect("setting => error");
+            let (key, v) = setting.split_once(" = ").expect("key = value");
+            (set(key.trim(), v.trim()), want.trim())
+        })
+    }
+
+    #[test]
+    fn each_rule_names_key_value_and_rule() {
+        for (text, want) in rows(RULES) {
+            assert_invalid(&text, want);
+        }
+        // Rules across keys or entries.
+        let many = |n: usize| -> String {
+            (1..=n)
+                .map(|i| format!("[[backends]]\nname = \"b{i}\"\naddr = \"x:{i}\"\n"))
+                .collect()
+        };
+        let cases = [
+            (
+                "[server]\nthreads = 2\n".to_string(),
+                "backends: [] must list at least one [[backends]] entry (or configure a [pool])",
+            ),
+            (many(65), "backends: 65 entries exceeds the maximum of 64"),
+            (
+                "[[backends]]\nname = \"a\"\naddr = \"x:1\"\nweight = 0\n\
+                 [[backends]]\nname = \"b\"\naddr = \"x:2\"\nweight = 0\n"
+                    .into(),
+                "backends[*].weight: 0 everywhere leaves nothing to route to; \
+                 at least one weight must be above 0",
+            ),
+            (
+                format!("[circuit_breaker]\nopen_for = \"10s\"\nmax_open_for = \"5s\"\n{B}"),
+                "circuit_breaker.max_open_for: \"5s\" must be at least circuit_breaker.open_for (\"10s\")",
+            ),
+            (
+                format!("[pool]\n{CMD}\nsize = 3\nmax_size = 2\n"),
+                "pool.max_size: 2 must be at least pool.size (3)",
+            ),
+            (
+                format!("{B}[pool]\n{CMD}\nmax_size = 32\n"),
+                "pool.max_size: 32 exceeds 31: 64 backends at most, 1 static",
+            ),
+            (
+                "[pool]\nprovider = \"docker\"\ndocker_host = \"unix:///d.sock\"\n".into(),
+                "pool.image: \"\" must name a local image",
+            ),
+            (
+                format!("[[backends]]\nname = \"app-1\"\naddr = \"x:1\"\n[pool]\n{CMD}\n"),
+                "backends[0].name: \"app-1\" collides with the names of pool \"app\" members",
+            ),
+        ];
+        for (text, want) in &cases {
+            assert_invalid(text, want);
+        }
+        // A Host above 255 bytes; a name above 253 (each label 63).
+        let host = format!("{}.x", "h".repeat(254));
+        assert_invalid(
+            &set("health.host", &format!("{host:?}")),
+            &format!("health.host: {host:?} is not a host or host:port"),
+        );
+        let addr = format!("{}:80", vec!["a".repeat(63); 4].join("."));
+        assert_invalid(
+            &set("backends[1].addr", &format!("{addr:?}")),
+            &format!("backends[1].addr: {addr:?} is not host:port"),
+        );
+        // A provider's keys are refused under the other one.
+        for key in DOCKER_KEYS {
+            let v = match key {
+                "container_port" | "cpus" => "1",
+                "env" => "{}",
+                _ => "\"x\"",
+            };
+            assert_invalid(
+                &format!("[pool]\n{CMD}\n{key} = {v}\n"),
+                &format!("pool.{key}: (set) does not apply to provider = \"process\""),
+            );
+        }
+        for (key, v) in [
+            ("command", "[\"app\", \"{port}\"]"),
+            ("ports", "\"1-2\""),
+            ("allow_rollout_command", "true"),
+        ] {
+            assert_invalid(
+                &format!("[pool]\n{DOCKER}\n{key} = {v}\n"),
+                &format!("pool.{key}: (set) does not apply to provider = \"docker\""),
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_unknown_keys_and_variants_and_wrong_types_name_the_key_or_line() {
+        for (text, want) in rows(PARSE) {
+            assert_parse(&text, want);
+        }
+        let cases = [
+            (format!("bogus = 1\n{B}"), "bogus: unknown field `bogus`"),
+            (
+                "[[backends]]\nname = \"a\"\n".into(),
+                "backends[0]: missing field `addr`",
+            ),
+            (
+                "[[backends]\nname = \"a\"\n".into(),
+                "(line 1): invalid table header",
+            ),
+            (
+                format!("{B}\n[server]\nthreads = 2\nthreads = 3\n"),
+                "(line 7): duplicate key",
+            ),
+        ];
+        for (text, want) in &cases {
+            assert_parse(text, want);
+        }
+    }
+
+    /// Integer keys and their inclusive ranges.
+    const INTS: &[(&str, i64, i64)] = &[
+        ("server.threads", 1, 256),
+        ("server.max_connections", 1, 10_000_000),
+        ("server.max_header_bytes", 1024, 1 << 20),
+        ("server.max_headers", 1, 256),
+        ("health.rise", 1, 100),
+        ("health.fall", 1, 100),
+        ("circuit_breaker.failures", 1, 1000),
+        ("circuit_breaker.half_open_requests", 1, 1000),
+        ("retry.attempts", 1, 10),
+        ("retry.statuses[0]", 500, 599),
+        ("queue.size", 0, 1_000_000),
+        ("limits.per_ip_connections", 0, 1_000_000),
+        ("limits.per_ip_rate", 0, 1_000_000),
+        ("limits.per_ip_burst", 0, 1_000_000),
+        ("backends[1].weight", 0, 1000),
+        ("backends[1].max_in_flight", 0, 1_000_000),
+        // Up to pool.size (default 2).
+        ("pool.min_size", 1, 2),
+        ("pool.weight", 1, 1000),
+        ("pool.max_in_flight", 0, 1_000_000),
+        ("pool.container_port", 1, 65535),
+    ];
+
+    #[test]
+    fn integers_outside_their_range_are_refused_and_the_bounds_accepted() {
+        for &(key, lo, hi) in INTS {
+            for bad in [lo - 1, hi + 1] {
+                let want = format!("{key}: {bad} is out of range {lo}..={hi}");
+                assert_invalid(&set(key, &bad.to_string()), &want);
+            }
+            for ok in [lo, hi] {
+                accepted(&set(key, &ok.to_string()));
+            }
+            assert_parse(&set(key, "\"1\""), &format!("{key}: invalid type: string"));
+        }
+    }
+
+    /// Duration keys: (key, shortest, longest, the range as the rule prints it).
+    const DURATIONS: &[(&str, &str, &str, &str)] = &[
+        ("server.grace_period", "0s", "1h", "0s..=1h"),
+        ("server.keepalive_timeout", "0s", "1h", "0s..=1h"),
+        ("server.header_timeout", "1ms", "1h", "1ms..=1h"),
+        ("server.send_timeout", "1ms", "1h", "1ms..=1h"),
+        ("server.body_timeout", "1ms", "1h", "1ms..=1h"),
+        ("health.interval", "10ms", "1h", "10ms..=1h"),
+        ("health.timeout", "1ms", "1h", "1ms..=1h"),
+        ("circuit_breaker.open_for", "1ms", "1h", "1ms..=1h"),
+        ("circuit_breaker.max_open_for", "1ms", "24h", "1ms..=1day"),
+        ("timeouts.connect", "1ms", "60s", "1ms..=1m"),
+        ("timeouts.response", "1ms", "1h", "1ms..=1h"),
+        ("timeouts.upstream_idle", "0s", "1h", "0s..=1h"),
+        ("dynamic.interval", "100ms", "1h", "100ms..=1h"),
+        ("discovery.interval", "100ms", "1h", "100ms..=1h"),
+        ("queue.timeout", "1ms", "1h", "1ms..=1h"),
+        ("pool.scale_up_after", "10ms", "1day", "10ms..=1day"),
+        ("pool.idle_timeout", "10ms", "30days", "10ms..=30days"),
+        // humantime prints 365 days in months ("11months 30days 3h 50m 24s").
+        ("pool.max_age", "0s", "365days", "0s..="),
+        ("pool.check_interval", "10ms", "1day", "10ms..=1day"),
+        ("pool.drain_timeout", "0s", "1day", "0s..=1day"),
+        ("pool.start_timeout", "10ms", "1day", "10ms..=1day"),
+    ];
+
+    #[test]
+    fn durations_outside_their_range_or_unparsable_are_refused_and_the_bounds_accepted() {
+        let ms = |s: &str| humantime::parse_duration(s).unwrap().as_millis();
+        for &(key, lo, hi, range) in DURATIONS {
+            let mut bad = vec![format!("{}ms", ms(hi) + 1)];
+            if ms(lo) > 0 {
+                bad.push(format!("{}ms", ms(lo) - 1));
+            }
+            for b in bad {
+                let want = format!("{key}: {b:?} is out of range {range}");
+                assert_invalid(&set(key, &format!("{b:?}")), &want);
+            }
+            for b in ["soon", "-1s", "5"] {
+                let want = format!("{key}: {b:?} is not a duration (e.g. \"500ms\", \"5s\")");
+                assert_invalid(&set(key, &format!("{b:?}")), &want);
+            }
+            for ok in [lo, hi] {
+                accepted(&set(key, &format!("{ok:?}")));
+            }
+            assert_parse(&set(key, "5"), &format!("{key}: invalid type: integer"));
+        }
+    }
+
+    #[test]
+    fn boundary_values_are_accepted() {
+        let c = accepted(&set("server.listen", "\"[::1]:8080\""));
+        assert_eq!(c.server.listen, "[::1]:8080".parse().unwrap());
+        let c = accepted(&set("balancer.backend_header", "\"\""));
+        assert_eq!(c.balancer.backend_header, None);
+        let token = "!#$%&'*+-.^_`|~".to_string() + &"c".repeat(49);
+        assert_eq!(token.len(), 64);
+        let c = accepted(&format!(
+            "[balancer]\nsticky = \"cookie\"\nsticky_cookie = {token:?}\n{B}"
+        ));
+        assert_eq!(c.balancer.sticky, Sticky::Cookie(token));
+        let c = accepted(&format!(
+            "[balancer]\nsticky = \"header\"\nsticky_header = \"X-User\"\n{B}"
+        ));
+        assert!(matches!(c.balancer.sticky, Sticky::Header(ref h) if h == "x-user"));
+        // A probe timeout above the interval is fine.
+        let c = accepted(&format!(
+            "[health]\ninterval = \"1s\"\ntimeout = \"2s\"\n{B}"
+        ));
+        assert!(c.health.timeout > c.health.interval);
+        for host in [
+            "status.internal",
+            "status.internal:8080",
+            "[::1]:8080",
+            "10.0.0.1",
+        ] {
+            let c = accepted(&set("health.host", &format!("{host:?}")));
+            assert_eq!(c.health.host.as_deref(), Some(host));
+        }
+        accepted(&set("health.path", "\"/health?full=1\""));
+        accepted(&set("health.path", "\"/\""));
+        for b in ["0.0", "1.0", "1", "0"] {
+            accepted(&set("retry.budget", b));
+        }
+        assert!(accepted(&set("retry.statuses", "[]"))
+            .retry
+            .statuses
+            .is_empty());
+        accepted(&set(
+            "discovery.nameservers",
+            "[\"[::1]:53\", \"10.0.0.2:5353\"]",
+        ));
+        accepted(&set("admin.state_file", "\"state.json\""));
+        accepted(&set("admin.token_file", "\"token\""));
+        let label = format!("{}.example", "l".repeat(63));
+        for addr in [
+            "127.0.0.1:3000",
+            "[::1]:3000",
+            "app-1:3000",
+            "a.b.c:65535",
+            "x:1",
+        ] {
+            accepted(&set("backends[1].addr", &format!("{addr:?}")));
+        }
+        accepted(&set("backends[1].addr", &format!("\"{label}:80\"")));
+        accepted(&set("backends[1].name", &format!("{:?}", "n".repeat(64))));
+        accepted(&set("backends[1].name", "\"A.b_c-9\""));
+        let c = accepted(&set("backends[1].resolve", "\"all\""));
+        assert_eq!(c.backends[1].resolve, Resolve::All);
+        let most: String = (1..=64)
+            .map(|i| format!("[[backends]]\nname = \"b{i}\"\naddr = \"x:{i}\"\n"))
+            .collect();
+        assert_eq!(accepted(&most).backends.len(), 64);
+        // Pool: the room the static backends leave, two per member.
+        let c = accepted(&set("pool.max_size", "32"));
+        assert_eq!(c.pool.unwrap().max_size, 32);
+        accepted(&set("pool.size", "32"));
+        accepted(&format!("{B}[pool]\n{CMD}\nmax_size = 31\n"));
+        accepted(&format!(
+            "[pool]\n{CMD}\nsize = 3\nmin_size = 3\nmax_size = 3\n"
+        ));
+        accepted(&set("pool.name", &format!("{:?}", "p".repeat(50))));
+        let pool = |text: &str| accepted(text).pool.unwrap();
+        assert_eq!(pool(&set("pool.max_age", "\"0s\"")).max_age, None);
+        assert_eq!(pool(&set("pool.max_memory", "\"0\"")).max_memory, None);
+        for ports in ["5-5", "1-65535", " 3000 - 3001 "] {
+            accepted(&set("pool.ports", &format!("{ports:?}")));
+        }
+        for v in ["0", "0.5", "1024"] {
+            accepted(&set("pool.cpus", v));
+        }
+        for m in ["0", "6m", "6291456", "1g"] {
+            accepted(&set("pool.memory", &format!("{m:?}")));
+        }
+        for ip in ["127.0.0.1", "::1"] {
+            let PoolProvider::Docker(d) = pool(&set("pool.publish", &format!("{ip:?}"))).provider
+            else {
+                panic!("docker")
+            };
+            assert_eq!(d.publish, Some(ip.parse().unwrap()));
+        }
+        accepted(&set("pool.docker_host", "\"tcp://127.0.0.1:2375\""));
+        accepted(&set("pool.env", "{ A_B = \"1\", lower = \"\" }"));
+    }
+}

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use hickory_proto::op::{Message, MessageType, ResponseCode};
+use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
@@ -53,8 +53,8 @@ impl TestDns {
                 let mut bytes = resp.to_bytes().unwrap_or_default();
                 if bytes.len() > 512 {
                     // Too big for plain DNS over UDP: say so, the client asks over TCP.
-                    resp.take_answers();
-                    resp.set_truncated(true);
+                    resp.answers.clear();
+                    resp.metadata.truncation = true;
                     bytes = resp.to_bytes().unwrap_or_default();
                 }
                 let _ = sock.send_to(&bytes, peer).await;
@@ -123,29 +123,28 @@ async fn serve_tcp(
 
 /// The answer to `req`: records of the asked type among `ips`.
 fn respond(req: &Message, ips: Option<&[IpAddr]>, a_queries: &AtomicUsize) -> Message {
-    let mut resp = Message::new();
-    resp.set_id(req.id())
-        .set_message_type(MessageType::Response)
-        .set_op_code(req.op_code())
-        .set_recursion_desired(req.recursion_desired())
-        .set_recursion_available(true)
-        .set_authoritative(true);
+    let mut resp = Message::response(req.metadata.id, req.metadata.op_code);
+    resp.metadata.recursion_desired = req.metadata.recursion_desired;
+    resp.metadata.recursion_available = true;
+    resp.metadata.authoritative = true;
+    // Every answer repeats the question, SERVFAIL too (hickory drops one
+    // that does not as forged).
+    resp.add_queries(req.queries.iter().cloned());
     let Some(ips) = ips else {
-        resp.set_response_code(ResponseCode::ServFail);
+        resp.metadata.response_code = ResponseCode::ServFail;
         return resp;
     };
-    for query in req.queries() {
-        resp.add_query(query.clone());
-        let name = query.name().clone();
+    for query in &req.queries {
+        let name = query.name.clone();
         for ip in ips {
-            let rdata = match (query.query_type(), ip) {
+            let rdata = match (query.query_type, ip) {
                 (RecordType::A, IpAddr::V4(v4)) => RData::A(A(*v4)),
                 (RecordType::AAAA, IpAddr::V6(v6)) => RData::AAAA(AAAA(*v6)),
                 _ => continue,
             };
             resp.add_answer(Record::from_rdata(name.clone(), 0, rdata));
         }
-        if query.query_type() == RecordType::A {
+        if query.query_type == RecordType::A {
             a_queries.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run run-pool test lint deps build images test-images bench bench-peers bench-queue scenarios clean
+.PHONY: run run-pool test lint deps build images test-images bench bench-peers bench-abuse bench-queue scenarios clean
 
 CARGO ?= cargo
 
@@ -100,6 +100,14 @@ bench: build
 ## target/bench-peers.md. BENCH_QUICK=1: one 3 s round; see the script for knobs.
 bench-peers: build
 	@scripts/bench-peers.sh
+
+## lb, nginx and HAProxy under abuse (SPEC): normal clients' p50/p99, errors and
+## req/s with 2,000 slowloris connections, with 200 slow readers and at 10x a
+## capped backend's capacity, against their own baseline; the balancer's RSS and
+## CPU. Installs nginx, haproxy, wrk when missing (root); writes
+## target/bench-abuse.md. BENCH_QUICK=1: one 5 s round; see the script for knobs.
+bench-abuse: build
+	@scripts/bench-abuse.sh
 
 ## The seeds' capacity experiment (issue 10): one app that refuses beyond 50
 ## concurrent requests, 100 clients for 30 s through lb, without and with

@@ -350,7 +350,14 @@ fn encode(
         host,
         request_id: None,
     };
-    forwarding.each(&f.xff, |name, value| line(name.as_bytes(), value));
+    forwarding.each(&f.xff, |name, parts| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(b"\r\n");
+    });
 }
 
 /// Completes the head [`parse`] encoded: `X-Request-Id`, `Host` where the

@@ -123,9 +123,9 @@ pub fn forwarding(req: &mut RequestHeader, client: Option<IpAddr>, request_id: &
         request_id: Some(request_id),
     };
     let mut result = Ok(());
-    fields.each(&prev, |name, value| {
+    fields.each(&prev, |name, parts| {
         if result.is_ok() {
-            result = http::HeaderValue::from_bytes(value)
+            result = http::HeaderValue::from_bytes(&parts.concat())
                 .map_err(|_| Error::explain(InternalError, "invalid forwarding field"))
                 .and_then(|v| req.insert_header(name, v));
         }

@@ -211,7 +211,14 @@ impl Lb {
         };
         match lb.wait_listening(0, Duration::from_secs(20)).await {
             Ok(()) => Some(lb),
-            Err(log) if log.contains("cannot listen") => None, // port race: new ports
+            // Port races (taken meanwhile, or free_port gave the same port
+            // twice): new ports.
+            Err(log)
+                if log.contains("cannot listen")
+                    || log.contains("must differ from server.listen") =>
+            {
+                None
+            }
             Err(log) => panic!("lb exited at start:\n{log}"),
         }
     }

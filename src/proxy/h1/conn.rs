@@ -273,10 +273,7 @@ impl<'a> Conn<'a> {
         let mut out = Vec::with_capacity(256 + body.len());
         out.extend_from_slice(format!("HTTP/1.1 {code} {reason}\r\n").as_bytes());
         r.each(body.len(), |name, value| {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            super::field_line(&mut out, name.as_bytes(), &[value])
         });
         if !keep_alive {
             out.extend_from_slice(b"connection: close\r\n");

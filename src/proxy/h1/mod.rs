@@ -30,3 +30,14 @@ pub mod response;
 mod upload;
 
 pub use conn::Conn;
+
+/// Writes one header field line, `name: value\r\n`, the value given in
+/// parts written one after the other (every head lb's HTTP/1 path encodes).
+fn field_line(out: &mut Vec<u8>, name: &[u8], value: &[&[u8]]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    for part in value {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
+}

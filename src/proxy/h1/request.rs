@@ -311,12 +311,7 @@ fn encode(
         None => out.extend_from_slice(target.as_bytes()),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut line = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    let mut line = |name: &[u8], value: &[&[u8]]| super::field_line(out, name, value);
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let replaced_host = absolute.is_some() && name.eq_ignore_ascii_case(b"host");
@@ -329,7 +324,7 @@ fn encode(
         {
             continue;
         }
-        line(name, h.value);
+        line(name, &[h.value]);
     }
     // RFC 9112 §3.2.2: an absolute-form target's authority is the Host.
     let host = match absolute {
@@ -337,12 +332,15 @@ fn encode(
         None => f.host.map(|(s, e)| &buf[s..e]),
     };
     if let Some((authority, _)) = absolute {
-        line(b"host", authority.as_bytes());
+        line(b"host", &[authority.as_bytes()]);
     }
     if let Some(n) = f.content_length {
-        line(b"content-length", itoa::Buffer::new().format(n).as_bytes());
+        line(
+            b"content-length",
+            &[itoa::Buffer::new().format(n).as_bytes()],
+        );
     } else if f.te {
-        line(b"transfer-encoding", b"chunked");
+        line(b"transfer-encoding", &[b"chunked"]);
     }
     let forwarding = Forwarding {
         client,
@@ -350,14 +348,7 @@ fn encode(
         host,
         request_id: None,
     };
-    forwarding.each(&f.xff, |name, parts| {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        for part in parts {
-            out.extend_from_slice(part);
-        }
-        out.extend_from_slice(b"\r\n");
-    });
+    forwarding.each(&f.xff, |name, parts| line(name.as_bytes(), parts));
 }
 
 /// Completes the head [`parse`] encoded: `X-Request-Id`, `Host` where the

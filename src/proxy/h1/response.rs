@@ -105,18 +105,22 @@ fn encode(
         head.status,
         resp.reason.unwrap_or("")
     );
-    let mut line = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    let mut line = |name: &[u8], value: &[u8]| super::field_line(out, name, &[value]);
+    // Usually no Connection field names another: then nothing is scanned
+    // per field.
+    let names_some = resp.headers.iter().any(|h| {
+        let mut named = false;
+        if h.name.eq_ignore_ascii_case("connection") {
+            respond::connection_named(h.value, |_| named = true);
+        }
+        named
+    });
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
         if respond::hop_by_hop(n, head.status)
             || crate::proxy::policy::forward::is_framing(n)
             || client.decoration.replaces(n)
-            || connection_names(resp.headers, n)
+            || (names_some && connection_names(resp.headers, n))
         {
             continue;
         }

@@ -105,7 +105,13 @@ pub fn too_large(req: &RequestHeader, limits: HeadLimits) -> bool {
 /// (Pingora itself removes the hop-by-hop fields and those `Connection`
 /// names, and frames the body from its parse.)
 pub fn forwarding(req: &mut RequestHeader, client: Option<IpAddr>, request_id: &str) -> Result<()> {
-    let target = String::from_utf8_lossy(req.raw_path()).into_owned();
+    // Origin form (nearly every request) needs no rewriting.
+    let absolute = !req.raw_path().starts_with(b"/");
+    let target = if absolute {
+        String::from_utf8_lossy(req.raw_path()).into_owned()
+    } else {
+        String::new()
+    };
     if let Some((authority, rest)) = forward::absolute_form(&target) {
         let (slash, rest) = forward::origin_form(rest);
         req.set_raw_path(format!("{slash}{rest}").as_bytes())?;

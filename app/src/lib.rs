@@ -34,12 +34,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 pub use faults::{validate_error_rate, MAX_DELAY_MS};
 pub use handlers::{DATA_CACHE_CAPACITY, DATA_TTL, MAX_ITERATIONS, SESSION_CAPACITY};
 pub use healthcheck::healthcheck;
+pub use metrics::SERVED_BY;
 
 use capacity::Capacity;
 use faults::Faults;
@@ -147,6 +149,8 @@ pub(crate) struct Counters {
 /// Shared state of one running app: counters, caches and the fault knobs.
 pub struct App {
     pub(crate) id: String,
+    /// `id` as the `x-served-by` value; `None` if it is not a valid header value.
+    pub(crate) served_by: Option<HeaderValue>,
     pub(crate) mode: Mode,
     pub(crate) shutdown_delay: Duration,
     pub(crate) started: Instant,
@@ -172,6 +176,7 @@ impl App {
             faults: Faults::new(opts.delay, opts.error_rate),
             api_slots: opts.max_concurrency.map(|n| Arc::new(Semaphore::new(n))),
             capacity: Capacity::new(opts.workers.map(|n| n.max(1)), opts.service_time),
+            served_by: HeaderValue::from_str(&opts.id).ok(),
             id: opts.id,
             mode: opts.mode,
             shutdown_delay: opts.shutdown_delay,
@@ -286,6 +291,9 @@ impl App {
 /// Serve until `shutdown` resolves: then `/health` turns 503, wait the app's
 /// `shutdown_delay` (still accepting, so balancers see the 503), stop accepting,
 /// and return once the in-flight requests have finished.
+///
+/// Each connection is HTTP/1.1 or, if it opens with the HTTP/2 preface, h2c
+/// (HTTP/2 with prior knowledge): axum's server detects which.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,

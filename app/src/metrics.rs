@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use prometheus::{
@@ -16,6 +16,10 @@ use prometheus::{
 
 use crate::faults::is_control_path;
 use crate::App;
+
+/// Response header naming the container that answered (also in JSON bodies as
+/// `container`), so a test can tell the apps apart whatever the endpoint.
+pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
 
 /// Path label for requests that matched no route, so junk paths cannot blow up
 /// the label cardinality.
@@ -139,8 +143,10 @@ impl Drop for ApiInFlight {
 }
 
 /// Outermost middleware: counts on arrival (so requests the fault layer rejects
-/// are counted), tracks in-flight, records status and latency by route template.
-/// While shutting down it adds `Connection: close` so keep-alive clients move on.
+/// are counted), tracks in-flight, records status and latency by route template,
+/// and names the app in `x-served-by` on every response (gRPC ones included).
+/// While shutting down it adds `Connection: close` so keep-alive clients move on
+/// (HTTP/2 drops it; its connections get a GOAWAY from the graceful shutdown).
 pub(crate) async fn track(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let method = method_label(req.method());
     let route = req
@@ -171,6 +177,9 @@ pub(crate) async fn track(State(app): State<Arc<App>>, req: Request, next: Next)
         .duration
         .with_label_values(&[route.as_str()])
         .observe(elapsed);
+    if let Some(id) = &app.served_by {
+        resp.headers_mut().insert(SERVED_BY, id.clone());
+    }
     if app.is_shutting_down() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

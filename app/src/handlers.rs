@@ -1,5 +1,6 @@
 //! The router and the HTTP endpoints: `/health`, `/api/whoami`, `/api/session`,
-//! `/api/data/{client_id}`, `/api/load-test`, `/api/echo`, plus the JSON 404.
+//! `/api/data/{client_id}`, `/api/load-test`, `/api/echo`, plus the JSON 404;
+//! the gRPC service `lb.demo.Echo` (see `grpc`) is routed here too.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError};
@@ -15,7 +16,9 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use tonic::server::NamedService;
 
+use crate::grpc::{EchoServer, EchoService};
 use crate::work::{self, Record};
 use crate::{faults, metrics, App, Mode};
 
@@ -43,8 +46,10 @@ pub(crate) struct CachedData {
 
 /// Builds the router: endpoints, then the fault layer, then the counting layer
 /// outermost (so everything the fault layer rejects is still counted). The
-/// fallback is set before the layers so unknown paths are counted too.
+/// fallback is set before the layers so unknown paths are counted too. gRPC
+/// calls are routed by service name, as tonic's own router does.
 pub(crate) fn router(app: &Arc<App>) -> Router {
+    let grpc_route = format!("/{}/{{*method}}", EchoServer::<EchoService>::NAME);
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics::metrics))
@@ -54,6 +59,7 @@ pub(crate) fn router(app: &Arc<App>) -> Router {
         .route("/api/data/{client_id}", get(data))
         .route("/api/load-test", get(load_test))
         .route("/api/echo", any(echo))
+        .route_service(&grpc_route, EchoService::server(app))
         .fallback(not_found)
         .layer(from_fn_with_state(Arc::clone(app), faults::inject))
         .layer(from_fn_with_state(Arc::clone(app), metrics::track))

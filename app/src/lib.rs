@@ -5,6 +5,7 @@
 //! - this file: [`Mode`], [`Options`], the shared state [`App`] (counters, caches,
 //!   fault knobs) and [`serve`] (graceful, k8s-style shutdown);
 //! - `handlers`: the HTTP endpoints (`/health`, `/api/*`) and the router;
+//! - [`grpc`]: the gRPC echo service `lb.demo.Echo` and the client lb's tests use;
 //! - `faults`: fault injection (delay, error rate, max concurrency, mode) and `/fault`;
 //! - `capacity`: the worker-pool model (N workers, a service time, a FIFO queue) that
 //!   gives apps a capacity in requests per second independent of the host's CPU;
@@ -21,6 +22,7 @@
 
 mod capacity;
 mod faults;
+pub mod grpc;
 mod handlers;
 mod healthcheck;
 mod metrics;

@@ -66,6 +66,8 @@ pub struct Entry<'a> {
     pub bytes: u64,
     pub request_id: &'a str,
     pub error: Option<&'a str>,
+    /// `http/1.0`, `http/1.1` or `h2`.
+    pub proto: &'a str,
 }
 
 /// A thread hands its batch to the writer at this size...
@@ -163,6 +165,7 @@ fn text(out: &mut Vec<u8>, e: &Entry<'_>) {
     out.extend_from_slice(b" bytes=");
     int(out, e.bytes);
     field(out, b" request_id=", e.request_id);
+    field(out, b" proto=", e.proto);
     if let Some(err) = e.error {
         let _ = write!(out, " error={err:?}");
     }
@@ -193,6 +196,8 @@ fn json(out: &mut Vec<u8>, e: &Entry<'_>) {
     int(out, e.bytes);
     out.extend_from_slice(b",\"request_id\":");
     let _ = serde_json::to_writer(&mut *out, e.request_id);
+    out.extend_from_slice(b",\"proto\":");
+    let _ = serde_json::to_writer(&mut *out, e.proto);
     if let Some(err) = e.error {
         out.extend_from_slice(b",\"error\":");
         let _ = serde_json::to_writer(&mut *out, err);
@@ -328,6 +333,7 @@ mod tests {
             bytes: 12,
             request_id: "rid",
             error: Some("ConnectRefused"),
+            proto: "http/1.1",
         }
     }
 
@@ -342,6 +348,7 @@ mod tests {
         assert_eq!(v["status"], 200);
         assert_eq!(v["upstream_ms"], 0.25);
         assert_eq!(v["error"], "ConnectRefused");
+        assert_eq!(v["proto"], "http/1.1");
         assert_eq!(v["level"], "INFO");
     }
 
@@ -349,8 +356,8 @@ mod tests {
     fn reference_text(e: &Entry<'_>) -> String {
         let client = e.client.map_or("-".to_string(), |ip| ip.to_string());
         let mut s = format!(
-            "  INFO access: client={client} method={} path={} status={} backend={} attempts={} upstream_ms={} total_ms={} bytes={} request_id={}",
-            e.method, e.path, e.status, e.backend, e.attempts, e.upstream_ms, e.total_ms, e.bytes, e.request_id
+            "  INFO access: client={client} method={} path={} status={} backend={} attempts={} upstream_ms={} total_ms={} bytes={} request_id={} proto={}",
+            e.method, e.path, e.status, e.backend, e.attempts, e.upstream_ms, e.total_ms, e.bytes, e.request_id, e.proto
         );
         if let Some(err) = e.error {
             s.push_str(&format!(" error={err:?}"));
@@ -462,6 +469,6 @@ mod tests {
         let mut out = Vec::new();
         text(&mut out, &entry());
         let s = String::from_utf8(out).unwrap();
-        assert!(s.contains("  INFO access: client=127.0.0.1 method=GET path=/a\"b status=200 backend=app-1 attempts=1 upstream_ms=0.25 total_ms=0.5 bytes=12 request_id=rid error=\"ConnectRefused\"\n"), "{s}");
+        assert!(s.contains("  INFO access: client=127.0.0.1 method=GET path=/a\"b status=200 backend=app-1 attempts=1 upstream_ms=0.25 total_ms=0.5 bytes=12 request_id=rid proto=http/1.1 error=\"ConnectRefused\"\n"), "{s}");
     }
 }

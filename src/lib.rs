@@ -2,6 +2,7 @@
 //!
 //! Map of the crate, top to bottom (imports only point down):
 //! - [`server`] wires Pingora: the front door, background tasks, signals.
+//!   [`upgrade`] hands the listening sockets to a new lb binary (SIGUSR2).
 //! - [`proxy`] serves requests: its own HTTP/1 path (`proxy::h1`) with the
 //!   Pingora `ProxyHttp` implementation as fallback; both share selection,
 //!   headers, errors and the retry policy (any method when nothing reached the
@@ -58,3 +59,5 @@ pub mod server;
 pub mod slow_start;
 pub mod state;
 pub mod sticky;
+pub mod tls;
+pub mod upgrade;

@@ -108,6 +108,11 @@ pub struct GlobalCounters {
     pub retries_skipped_budget: AtomicU64,
     /// Clients refused by `[limits]`/`max_connections`, by [`LIMITED_REASONS`] index.
     pub limited: [AtomicU64; 2],
+    /// TLS handshakes completed, by `version × alpn`
+    /// ([`crate::tls::VERSIONS`] × [`crate::tls::ALPNS`]).
+    pub tls_handshakes: [AtomicU64; 6],
+    /// TLS handshakes failed, by [`crate::tls::ERRORS`] index.
+    pub tls_handshake_errors: [AtomicU64; 7],
 }
 
 /// `lb_limited_total{reason}` labels, indexing `limited`.

@@ -56,12 +56,22 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr} (tls.listen): {source}")]
+    TlsBind {
+        /// The configured address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// The admin token could not be determined.
     #[error("{0}")]
     Token(String),
     /// The pool's provider cannot run members (e.g. no Docker engine).
     #[error("[pool]: {0}")]
     Pool(crate::pool::ProviderError),
+    /// A process started with `--upgrade` cannot take over.
+    #[error("{0}")]
+    Upgrade(String),
 }
 
 /// Requests currently inside the proxy (all stages), for graceful shutdown.
@@ -101,12 +111,24 @@ pub struct Lb {
     /// The `[pool]`, if configured (its members are already ready).
     pub pool: Option<Arc<Pool>>,
     active: ActiveRequests,
+    upgrade: Arc<crate::upgrade::Upgrade>,
 }
 
 impl Lb {
     /// Builds the server for `config`: checks the listen address can be bound,
     /// resolves backends once, and adds the proxy and background services.
     pub fn build(config: Config, config_path: Option<PathBuf>) -> Result<Lb, StartError> {
+        Lb::build_as(config, config_path, false)
+    }
+
+    /// [`Lb::build`]; with `successor`, for a process started with
+    /// `--upgrade`: its listening sockets come from the running lb
+    /// (`crate::upgrade`), so their addresses are not checked.
+    pub fn build_as(
+        config: Config,
+        config_path: Option<PathBuf>,
+        successor: bool,
+    ) -> Result<Lb, StartError> {
         // SIGHUP's default action kills the process; until the reload handler is
         // installed (when services start), ignore it rather than die.
         // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
@@ -115,22 +137,33 @@ impl Lb {
         }
         let config = Arc::new(config);
         raise_open_file_limit(config.server.max_connections);
+        if successor {
+            crate::upgrade::prepare(&config).map_err(StartError::Upgrade)?;
+        }
         // Pingora only logs a bind failure and keeps running (#667): check first
         // so the operator gets an error and a non-zero exit.
-        TcpListener::bind(config.server.listen).map_err(|source| StartError::Bind {
+        check_free(config.server.listen, successor).map_err(|source| StartError::Bind {
             addr: config.server.listen,
             source,
         })?;
 
-        TcpListener::bind(config.admin.listen).map_err(|source| StartError::AdminBind {
+        check_free(config.admin.listen, successor).map_err(|source| StartError::AdminBind {
             addr: config.admin.listen,
             source,
         })?;
+        if let Some(tls) = &config.tls {
+            check_free(tls.listen, successor).map_err(|source| StartError::TlsBind {
+                addr: tls.listen,
+                source,
+            })?;
+            log_certificates(tls);
+        }
         // Logs where the token came from, never a generated token itself.
         let token = admin::token(config.admin.token_file.as_deref()).map_err(StartError::Token)?;
 
         let state = Arc::new(State::new(config.clone()));
         let control = Arc::new(Control::new(state.clone(), config_path));
+        let upgrade = crate::upgrade::Upgrade::new(successor, state.clone());
         // Members of `resolve = "all"` groups exist once resolved: resolve
         // first, so a member's saved weight and mode apply too.
         resolve_at_start(&state);
@@ -157,10 +190,21 @@ impl Lb {
             // most 10) plus one try per backend whose failure did not use one up
             // (`Ctx::backend_gone`). lb enforces the real limit (reloadable).
             max_retries: 10 + crate::config::MAX_BACKENDS,
+            // Where a successor receives the listening sockets.
+            upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
             ..ServerConf::default()
         };
-        let mut server = Server::new_with_opt_and_conf(None, conf);
+        // `upgrade`: bootstrap waits (about 6 s) for the old process's sockets.
+        let opt = successor.then(|| pingora::server::configuration::Opt {
+            upgrade: true,
+            ..Default::default()
+        });
+        let mut server = Server::new_with_opt_and_conf(opt, conf);
         server.bootstrap();
+        if successor {
+            // What the operator changed on the old process while this one started.
+            control.load_state_file();
+        }
 
         let active: ActiveRequests = Arc::new(AtomicUsize::new(0));
         // lb's HTTP/1 path in front, Pingora's proxy for what it hands over
@@ -168,19 +212,31 @@ impl Lb {
         // buffering of its own: the front door reads into one buffer per
         // connection (and Pingora's 64 KiB per-connection read buffer was most
         // of an idle connection's memory).
-        let fallback = pingora::proxy::http_proxy(
+        let mut fallback = pingora::proxy::http_proxy(
             &server.configuration,
             Proxy::new(state.clone(), active.clone()),
         );
-        let mut proxy = Service::new(
-            "lb".to_string(),
-            FrontDoor::new(state.clone(), active.clone(), fallback),
-        );
+        fallback.h2_options = Some(h2_options(&config.server));
+        let door = FrontDoor::new(state.clone(), active.clone(), Arc::new(fallback));
+        // HTTPS: the same front door after a TLS handshake (`[tls]`).
+        if let Some(tls) = &config.tls {
+            let mut https = Service::new("lb-tls".to_string(), FrontDoor::tls(&door));
+            https.add_listener(
+                ListenerConfig::tcp(tls.listen.to_string())
+                    .l4_buffer(L4BufferSettings::unbuffered()),
+            );
+            server.add_service(https);
+        }
+        let mut proxy = Service::new("lb".to_string(), door);
         proxy.add_listener(
             ListenerConfig::tcp(config.server.listen.to_string())
                 .l4_buffer(L4BufferSettings::unbuffered()),
         );
         server.add_service(proxy);
+        server.add_service(background_service(
+            "certificates",
+            crate::tls::watch::CertWatch(control.clone()),
+        ));
         server.add_service(background_service("dns", Discovery::new(state.clone())));
         server.add_service(background_service(
             "health",
@@ -195,8 +251,8 @@ impl Lb {
             "history",
             Sampler::new(state.clone(), history.clone()),
         ));
-        server.add_service(background_service(
-            "admin",
+        // Its socket in Pingora's table, so that an upgrade hands it over too.
+        server.add_service(crate::upgrade::AdminService::new(
             Admin::new(
                 control.clone(),
                 history,
@@ -204,6 +260,8 @@ impl Lb {
                 token,
                 config.admin.listen,
             ),
+            config.admin.listen,
+            upgrade.clone(),
         ));
         server.add_service(background_service(
             "sighup",
@@ -215,6 +273,7 @@ impl Lb {
             control,
             pool,
             active,
+            upgrade,
         })
     }
 
@@ -240,8 +299,39 @@ impl Lb {
             active: self.active.clone(),
             state: self.state.clone(),
             pool: self.pool.clone(),
+            upgrade: self.upgrade.clone(),
         });
         self.run_with(signal);
+    }
+}
+
+/// HTTP/2 server settings for every client connection that speaks it (TLS
+/// with ALPN `h2`, or h2c): `server.h2_max_streams` concurrent streams and
+/// heads no larger than `server.max_header_bytes` (CONTINUATION floods end at
+/// that size). h2 itself ends a connection with GOAWAY after 20 streams reset
+/// before being accepted (rapid reset, CVE-2023-44487) and after 1,024 streams
+/// it had to reset for the client's errors.
+fn h2_options(
+    server: &crate::config::ServerConfig,
+) -> pingora::protocols::http::v2::server::H2Options {
+    let mut o = pingora::protocols::http::v2::server::default_h2_options();
+    o.max_concurrent_streams(server.h2_max_streams);
+    o.max_header_list_size(server.max_header_bytes as u32);
+    o.max_pending_accept_reset_streams(20);
+    o.max_local_error_reset_streams(Some(1024));
+    o
+}
+
+/// Logs each certificate `[tls]` serves, warning when one expires soon.
+fn log_certificates(tls: &crate::config::TlsConfig) {
+    let now = crate::tls::unix_now();
+    for c in tls.loaded.certs() {
+        let days = c.days_left(now);
+        if days < crate::tls::certs::WARN_DAYS {
+            tracing::warn!(names = ?c.names, days_left = days, not_after = %c.not_after_rfc3339(), "certificate expires soon");
+        } else {
+            tracing::info!(names = ?c.names, days_left = days, not_after = %c.not_after_rfc3339(), "certificate");
+        }
     }
 }
 
@@ -282,6 +372,15 @@ fn resolve_at_start(state: &Arc<State>) {
     });
 }
 
+/// Checks that `addr` can be bound (Pingora only logs a bind failure,
+/// #667). A successor's sockets are the running lb's: bound already.
+fn check_free(addr: SocketAddr, successor: bool) -> std::io::Result<()> {
+    if successor {
+        return Ok(());
+    }
+    TcpListener::bind(addr).map(drop)
+}
+
 /// Raises the open-file soft limit to the hard limit (SPEC: at start), and
 /// warns when `max_connections` cannot be met: each client connection may
 /// hold an upstream connection too, plus a margin for listeners, logs and
@@ -319,33 +418,21 @@ fn raise_open_file_limit(max_connections: usize) {
     }
 }
 
-/// SIGTERM, SIGINT and SIGQUIT → graceful stop; exit as soon as requests have drained.
+/// SIGTERM, SIGINT, SIGQUIT and a successor taking over (SIGUSR2, or
+/// SIGQUIT with one waiting: `crate::upgrade`) → graceful stop; exit as soon
+/// as requests have drained.
 struct GracefulOnSignal {
     active: ActiveRequests,
     /// Where the running config is read at the signal (`server.grace_period`).
     state: Arc<State>,
     pool: Option<Arc<Pool>>,
+    upgrade: Arc<crate::upgrade::Upgrade>,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for GracefulOnSignal {
     async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int), Ok(mut quit)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::quit()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            return std::future::pending().await;
-        };
-        // SIGQUIT with no successor waiting is a graceful stop, never the
-        // default core dump (SPEC "Zero-downtime binary upgrade").
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = quit.recv() => "SIGQUIT",
-        };
+        let which = self.upgrade.until_stop().await;
         crate::access_log::stop_batching();
         let active = self.active.clone();
         // The running config's: a reload's value counts.

@@ -381,6 +381,7 @@ impl RespCase {
                 request_id: "rid-1",
                 backend: self.backend.then_some(("x-backend", &b"app-1"[..])),
                 set_cookie: self.set_cookie.then_some("lb_sticky=abc; Path=/"),
+                hsts: None,
             },
         }
     }
@@ -552,6 +553,7 @@ const CLIENT_11: ClientSide<'static> = ClientSide {
         request_id: "rid-1",
         backend: None,
         set_cookie: None,
+        hsts: None,
     },
 };
 

@@ -196,7 +196,7 @@ pub fn check_request(
     client: Option<IpAddr>,
 ) -> Result<ReqOutcome, String> {
     let mut out = Vec::new();
-    let res = request::parse(buf, LIMITS, sticky, &mut out, client);
+    let res = request::parse(buf, LIMITS, sticky, &mut out, client, "http");
 
     // The client's head, read independently.
     let mut ch = vec![httparse::EMPTY_HEADER; 256];

@@ -43,6 +43,7 @@ pub fn render_with_pool(state: &State, pool: Option<&Pool>) -> String {
     let snap = state.load_full();
     let histograms = backends(&r, &snap);
     global(&r, state);
+    tls(&r, state, &snap);
     queue(&r, state);
     build_and_process(&r);
     encode(&r, histograms)
@@ -339,6 +340,48 @@ fn global(r: &Registry, state: &State) {
     .inc_by(crate::control::state_file_errors());
 }
 
+/// `lb_tls_*` (SPEC "HTTPS"): handshakes by version and ALPN, failures by
+/// reason (both present without `[tls]`, at 0), each certificate's expiry.
+fn tls(r: &Registry, state: &State, snap: &crate::state::Snapshot) {
+    use crate::tls::{ALPNS, ERRORS, VERSIONS};
+    let c = &state.counters;
+    let done = counter(
+        r,
+        "lb_tls_handshakes_total",
+        "TLS handshakes completed, by version and ALPN protocol",
+        &["version", "alpn"],
+    );
+    for (v, version) in VERSIONS.iter().enumerate() {
+        for (a, alpn) in ALPNS.iter().enumerate() {
+            done.with_label_values(&[version, alpn])
+                .inc_by(c.tls_handshakes[v * ALPNS.len() + a].load(Ordering::Relaxed));
+        }
+    }
+    let failed = counter(
+        r,
+        "lb_tls_handshake_errors_total",
+        "TLS handshakes that failed, by reason (never logged above debug)",
+        &["reason"],
+    );
+    for (i, reason) in ERRORS.iter().enumerate() {
+        failed
+            .with_label_values(&[reason])
+            .inc_by(c.tls_handshake_errors[i].load(Ordering::Relaxed));
+    }
+    if let Some(t) = &snap.config.tls {
+        let expiry = gauge(
+            r,
+            "lb_tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (Unix time), by its first name",
+            &["name"],
+        );
+        for cert in t.loaded.certs() {
+            let name = cert.names.first().map_or("", String::as_str);
+            expiry.with_label_values(&[name]).set(cert.not_after);
+        }
+    }
+}
+
 /// `lb_build_info{version}` and, on Linux, `process_*`.
 fn build_and_process(r: &Registry) {
     let build = IntGaugeVec::new(
@@ -484,6 +527,16 @@ mod tests {
             ("lb_retries_skipped_total", "counter", 1),
             ("lb_retries_total", "counter", 2),
             ("lb_state_file_errors_total", "counter", 1),
+            (
+                "lb_tls_handshake_errors_total",
+                "counter",
+                crate::tls::ERRORS.len(),
+            ),
+            (
+                "lb_tls_handshakes_total",
+                "counter",
+                crate::tls::VERSIONS.len() * crate::tls::ALPNS.len(),
+            ),
             (
                 "lb_upstream_errors_total",
                 "counter",

@@ -224,6 +224,30 @@ pub(super) async fn put_mode(
     }
 }
 
+/// `GET /admin/tls`: each certificate served (an empty list without `[tls]`).
+pub(super) async fn get_tls(State(s): State<Shared>) -> Response {
+    let snap = s.control.state.load();
+    let now = crate::tls::unix_now();
+    let list: Vec<Value> = snap.config.tls.as_ref().map_or_else(Vec::new, |t| {
+        t.loaded
+            .certs()
+            .iter()
+            .zip(&t.certificates)
+            .map(|(c, f)| {
+                json!({
+                    "names": c.names,
+                    "not_after": c.not_after_rfc3339(),
+                    "days_left": c.days_left(now),
+                    "issuer": c.issuer,
+                    "source": c.source,
+                    "cert": f.cert,
+                })
+            })
+            .collect()
+    });
+    ok(&snap, json!(list))
+}
+
 pub(super) async fn get_algorithm(State(s): State<Shared>) -> Response {
     let snap = s.control.state.load();
     ok(&snap, json!({ "algorithm": snap.algorithm.as_str() }))

@@ -87,6 +87,7 @@ impl Admin {
                 get(handlers::get_algorithm).put(handlers::put_algorithm),
             )
             .route("/reload", post(handlers::reload))
+            .route("/tls", get(handlers::get_tls))
             .route("/pool", get(pool::get_pool))
             .route("/pool/size", put(pool::put_size))
             .route("/pool/rollout", post(pool::post_rollout))
@@ -160,14 +161,18 @@ pub(crate) fn with_etag(mut r: Response, version: u64) -> Response {
 
 #[async_trait]
 impl BackgroundService for Admin {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let listener = match tokio::net::TcpListener::bind(self.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(listen = %self.listen, error = %e, "admin: cannot listen");
-                return;
-            }
-        };
+    async fn start(&self, shutdown: ShutdownWatch) {
+        match tokio::net::TcpListener::bind(self.listen).await {
+            Ok(l) => self.serve(l, shutdown).await,
+            Err(e) => tracing::error!(listen = %self.listen, error = %e, "admin: cannot listen"),
+        }
+    }
+}
+
+impl Admin {
+    /// Serves the API on `listener` (bound to `admin.listen`, or handed
+    /// over by the process lb upgraded from) until `shutdown`.
+    pub async fn serve(&self, listener: tokio::net::TcpListener, mut shutdown: ShutdownWatch) {
         tracing::info!(listen = %self.listen, "admin API listening");
         let listener = listener::AdminListener::new(listener);
         let app = self

@@ -23,6 +23,9 @@ pub const MAX_BACKENDS: usize = 64;
 pub const MAX_WEIGHT: u32 = 1000;
 /// The longest `server.grace_period` a config may set.
 pub const MAX_GRACE_PERIOD: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The longest `server.upgrade_sock`: a Unix socket path holds 107 bytes,
+/// and the successor's `.ready` socket sits beside it.
+pub const MAX_UPGRADE_SOCK_PATH: usize = 107 - ".ready".len();
 /// The longest `pool.drain_timeout` a config may set.
 pub const MAX_DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(86_400);
 /// `admin.token_file`'s default name, in the config file's directory.
@@ -105,6 +108,9 @@ pub struct ServerConfig {
     pub threads: usize,
     /// How long in-flight requests may finish after SIGTERM (default 5 s).
     pub grace_period: Duration,
+    /// The Unix socket a successor (`lb run --upgrade`) receives the
+    /// listening sockets on (default `/tmp/lb-upgrade.sock`; see `upgrade`).
+    pub upgrade_sock: PathBuf,
     /// Idle time allowed between requests on a client connection (default 60 s;
     /// 0 = close after each response).
     pub keepalive_timeout: Duration,
@@ -128,6 +134,10 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Most header fields accepted; above → 431 (default 100).
     pub max_headers: usize,
+    /// Also accept HTTP/2 with prior knowledge (h2c) on `listen` (default false).
+    pub h2c: bool,
+    /// Concurrent streams per HTTP/2 connection (default 100).
+    pub h2_max_streams: u32,
 }
 
 /// `[admin]`.
@@ -397,6 +407,48 @@ pub struct LimitsConfig {
     pub per_ip_burst: u32,
 }
 
+/// The lowest TLS version `[tls]` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3 (default).
+    V12,
+    /// TLS 1.3 only.
+    V13,
+}
+
+/// One `tls.certificates` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// `[tls]`: the HTTPS listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsConfig {
+    /// Where HTTPS is served (default `0.0.0.0:443`).
+    pub listen: SocketAddr,
+    /// The certificates; SNI picks by SAN (exact, then wildcard); the first is the default.
+    pub certificates: Vec<CertFiles>,
+    /// `min_version` (default 1.2).
+    pub min_version: TlsVersion,
+    /// `alpn`, in preference order (default `["h2", "http/1.1"]`).
+    pub alpn: Vec<String>,
+    /// A handshake not done within this is dropped (default 10 s).
+    pub handshake_timeout: Duration,
+    /// TLS 1.3 tickets and 1.2 session ids (default true).
+    pub session_resumption: bool,
+    /// The plain listener answers `308` to `https://` (default false).
+    pub redirect_http: bool,
+    /// `Strict-Transport-Security` on HTTPS responses (default none).
+    pub hsts: Option<String>,
+    /// The certificates and the rustls configuration as loaded when this
+    /// config was validated: a reload that cannot load them is refused.
+    pub loaded: crate::tls::Loaded,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -424,6 +476,8 @@ pub struct Config {
     pub queue: QueueConfig,
     /// `[limits]`
     pub limits: LimitsConfig,
+    /// `[tls]` (default: no HTTPS listener).
+    pub tls: Option<TlsConfig>,
     /// `[[backends]]`, in file order (at most [`MAX_BACKENDS`]; at least one
     /// unless a `[pool]` provides them).
     pub backends: Vec<BackendConfig>,
@@ -474,6 +528,42 @@ impl Config {
             "client        {} thread(s); head within {:?}, body bytes every {:?}, sends within {:?}, keep-alive {:?}, at most {} fields / {} bytes",
             sv.threads, sv.header_timeout, sv.body_timeout, sv.send_timeout, sv.keepalive_timeout, sv.max_headers, sv.max_header_bytes
         );
+        if let Some(t) = &self.tls {
+            let now = crate::tls::unix_now();
+            let _ = writeln!(
+                s,
+                "tls           {} (TLS {}+, ALPN {}, handshake within {:?}{}{})",
+                t.listen,
+                if t.min_version == TlsVersion::V13 {
+                    "1.3"
+                } else {
+                    "1.2"
+                },
+                t.alpn.join(","),
+                t.handshake_timeout,
+                if t.redirect_http {
+                    ", plain HTTP redirected"
+                } else {
+                    ""
+                },
+                if t.hsts.is_some() { ", HSTS" } else { "" },
+            );
+            for (c, f) in t.loaded.certs().iter().zip(&t.certificates) {
+                let days = c.days_left(now);
+                let warn = if days < crate::tls::certs::WARN_DAYS {
+                    "  WARNING: expires soon"
+                } else {
+                    ""
+                };
+                let _ = writeln!(
+                    s,
+                    "  {:<44} expires {} ({days} days){warn}  {}",
+                    c.names.join(","),
+                    c.not_after_rfc3339(),
+                    f.cert.display()
+                );
+            }
+        }
         let _ = writeln!(s, "admin         {}", self.admin.listen);
         let _ = writeln!(s, "algorithm     {} (sticky: {sticky})", b.algorithm);
         let h = &self.health;

@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub log: RawLog,
     pub queue: RawQueue,
     pub limits: RawLimits,
+    pub tls: Option<RawTls>,
     pub backends: Vec<RawBackend>,
     pub pool: Option<RawPool>,
 }
@@ -31,6 +32,7 @@ pub struct RawServer {
     pub listen: String,
     pub threads: i64,
     pub grace_period: String,
+    pub upgrade_sock: String,
     pub keepalive_timeout: String,
     pub header_timeout: String,
     pub send_timeout: String,
@@ -40,6 +42,8 @@ pub struct RawServer {
     pub proxy_protocol_from: Vec<String>,
     pub max_header_bytes: i64,
     pub max_headers: i64,
+    pub h2c: bool,
+    pub h2_max_streams: i64,
 }
 
 impl Default for RawServer {
@@ -48,6 +52,7 @@ impl Default for RawServer {
             listen: "0.0.0.0:80".into(),
             threads: 2,
             grace_period: "5s".into(),
+            upgrade_sock: "/tmp/lb-upgrade.sock".into(),
             keepalive_timeout: "60s".into(),
             header_timeout: "10s".into(),
             send_timeout: "60s".into(),
@@ -57,6 +62,8 @@ impl Default for RawServer {
             proxy_protocol_from: Vec::new(),
             max_header_bytes: 32 * 1024,
             max_headers: 100,
+            h2c: false,
+            h2_max_streams: 100,
         }
     }
 }
@@ -265,6 +272,43 @@ pub struct RawLimits {
     pub per_ip_connections: i64,
     pub per_ip_rate: i64,
     pub per_ip_burst: i64,
+}
+
+/// `[tls]`: present = an HTTPS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTls {
+    pub listen: String,
+    pub certificates: Vec<RawCertificate>,
+    pub min_version: String,
+    pub alpn: Vec<String>,
+    pub handshake_timeout: String,
+    pub session_resumption: bool,
+    pub redirect_http: bool,
+    pub hsts: String,
+}
+
+impl Default for RawTls {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:443".into(),
+            certificates: Vec::new(),
+            min_version: "1.2".into(),
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            handshake_timeout: "10s".into(),
+            session_resumption: true,
+            redirect_http: false,
+            hsts: String::new(),
+        }
+    }
+}
+
+/// One `tls.certificates` entry: a PEM chain and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -193,6 +193,7 @@ impl TryFrom<RawConfig> for Config {
                 Duration::ZERO,
                 super::MAX_GRACE_PERIOD,
             )?,
+            upgrade_sock: upgrade_sock(&r.server.upgrade_sock)?,
             keepalive_timeout: duration(
                 "server.keepalive_timeout",
                 &r.server.keepalive_timeout,
@@ -218,6 +219,8 @@ impl TryFrom<RawConfig> for Config {
             )? as usize,
             // Pingora's parser stops at 256 header fields.
             max_headers: int_in("server.max_headers", r.server.max_headers, 1, 256)? as usize,
+            h2c: r.server.h2c,
+            h2_max_streams: int_in("server.h2_max_streams", r.server.h2_max_streams, 1, 10_000)?,
         };
         if server.proxy_protocol != ProxyProtocol::Off && server.proxy_protocol_from.is_empty() {
             return Err(invalid(
@@ -314,6 +317,10 @@ impl TryFrom<RawConfig> for Config {
             per_ip_rate: int_in("limits.per_ip_rate", r.limits.per_ip_rate, 0, 1_000_000)?,
             per_ip_burst: int_in("limits.per_ip_burst", r.limits.per_ip_burst, 0, 1_000_000)?,
         };
+        let tls = match &r.tls {
+            Some(t) => Some(tls(t, &server, &admin)?),
+            None => None,
+        };
         let backends = backends(&r)?;
         let pool = super::pool::pool(&r, &backends)?;
         Ok(Config {
@@ -329,10 +336,116 @@ impl TryFrom<RawConfig> for Config {
             log,
             queue,
             limits,
+            tls,
             backends,
             pool,
         })
     }
+}
+
+/// `[tls]`: its keys, then its certificates loaded (files read, keys
+/// matched, expiry checked), so a reload that cannot serve them is refused.
+fn tls(
+    t: &super::raw::RawTls,
+    server: &ServerConfig,
+    admin: &AdminConfig,
+) -> Result<TlsConfig, ConfigError> {
+    let listen = socket_addr("tls.listen", &t.listen)?;
+    if listen == server.listen || listen == admin.listen {
+        return Err(invalid(
+            "tls.listen",
+            format!("{:?}", t.listen),
+            "must differ from server.listen and admin.listen",
+        ));
+    }
+    if t.certificates.is_empty() {
+        return Err(invalid(
+            "tls.certificates",
+            "[]",
+            "must list at least one { cert, key } pair",
+        ));
+    }
+    let mut certificates = Vec::with_capacity(t.certificates.len());
+    for (i, c) in t.certificates.iter().enumerate() {
+        let cert = non_empty_path(&format!("tls.certificates[{i}].cert"), Some(c.cert.clone()))?;
+        let key = non_empty_path(&format!("tls.certificates[{i}].key"), Some(c.key.clone()))?;
+        if let (Some(cert), Some(key)) = (cert, key) {
+            certificates.push(CertFiles { cert, key });
+        }
+    }
+    let min_version = match t.min_version.as_str() {
+        "1.2" => TlsVersion::V12,
+        "1.3" => TlsVersion::V13,
+        other => {
+            return Err(invalid(
+                "tls.min_version",
+                format!("{other:?}"),
+                "is not one of \"1.2\", \"1.3\"",
+            ))
+        }
+    };
+    if t.alpn.is_empty() {
+        return Err(invalid("tls.alpn", "[]", "must name at least one protocol"));
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in t.alpn.iter().enumerate() {
+        if p != "h2" && p != "http/1.1" {
+            return Err(invalid(
+                format!("tls.alpn[{i}]"),
+                format!("{p:?}"),
+                "is not one of \"h2\", \"http/1.1\"",
+            ));
+        }
+        if !seen.insert(p) {
+            return Err(invalid(
+                format!("tls.alpn[{i}]"),
+                format!("{p:?}"),
+                "is listed twice",
+            ));
+        }
+    }
+    let hsts = match t.hsts.trim() {
+        "" => None,
+        v if http::HeaderValue::from_str(v).is_ok() => Some(v.to_string()),
+        v => {
+            return Err(invalid(
+                "tls.hsts",
+                format!("{v:?}"),
+                "is not a valid header value",
+            ))
+        }
+    };
+    let handshake_timeout = duration(
+        "tls.handshake_timeout",
+        &t.handshake_timeout,
+        Duration::from_millis(100),
+        Duration::from_secs(300),
+    )?;
+    let loaded =
+        crate::tls::Loaded::load(&certificates, min_version, &t.alpn, t.session_resumption)
+            .map_err(|e| {
+                let (path, which) = if e.key_file {
+                    (&certificates[e.index].key, "key")
+                } else {
+                    (&certificates[e.index].cert, "cert")
+                };
+                invalid(
+                    format!("tls.certificates[{}].{which}", e.index),
+                    format!("{:?}", path.display().to_string()),
+                    &e.reason,
+                )
+            })?;
+    Ok(TlsConfig {
+        listen,
+        certificates,
+        min_version,
+        alpn: t.alpn.clone(),
+        handshake_timeout,
+        session_resumption: t.session_resumption,
+        redirect_http: t.redirect_http,
+        hsts,
+        loaded,
+    })
 }
 
 fn proxy_protocol(v: &str) -> Result<ProxyProtocol, ConfigError> {
@@ -366,6 +479,30 @@ fn proxy_sources(v: &[String]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
                 })
         })
         .collect()
+}
+
+/// `server.upgrade_sock`: an absolute path short enough for a Unix socket
+/// address (108 bytes with its NUL), with room for the `.ready` socket beside it.
+fn upgrade_sock(v: &str) -> Result<PathBuf, ConfigError> {
+    let key = "server.upgrade_sock";
+    if !v.starts_with('/') || v.ends_with('/') || v.contains('\0') {
+        return Err(invalid(
+            key,
+            format!("{v:?}"),
+            "must be an absolute file path",
+        ));
+    }
+    if v.len() > super::MAX_UPGRADE_SOCK_PATH {
+        return Err(invalid(
+            key,
+            format!("{v:?}"),
+            &format!(
+                "must be at most {} bytes (a Unix socket path)",
+                super::MAX_UPGRADE_SOCK_PATH
+            ),
+        ));
+    }
+    Ok(PathBuf::from(v))
 }
 
 fn non_empty_path(key: &str, p: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
@@ -652,6 +789,8 @@ mod tests {
     const RULES: &str = r#"
 server.listen = "localhost:80"          => server.listen: "localhost:80" is not an ip:port address (e.g. "0.0.0.0:80", "[::1]:8080")
 server.listen = "0.0.0.0"               => server.listen: "0.0.0.0" is not an ip:port address
+server.upgrade_sock = "lb.sock"         => server.upgrade_sock: "lb.sock" must be an absolute file path
+server.upgrade_sock = "/tmp/"           => server.upgrade_sock: "/tmp/" must be an absolute file path
 admin.listen = "127.0.0.1:99999"        => admin.listen: "127.0.0.1:99999" is not an ip:port address
 admin.listen = "0.0.0.0:80"             => admin.listen: "0.0.0.0:80" must differ from server.listen
 admin.state_file = " "                  => admin.state_file: "" must be a file path (or omitted)
@@ -898,6 +1037,21 @@ pool.allow_rollout_command = 1          => pool.allow_rollout_command: invalid t
             }
             assert_parse(&set(key, "\"1\""), &format!("{key}: invalid type: string"));
         }
+    }
+
+    #[test]
+    fn upgrade_sock_fits_a_unix_socket_address_with_its_ready_socket() {
+        let max = crate::config::MAX_UPGRADE_SOCK_PATH;
+        let path = |n: usize| format!("/{}", "s".repeat(n - 1));
+        let c = accepted(&set("server.upgrade_sock", &format!("{:?}", path(max))));
+        assert_eq!(c.server.upgrade_sock.as_os_str().len(), max);
+        let long = path(max + 1);
+        let want = format!("server.upgrade_sock: {long:?} must be at most {max} bytes");
+        assert_invalid(&set("server.upgrade_sock", &format!("{long:?}")), &want);
+        assert_eq!(
+            Config::from_toml(B).unwrap().server.upgrade_sock,
+            std::path::Path::new("/tmp/lb-upgrade.sock")
+        );
     }
 
     /// Duration keys: (key, shortest, longest, the range as the rule prints it).

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::protocols::tls::ALPN;
+use pingora::protocols::{Ssl, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 
@@ -32,12 +33,18 @@ pub struct FrontDoor {
     pingora_only: bool,
     /// Open client connections (`server.max_connections`, `[limits]`).
     conns: Arc<Connections>,
+    /// This door is `[tls] listen`: connections complete a TLS handshake first.
+    tls: bool,
 }
 
 impl FrontDoor {
     /// A front door routing by `state`, counting live requests in `active`;
     /// `fallback` serves what the fast path hands over.
-    pub fn new(state: Arc<State>, active: Arc<AtomicUsize>, fallback: HttpProxy<Proxy>) -> Self {
+    pub fn new(
+        state: Arc<State>,
+        active: Arc<AtomicUsize>,
+        fallback: Arc<HttpProxy<Proxy>>,
+    ) -> Self {
         let rehome = state.load().config.server.threads > 1;
         let pingora_only = std::env::var("LB_PATH").is_ok_and(|p| p == "pingora");
         if pingora_only {
@@ -46,10 +53,26 @@ impl FrontDoor {
         FrontDoor {
             state,
             active,
-            fallback: Arc::new(fallback),
+            fallback,
             rehome,
             pingora_only,
             conns: Arc::default(),
+            tls: false,
+        }
+    }
+
+    /// The door of `[tls] listen`, sharing `plain`'s fallback and its
+    /// connection counts (`server.max_connections` and `[limits]` count
+    /// both listeners' connections together).
+    pub fn tls(plain: &FrontDoor) -> Self {
+        FrontDoor {
+            state: plain.state.clone(),
+            active: plain.active.clone(),
+            fallback: plain.fallback.clone(),
+            rehome: plain.rehome,
+            pingora_only: plain.pingora_only,
+            conns: plain.conns.clone(),
+            tls: true,
         }
     }
 }
@@ -67,6 +90,21 @@ impl ServerApp for FrontDoor {
         let stream = self.proxy_header(stream).await?;
         // Beyond the limits the connection is closed at once.
         let _place = self.admit(&stream)?;
+        let stream: Stream = if self.tls {
+            let snap = self.state.load_full();
+            // A reload that removed `[tls]` closes new connections here.
+            let tls = snap.config.tls.as_ref()?;
+            let stream = crate::tls::accept(stream, tls, &self.state.counters).await?;
+            if stream.selected_alpn_proto() == Some(ALPN::H2) {
+                // HTTP/2: Pingora's server, every stream through the Pingora
+                // path's policy (the same as lb's HTTP/1 path's).
+                self.fallback.process_new(Box::new(stream), shutdown).await;
+                return None;
+            }
+            Box::new(stream)
+        } else {
+            stream
+        };
         let conn = Conn::new(stream, &self.state, &self.active, self.pingora_only);
         let mut next = conn.serve(shutdown).await;
         // Handed over: Pingora serves the rest of this connection.

@@ -15,6 +15,7 @@ pub mod h1;
 pub mod pingora;
 pub mod policy;
 pub mod proxy_header;
+pub mod stream;
 
 pub use front::FrontDoor;
 pub use pingora::Proxy;

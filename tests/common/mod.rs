@@ -33,6 +33,7 @@ mod ops;
 mod pool;
 mod process;
 mod stub;
+pub mod tls;
 
 /// The tests' `server.max_connections` line: within the open-file limit of
 /// a machine whose hard limit is 20,000 (as here), which the default 10,000

@@ -1,4 +1,4 @@
-//! `lb` command line: `lb [run] [-c PATH] [--listen ADDR] [--admin-listen ADDR]`
+//! `lb` command line: `lb [run] [-c PATH] [--listen ADDR] [--admin-listen ADDR] [--upgrade]`
 //! and `lb check [-c PATH]`. Parses arguments, sets up logging, hands over to
 //! [`lb::server::Lb`]. `lb healthcheck` and `lb admin` call a running lb through
 //! [`client`].
@@ -37,6 +37,10 @@ struct RunArgs {
     /// Override admin.listen.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// Take the listening sockets over from the running lb (sent over
+    /// server.upgrade_sock once it gets SIGQUIT; SIGUSR2 does both).
+    #[arg(long)]
+    upgrade: bool,
 }
 
 #[derive(Subcommand)]
@@ -305,7 +309,7 @@ fn run(args: &RunArgs) -> ExitCode {
     lb::access_log::on_exit(move || {
         drop(on_exit.lock().unwrap_or_else(|p| p.into_inner()).take());
     });
-    match lb::server::Lb::build(config, Some(args.config.clone())) {
+    match lb::server::Lb::build_as(config, Some(args.config.clone()), args.upgrade) {
         Ok(lb) => {
             lb.run();
             drop(guard);

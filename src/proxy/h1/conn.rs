@@ -17,6 +17,7 @@ use crate::config::{ServerConfig, Sticky};
 use crate::proxy::policy::forward::StickyField;
 use crate::proxy::policy::reply::ErrorReply;
 use crate::proxy::policy::{self, log_request, Ctx, HeadLimits};
+use crate::proxy::stream::ClientStream;
 use crate::state::{Snapshot, State};
 
 /// Largest backend response head accepted.
@@ -46,6 +47,8 @@ pub struct Conn<'a> {
     accepted: Instant,
     served: u64,
     pingora_only: bool,
+    /// The connection is TLS (lb terminated it).
+    pub(super) https: bool,
 }
 
 impl<'a> Conn<'a> {
@@ -59,6 +62,7 @@ impl<'a> Conn<'a> {
         let client_ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let https = stream.get_ssl_digest().is_some();
         Conn {
             stream,
             state,
@@ -68,6 +72,7 @@ impl<'a> Conn<'a> {
             accepted: Instant::now(),
             served: 0,
             pingora_only,
+            https,
         }
     }
 
@@ -89,6 +94,18 @@ impl<'a> Conn<'a> {
                 Ok(()) // pipelined
             };
             let snap = self.state.load_full();
+            // HTTP/2 with prior knowledge (`server.h2c`): Pingora's HTTP/2
+            // server takes the connection, preface and all.
+            if arrived.is_ok() && self.served == 0 && snap.config.server.h2c && !self.https {
+                match self.h2c_preface().await {
+                    Ok(true) => {
+                        let s = ClientStream::h2c(self.stream, &self.buf);
+                        return Some(Box::new(s));
+                    }
+                    Ok(false) => {}
+                    Err(_) => return None,
+                }
+            }
             let head = match arrived {
                 Ok(()) => self.read_head(&snap, &mut up).await,
                 Err(end) => Err(end),
@@ -164,6 +181,25 @@ impl<'a> Conn<'a> {
         }
     }
 
+    /// Do the first bytes read make the HTTP/2 preface? Reads on while they
+    /// are a proper prefix of it (within `server.header_timeout`).
+    async fn h2c_preface(&mut self) -> Result<bool, End> {
+        let due = self.accepted + self.state.load().config.server.header_timeout;
+        loop {
+            let n = self.buf.len().min(H2_PREFACE.len());
+            if self.buf[..n] != H2_PREFACE[..n] {
+                return Ok(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(true);
+            }
+            match tokio::time::timeout_at(due.into(), self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(End::Close),
+            }
+        }
+    }
+
     /// Reads until a whole request head is buffered and valid.
     async fn read_head(&mut self, snap: &Snapshot, up: &mut Vec<u8>) -> Result<Head, End> {
         let server = &snap.config.server;
@@ -186,7 +222,8 @@ impl<'a> Conn<'a> {
         let mut scanned = 0;
         loop {
             if head_may_end(&self.buf, &mut scanned) {
-                match request::parse(&self.buf, limits, sticky, up, self.client_ip) {
+                let proto = if self.https { "https" } else { "http" };
+                match request::parse(&self.buf, limits, sticky, up, self.client_ip, proto) {
                     Ok(Some(head)) => return self.read_body(head, server).await,
                     Ok(None) if self.buf.len() >= server.max_header_bytes => {
                         return Err(End::Reply(431, "request header fields too large"));
@@ -264,7 +301,19 @@ impl<'a> Conn<'a> {
             message,
             request_id,
             retry_after,
+            location: None,
         };
+        self.reply_with(r, keep_alive, head_method).await
+    }
+
+    /// Writes lb's own reply `r`; true when the connection stays open.
+    pub(super) async fn reply_with(
+        &mut self,
+        r: ErrorReply<'_>,
+        keep_alive: bool,
+        head_method: bool,
+    ) -> bool {
+        let code = r.status;
         let body = r.body();
         let reason = http::StatusCode::from_u16(code)
             .ok()
@@ -288,10 +337,18 @@ impl<'a> Conn<'a> {
 }
 
 /// `stream` with `data` put back in front of what is still to be read, so the
-/// Pingora path parses the request as if nothing had been read yet. (Only
-/// Pingora's TCP stream supports this; the listener makes nothing else.)
+/// Pingora path parses the request as if nothing had been read yet. (Pingora's
+/// TCP stream and lb's TLS stream support this; the front door makes nothing else.)
 fn rewound(stream: Stream, data: &[u8]) -> Option<Stream> {
-    match stream.into_any().downcast::<L4Stream>() {
+    let any = stream.into_any();
+    let any = match any.downcast::<L4Stream>() {
+        Ok(mut s) => {
+            s.rewind(data);
+            return Some(s);
+        }
+        Err(other) => other,
+    };
+    match any.downcast::<ClientStream>() {
         Ok(mut s) => {
             s.rewind(data);
             Some(s)
@@ -299,6 +356,9 @@ fn rewound(stream: Stream, data: &[u8]) -> Option<Stream> {
         Err(_) => None,
     }
 }
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Writes `bytes` to the client and flushes, within `limit`
 /// (`server.send_timeout`); false when it failed or the client took too long.

@@ -16,7 +16,8 @@ use super::request::{self, Body, Head};
 use super::response::{self, ClientSide, RespHead};
 use super::upload::{self, Upload};
 use crate::config::Sticky;
-use crate::proxy::policy::reply;
+use crate::proxy::policy::redirect;
+use crate::proxy::policy::reply::{self, ErrorReply};
 use crate::proxy::policy::respond::Decoration;
 use crate::proxy::policy::{self, admit, log_request, Ctx, Failure, Next, Outcome, Refusal};
 use crate::state::Snapshot;
@@ -56,6 +57,8 @@ impl Conn<'_> {
     ) -> bool {
         let mut ctx = Ctx::new(self.active);
         ctx.client_ip = self.client_ip;
+        ctx.https = self.https;
+        ctx.proto = if head.http10 { "http/1.0" } else { "http/1.1" };
         ctx.request_id = policy::request_id(head.request_id.map(|(s, e)| &self.buf[s..e]));
         ctx.snapshot = Some(snap.clone());
         let keep_alive =
@@ -89,6 +92,20 @@ impl Conn<'_> {
         keep_alive: bool,
         bytes: &mut u64,
     ) -> Ended {
+        let range = |r: (usize, usize)| &self.buf[r.0..r.1];
+        let host = head.host.map(range);
+        if let Some(to) = redirect::to_https(&snap.config, self.https, host, range(head.target)) {
+            let keep = reply::keeps_connection(308, false, keep_alive);
+            let r = ErrorReply {
+                status: 308,
+                message: redirect::MOVED,
+                request_id: &ctx.request_id,
+                retry_after: 0,
+                location: Some(&to),
+            };
+            let keep = self.reply_with(r, keep, head.head_method).await;
+            return (308, keep, None);
+        }
         if let Some(secs) = ctx.rate_limited(self.state) {
             let keep = reply::keeps_connection(429, false, keep_alive);
             let m = policy::RATE_LIMITED;
@@ -279,6 +296,10 @@ impl Conn<'_> {
                     .as_ref()
                     .map(|h| (h.as_str(), stats.name_header.as_bytes())),
                 set_cookie: cookie.as_deref(),
+                hsts: self
+                    .https
+                    .then(|| snap.config.tls.as_ref().and_then(|t| t.hsts.as_deref()))
+                    .flatten(),
             },
         };
         let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);

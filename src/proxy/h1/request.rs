@@ -89,6 +89,10 @@ pub struct Head {
     /// Method and path (without query), as ranges of the buffer, for the log.
     pub method: (usize, usize),
     pub path: (usize, usize),
+    /// The whole request-target and the `Host` value, as ranges of the
+    /// buffer (`tls.redirect_http`).
+    pub target: (usize, usize),
+    pub host: Option<(usize, usize)>,
 }
 
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more
@@ -99,6 +103,7 @@ pub fn parse(
     sticky: StickyField<'_>,
     out: &mut Vec<u8>,
     client: Option<IpAddr>,
+    proto: &'static str,
 ) -> Result<Option<Head>, Reject> {
     let mut storage = [const { std::mem::MaybeUninit::<Header<'_>>::uninit() }; 257];
     let mut req = httparse::Request::new(&mut []);
@@ -175,9 +180,11 @@ pub fn parse(
         sticky: f.sticky,
         method: range(method.as_bytes()),
         path: range(&target.as_bytes()[..path_end]),
+        target: range(target.as_bytes()),
+        host: f.host,
     };
     if route == Route::Fast {
-        encode(&req, &f, client, buf, out);
+        encode(&req, &f, client, proto, buf, out);
     }
     Ok(Some(head))
 }
@@ -294,6 +301,7 @@ fn encode(
     req: &httparse::Request<'_, '_>,
     f: &Fields,
     client: Option<IpAddr>,
+    proto: &'static str,
     buf: &[u8],
     out: &mut Vec<u8>,
 ) {
@@ -344,7 +352,7 @@ fn encode(
     }
     let forwarding = Forwarding {
         client,
-        proto: "http",
+        proto,
         host,
         request_id: None,
     };
@@ -377,12 +385,12 @@ mod tests {
 
     fn run(raw: &[u8]) -> Result<Option<Head>, Reject> {
         let mut out = Vec::new();
-        parse(raw, LIMITS, StickyField::None, &mut out, None)
+        parse(raw, LIMITS, StickyField::None, &mut out, None, "http")
     }
 
     fn upstream(raw: &[u8], client: Option<IpAddr>) -> String {
         let mut out = Vec::new();
-        let h = parse(raw, LIMITS, StickyField::None, &mut out, client)
+        let h = parse(raw, LIMITS, StickyField::None, &mut out, client, "http")
             .unwrap()
             .unwrap();
         finish(
@@ -558,7 +566,7 @@ mod tests {
         let raw =
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: x-session-id\r\nX-Session-Id: 1\r\n\r\n";
         let sticky = StickyField::Header("x-session-id");
-        assert!(parse(raw, LIMITS, sticky, &mut out, None).is_err());
+        assert!(parse(raw, LIMITS, sticky, &mut out, None, "http").is_err());
         assert!(
             run(raw).is_ok(),
             "not the sticky field without header stickiness"
@@ -610,6 +618,7 @@ mod tests {
             StickyField::Cookie("lb_sticky"),
             &mut out,
             None,
+            "http",
         )
         .unwrap()
         .unwrap();
@@ -624,6 +633,7 @@ mod tests {
             StickyField::Header("x-session-id"),
             &mut out,
             None,
+            "http",
         )
         .unwrap()
         .unwrap();

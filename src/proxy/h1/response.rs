@@ -176,6 +176,7 @@ mod tests {
             request_id: "rid",
             backend: Some(("x-backend", b"app-1")),
             set_cookie: None,
+            hsts: None,
         },
     };
 

@@ -87,6 +87,7 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToP
             message,
             request_id: &ctx.request_id,
             retry_after: 0,
+            location: None,
         };
         let body = r.body();
         if let Ok(resp) = header(&r, body.len()) {

@@ -25,6 +25,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::Sticky;
+use crate::proxy::policy::redirect;
 use crate::proxy::policy::reply::{self, ErrorReply};
 use crate::proxy::policy::respond::{self, Decoration};
 use crate::proxy::policy::{self, admit, log_request, Ctx, Failure, Next, Outcome};
@@ -86,7 +87,13 @@ impl ProxyHttp for Proxy {
         Ctx::new(&self.active)
     }
 
-    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.proto = match session.req_header().version {
+            http::Version::HTTP_2 => "h2",
+            http::Version::HTTP_10 => "http/1.0",
+            _ => "http/1.1",
+        };
+        ctx.https = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         // Pipelined requests after this one stay on the connection (Pingora
         // otherwise closes when it has read past this request's body).
         session.set_pipelining_enabled(true);
@@ -109,6 +116,28 @@ impl ProxyHttp for Proxy {
         if let Some(answer) = session::refusal(session, &snap) {
             ctx.answer = Some(answer);
             return Err(Error::explain(HTTPStatus(answer.0), answer.1));
+        }
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .map(|h| h.as_bytes())
+            .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()));
+        let target = req
+            .uri
+            .path_and_query()
+            .map_or(b"/" as &[u8], |p| p.as_str().as_bytes());
+        if let Some(to) = redirect::to_https(&snap.config, ctx.https, host, target) {
+            let keep = reply::keeps_connection(308, false, session.get_keepalive().is_some());
+            let r = ErrorReply {
+                status: 308,
+                message: redirect::MOVED,
+                request_id: &ctx.request_id,
+                retry_after: 0,
+                location: Some(&to),
+            };
+            write_reply(session, r, keep).await;
+            return Ok(true);
         }
         // Idle limit before the next request on this connection, in whole
         // seconds rounded up (0 = close). Only where keep-alive is on already:
@@ -202,7 +231,7 @@ impl ProxyHttp for Proxy {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        session::forwarding(req, ctx.client_ip, &ctx.request_id)?;
+        session::forwarding(req, ctx.client_ip, ctx.https, &ctx.request_id)?;
         if !req.headers.contains_key(http::header::HOST) {
             // HTTP/1.0 without Host reaches the backend with one, as HTTP/1.1.
             let addr = ctx
@@ -388,15 +417,21 @@ async fn reply_refusal(
     retry_after: u64,
 ) {
     let keep = reply::keeps_connection(code, false, session.get_keepalive().is_some());
-    if !keep {
-        session.set_keepalive(None);
-    }
     let r = ErrorReply {
         status: code,
         message,
         request_id: &ctx.request_id,
         retry_after,
+        location: None,
     };
+    write_reply(session, r, keep).await;
+}
+
+/// Writes lb's own reply `r`, closing the connection after it unless `keep`.
+async fn write_reply(session: &mut Session, r: ErrorReply<'_>, keep: bool) {
+    if !keep {
+        session.set_keepalive(None);
+    }
     let body = r.body();
     let Ok(resp) = errors::header(&r, body.len()) else {
         return;
@@ -451,6 +486,10 @@ fn decorate(session: &Session, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<(
             .as_ref()
             .map(|h| (h.as_str(), stats.name_header.as_bytes())),
         set_cookie: cookie.as_deref(),
+        hsts: ctx
+            .https
+            .then(|| snap.config.tls.as_ref().and_then(|t| t.hsts.as_deref()))
+            .flatten(),
     };
     let mut result = Ok(());
     decoration.each(|name, value, append| {

@@ -104,7 +104,12 @@ pub fn too_large(req: &RequestHeader, limits: HeadLimits) -> bool {
 /// in origin form with `Host` = its authority, then the forwarding fields.
 /// (Pingora itself removes the hop-by-hop fields and those `Connection`
 /// names, and frames the body from its parse.)
-pub fn forwarding(req: &mut RequestHeader, client: Option<IpAddr>, request_id: &str) -> Result<()> {
+pub fn forwarding(
+    req: &mut RequestHeader,
+    client: Option<IpAddr>,
+    https: bool,
+    request_id: &str,
+) -> Result<()> {
     // Origin form (nearly every request) needs no rewriting.
     let absolute = !req.raw_path().starts_with(b"/");
     let target = if absolute {
@@ -124,7 +129,7 @@ pub fn forwarding(req: &mut RequestHeader, client: Option<IpAddr>, request_id: &
     let host = req.headers.get(HOST).map(|h| h.as_bytes().to_vec());
     let fields = Forwarding {
         client,
-        proto: "http",
+        proto: if https { "https" } else { "http" },
         host: host.as_deref(),
         request_id: Some(request_id),
     };
@@ -182,7 +187,7 @@ mod tests {
             http::HeaderValue::from_bytes(b"10.0.0.2 \xe9").unwrap(),
         )
         .unwrap();
-        forwarding(&mut req, Some("::1".parse().unwrap()), "rid").unwrap();
+        forwarding(&mut req, Some("::1".parse().unwrap()), false, "rid").unwrap();
         assert_eq!(req.raw_path(), b"/x?y");
         let h = |n: &str| req.headers.get(n).unwrap().as_bytes().to_vec();
         assert_eq!(h("host"), b"a.example:81");

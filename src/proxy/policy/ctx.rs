@@ -100,6 +100,10 @@ pub struct Ctx {
     pub(in crate::proxy) reused: bool,
     /// The status relayed to the client (fast path).
     pub(in crate::proxy) final_status: u16,
+    /// The client's protocol, for the access log's `proto`.
+    pub(in crate::proxy) proto: &'static str,
+    /// The client connection is TLS (`X-Forwarded-Proto: https`, HSTS).
+    pub(in crate::proxy) https: bool,
 }
 
 impl Ctx {
@@ -133,6 +137,8 @@ impl Ctx {
             unreplayable: false,
             reused: false,
             final_status: 0,
+            proto: "http/1.1",
+            https: false,
         }
     }
 

@@ -59,6 +59,7 @@ pub fn log_request(
         bytes,
         request_id: &ctx.request_id,
         error,
+        proto: ctx.proto,
     };
     if crate::access_log::write(&entry) {
         return;
@@ -76,5 +77,6 @@ pub fn log_request(
         bytes,
         request_id = %ctx.request_id,
         error,
+        proto = ctx.proto,
     );
 }

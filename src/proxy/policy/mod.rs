@@ -23,6 +23,7 @@ pub mod forward;
 mod ids;
 pub mod limits;
 mod log;
+pub mod redirect;
 pub mod reply;
 pub mod respond;
 

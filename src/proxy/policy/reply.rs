@@ -13,6 +13,8 @@ pub struct ErrorReply<'a> {
     pub request_id: &'a str,
     /// `Retry-After` seconds on a `503` or `429` (0: 1 s).
     pub retry_after: u64,
+    /// `Location` of a redirect (`tls.redirect_http`'s `308`).
+    pub location: Option<&'a str>,
 }
 
 impl ErrorReply<'_> {
@@ -33,6 +35,9 @@ impl ErrorReply<'_> {
         field("content-length", len.format(body_len).as_bytes());
         field(REQUEST_ID, self.request_id.as_bytes());
         field("cache-control", b"no-store");
+        if let Some(l) = self.location {
+            field("location", l.as_bytes());
+        }
         if matches!(self.status, 503 | 429) {
             let mut secs = itoa::Buffer::new();
             field(
@@ -44,7 +49,8 @@ impl ErrorReply<'_> {
 }
 
 /// Does the client connection stay open after lb's own reply? Only after a
-/// refusal before any attempt (`503` no backend or queue, `429` limits), as
+/// refusal before any attempt (`503` no backend or queue, `429` limits, the
+/// `308` to HTTPS), as
 /// the client asked: those are cheap to answer again and closing would add
 /// connection churn to an overload. After a refused head (`400`, `408`,
 /// `413`, `431`) what follows on the connection cannot be trusted to be a
@@ -52,7 +58,7 @@ impl ErrorReply<'_> {
 /// well (the same on every path: the Pingora path cannot keep a connection
 /// once an attempt has begun).
 pub fn keeps_connection(status: u16, attempted: bool, client_keep_alive: bool) -> bool {
-    client_keep_alive && !attempted && matches!(status, 503 | 429)
+    client_keep_alive && !attempted && matches!(status, 503 | 429 | 308)
 }
 
 #[cfg(test)]
@@ -66,6 +72,7 @@ mod tests {
             message: "no eligible backend",
             request_id: "rid",
             retry_after: 0,
+            location: None,
         };
         let body = r.body();
         assert_eq!(

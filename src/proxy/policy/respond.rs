@@ -38,6 +38,9 @@ pub fn connection_named<'v>(value: &'v [u8], mut named: impl FnMut(&'v [u8])) {
     }
 }
 
+/// The HSTS field's name.
+const HSTS: &str = "strict-transport-security";
+
 /// The fields lb adds to every response it relays.
 #[derive(Debug, Clone, Copy)]
 pub struct Decoration<'a> {
@@ -46,12 +49,15 @@ pub struct Decoration<'a> {
     pub backend: Option<(&'a str, &'a [u8])>,
     /// A `Set-Cookie` value (cookie stickiness, first response).
     pub set_cookie: Option<&'a str>,
+    /// `Strict-Transport-Security` (`tls.hsts`, HTTPS responses only).
+    pub hsts: Option<&'a str>,
 }
 
 impl Decoration<'_> {
     /// Is `name` a field lb replaces (the backend's copy is dropped)?
     pub fn replaces(&self, name: &[u8]) -> bool {
         name.eq_ignore_ascii_case(REQUEST_ID.as_bytes())
+            || (self.hsts.is_some() && name.eq_ignore_ascii_case(HSTS.as_bytes()))
             || self
                 .backend
                 .is_some_and(|(b, _)| name.eq_ignore_ascii_case(b.as_bytes()))
@@ -67,6 +73,9 @@ impl Decoration<'_> {
         if let Some(c) = self.set_cookie {
             field("set-cookie", c.as_bytes(), true);
         }
+        if let Some(h) = self.hsts {
+            field(HSTS, h.as_bytes(), false);
+        }
     }
 }
 
@@ -80,6 +89,7 @@ mod tests {
             request_id: "rid",
             backend: Some(("x-backend", b"app-1")),
             set_cookie: Some("lb=1"),
+            hsts: None,
         };
         assert!(d.replaces(b"X-Request-Id") && d.replaces(b"X-Backend"));
         assert!(!d.replaces(b"set-cookie"));

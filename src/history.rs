@@ -236,7 +236,7 @@ pub fn unix_ms() -> u64 {
 }
 
 mod view;
-pub use view::{BackendView, HistoryView};
+pub use view::{BackendView, CertView, HistoryView};
 
 impl History {
     /// Empty rings.

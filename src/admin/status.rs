@@ -2,6 +2,9 @@
 //! it says something even without scripts), `GET /status.js` and
 //! `GET /status.css` and `GET /favicon.svg` (the page's only assets, compiled into the binary: it
 //! works offline), and `GET /history` (the JSON it polls once a second).
+//! Besides the backends (a slow-starting one marked "ramping" with its share)
+//! it shows lb's queue, the `[pool]` and, with `[tls]`, each certificate and
+//! its days left (highlighted under `tls::certs::WARN_DAYS`).
 //!
 //! Every answer carries a strict Content-Security-Policy: scripts, styles and
 //! fetches from this origin only, no inline script or style, no framing, no
@@ -17,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::Shared;
-use crate::history::{unix_ms, BackendView};
+use crate::history::{unix_ms, BackendView, CertView};
 use crate::pool::view::{MemberView, PoolView};
 
 const PAGE: &str = include_str!("status/page.html");
@@ -67,14 +70,27 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// "ramping 35 %" while `b` is in its slow start (the script writes the same).
+fn ramp(b: &BackendView) -> String {
+    if b.slow_start_ratio < 1.0 {
+        format!(
+            " <span class=\"ramp\">ramping {} %</span>",
+            (b.slow_start_ratio * 100.0).floor()
+        )
+    } else {
+        String::new()
+    }
+}
+
 fn row(b: &BackendView) -> String {
     let ms = |v: Option<f64>| v.map_or_else(|| "–".to_string(), |v| format!("{v:.1}"));
     format!(
-        "<tr data-backend=\"{n}\"><td>{n}<div class=\"addr\">{a}</div></td>\
+        "<tr data-backend=\"{n}\"><td>{n}{ramp}<div class=\"addr\">{a}</div></td>\
          <td class=\"{h}\">{h}</td><td class=\"{c}\">{c}</td><td>{m}</td><td>{w}</td>\
          <td>{e}</td><td>{f}</td><td>{r:.1}</td><td>{er:.2} %</td><td>{p50}</td><td>{p99}</td>\
          <td></td></tr>",
         n = esc(&b.name),
+        ramp = ramp(b),
         a = esc(&b.addr),
         h = b.health,
         c = b.circuit,
@@ -130,10 +146,40 @@ fn pool_row(m: &MemberView) -> String {
     )
 }
 
+/// "12 days" (the script writes the same).
+fn days(n: i64) -> String {
+    match n {
+        1 => "1 day".to_string(),
+        n if n < 0 => "expired".to_string(),
+        n => format!("{n} days"),
+    }
+}
+
+fn cert_row(c: &CertView) -> String {
+    format!(
+        "<tr{x}><td>{n}<div class=\"addr\">{i}</div></td><td>{t}</td>\
+         <td class=\"num days\">{d}</td><td>{s}</td></tr>",
+        x = if c.expiring {
+            " class=\"expiring\""
+        } else {
+            ""
+        },
+        n = esc(&c.names.join(", ")),
+        i = esc(&c.issuer),
+        t = esc(&c.not_after),
+        d = days(c.days_left),
+        s = c.source,
+    )
+}
+
 /// `GET /`.
 pub(super) async fn page(State(s): State<Shared>) -> Response {
     let view = s.history.view(&s.control.state, Instant::now(), unix_ms());
     let rows: String = view.backends.iter().map(row).collect();
+    let (certs_hidden, cert_rows) = match &view.certificates {
+        Some(c) => ("", c.iter().map(cert_row).collect()),
+        None => (" hidden", String::new()),
+    };
     let pool = s.pool.as_ref().map(|p| p.view());
     let (hidden, summary, pool_rows) = match &pool {
         Some(v) => (
@@ -147,6 +193,8 @@ pub(super) async fn page(State(s): State<Shared>) -> Response {
         .replace("{{POOL_HIDDEN}}", hidden)
         .replace("{{POOL_SUMMARY}}", &esc(&summary))
         .replace("{{POOL_ROWS}}", &pool_rows)
+        .replace("{{CERTS_HIDDEN}}", certs_hidden)
+        .replace("{{CERT_ROWS}}", &cert_rows)
         .replace("{{ALGORITHM}}", view.algorithm)
         .replace("{{VERSION}}", env!("CARGO_PKG_VERSION"))
         .replace("{{COUNT}}", &view.backends.len().to_string())
@@ -185,4 +233,34 @@ pub(super) async fn history(State(s): State<Shared>) -> Response {
         );
     }
     with_headers("application/json", Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_left_read_as_words() {
+        assert_eq!(days(30), "30 days");
+        assert_eq!(days(1), "1 day");
+        assert_eq!(days(0), "0 days");
+        assert_eq!(days(-1), "expired");
+    }
+
+    #[test]
+    fn a_certificate_under_two_weeks_is_highlighted() {
+        let cert = |days_left: i64| CertView {
+            names: vec!["a.test".into(), "<b>.test".into()],
+            not_after: "2030-01-01T00:00:00Z".into(),
+            days_left,
+            expiring: days_left < crate::tls::certs::WARN_DAYS,
+            issuer: "CN=test CA".into(),
+            source: "file",
+        };
+        let soon = cert_row(&cert(13));
+        assert!(soon.starts_with("<tr class=\"expiring\">"), "{soon}");
+        assert!(soon.contains("a.test, &lt;b&gt;.test"), "{soon}");
+        assert!(soon.contains(">13 days<"), "{soon}");
+        assert!(cert_row(&cert(14)).starts_with("<tr><td>"));
+    }
 }

@@ -2,6 +2,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use super::*;
 use crate::config::{Algorithm, Config};
 use crate::state::{Mode, State};
@@ -211,4 +213,75 @@ fn backends_joining_and_leaving_are_pool_events() {
         .map(|b| b.name)
         .collect();
     assert_eq!(names, ["a", "c"]);
+}
+
+#[test]
+fn certificates_show_days_left_and_are_null_without_tls() {
+    let v = History::new().view(&state(), Instant::now(), 1_000);
+    assert_eq!(
+        serde_json::to_value(&v).unwrap()["certificates"],
+        json!(null)
+    );
+
+    // A config with [tls] needs a loadable certificate: build one.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = crate::tls::certs::test_pair(dir.path(), &["localhost"]);
+    let text = format!(
+        "[tls]\nlisten = \"127.0.0.1:8443\"\n\
+         certificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\
+         [[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
+        cert.display(),
+        key.display()
+    );
+    let s = State::new(Arc::new(Config::from_toml(&text).unwrap()));
+    let not_after = s.load().config.tls.as_ref().unwrap().loaded.certs()[0].not_after;
+    // Days left count from the answer's `now_ms`: whole days, highlighted
+    // under tls::certs::WARN_DAYS (14).
+    let at = |days: i64, secs: i64| {
+        let now_ms = ((not_after - days * 86_400 - secs) * 1000) as u64;
+        let v = History::new().view(&s, Instant::now(), now_ms);
+        serde_json::to_value(&v).unwrap()["certificates"].clone()
+    };
+    let c = at(30, 0);
+    assert_eq!(c.as_array().unwrap().len(), 1, "{c}");
+    assert_eq!(c[0]["names"], json!(["localhost"]));
+    assert_eq!(c[0]["source"], "file");
+    assert_eq!(c[0]["days_left"], 30);
+    assert_eq!(c[0]["expiring"], false);
+    assert!(c[0]["not_after"].as_str().unwrap().ends_with('Z'), "{c}");
+    assert!(!c[0]["issuer"].as_str().unwrap().is_empty(), "{c}");
+    assert_eq!(at(14, 0)[0]["expiring"], false);
+    let c = at(13, 3_600);
+    assert_eq!(
+        (c[0]["days_left"].clone(), c[0]["expiring"].clone()),
+        (json!(13), json!(true))
+    );
+    assert_eq!(at(0, -1)[0]["days_left"], -1);
+}
+
+#[test]
+fn a_ramping_backend_shows_its_slow_start_ratio() {
+    let text = "[balancer]\nslow_start = \"10s\"\n\
+                [[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n";
+    let s = State::new(Arc::new(Config::from_toml(text).unwrap()));
+    let joined = Instant::now();
+    let ratio = |after: Duration| {
+        History::new().view(&s, joined + after, 1_000).backends[0].slow_start_ratio
+    };
+    // Joining starts the ramp: 10 % + 90 % * elapsed / 10 s (elapsed counts
+    // from a moment before `joined`, hence the upper bounds).
+    assert!(
+        (0.55..0.6).contains(&ratio(Duration::from_secs(5))),
+        "{}",
+        ratio(Duration::from_secs(5))
+    );
+    assert_eq!(ratio(Duration::from_secs(11)), 1.0);
+    // Without slow start every backend is at its full share.
+    assert_eq!(
+        History::new()
+            .view(&state(), Instant::now(), 1_000)
+            .backends[0]
+            .slow_start_ratio,
+        1.0
+    );
 }

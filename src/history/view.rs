@@ -1,15 +1,17 @@
 //! The `GET /history` answer. Current facts (health, circuit, mode, weights,
 //! in-flight) are read from the snapshot at request time, exactly as
-//! `/admin/backends` reads them, so the two agree; the aggregates, series and
-//! events come from the rings.
+//! `/admin/backends` reads them, so the two agree (the certificates too, as
+//! `/admin/tls` reads them); the aggregates, series and events come from the
+//! rings.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{between, health_of, Event, History, Rates, Reading, Seen, POINTS, WINDOW};
-use crate::state::State;
+use super::{between, health_of, Event, History, Rates, Reading, Seen, Track, POINTS, WINDOW};
+use crate::state::{Backend, Snapshot, State};
+use crate::tls::certs::{CertInfo, WARN_DAYS};
 
 /// Per-second series of one backend, oldest first (up to [`POINTS`]).
 #[derive(Debug, Default, Serialize)]
@@ -48,6 +50,9 @@ pub struct BackendView {
     pub weight: u32,
     /// Weight the balancer uses now.
     pub effective_weight: u32,
+    /// Share under slow start (0.1..=1.0; 1.0 when not ramping), as
+    /// `/admin/backends` reports it.
+    pub slow_start_ratio: f64,
     /// Requests in flight now.
     pub in_flight: i64,
     /// Its capacity (0 = unlimited).
@@ -82,6 +87,41 @@ pub struct HistoryView {
     pub queue: QueueView,
     /// The last state changes, newest first.
     pub events: Vec<Event>,
+    /// The certificates the HTTPS listener serves, in `tls.certificates`
+    /// order (null without `[tls]`).
+    pub certificates: Option<Vec<CertView>>,
+}
+
+/// One certificate in [`HistoryView`] (what `GET /admin/tls` says, without
+/// the file path: the page needs no token).
+#[derive(Debug, Serialize)]
+pub struct CertView {
+    /// Its DNS names.
+    pub names: Vec<String>,
+    /// Expiry, RFC 3339 (UTC).
+    pub not_after: String,
+    /// Whole days left at the answer's `now_ms`; negative once expired.
+    pub days_left: i64,
+    /// Below [`WARN_DAYS`] days left (the page highlights it).
+    pub expiring: bool,
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// `file` | `acme`.
+    pub source: &'static str,
+}
+
+impl CertView {
+    fn of(c: &CertInfo, now_s: i64) -> CertView {
+        let days_left = c.days_left(now_s);
+        CertView {
+            names: c.names.clone(),
+            not_after: c.not_after_rfc3339(),
+            days_left,
+            expiring: days_left < WARN_DAYS,
+            issuer: c.issuer.clone(),
+            source: c.source,
+        }
+    }
 }
 
 /// The queue in [`HistoryView`].
@@ -109,41 +149,8 @@ impl History {
             .backends
             .iter()
             .map(|b| {
-                let seen = Seen::of(b, snap, now);
                 let track = inner.tracks.iter().find(|t| *t.name == *b.stats.name);
-                // A change not sampled yet happened within the last second.
-                let since = |same: bool, at: u64| if same { at } else { now_ms };
-                let (health_since_ms, circuit_since_ms, window, series) = match track {
-                    Some(t) => (
-                        since(t.seen.health == seen.health, t.health_since_ms),
-                        since(t.seen.circuit == seen.circuit, t.circuit_since_ms),
-                        aggregate(t.readings.front(), t.readings.back()),
-                        Series {
-                            rps: t.points.iter().map(|p| p.rps).collect(),
-                            error_rate: t.points.iter().map(|p| p.error_rate).collect(),
-                            p99_ms: t.points.iter().map(|p| p.p99_ms).collect(),
-                            effective_weight: t.points.iter().map(|p| p.effective_weight).collect(),
-                        },
-                    ),
-                    None => (now_ms, now_ms, NO_RATES, Series::default()),
-                };
-                BackendView {
-                    name: b.stats.name.to_string(),
-                    group: b.group.as_deref().map(str::to_string),
-                    addr: b.configured_addr.clone(),
-                    health: health_of(b),
-                    health_since_ms,
-                    circuit: seen.circuit,
-                    circuit_since_ms,
-                    mode: seen.mode,
-                    weight: b.weight,
-                    effective_weight: b.effective_weight(snap.algorithm),
-                    in_flight: b.stats.in_flight(),
-                    max_in_flight: b.max_in_flight,
-                    requests_total: b.stats.requests_total.load(Ordering::Relaxed),
-                    window,
-                    series,
-                }
+                backend_view(b, track, snap, now, now_ms)
             })
             .collect();
         HistoryView {
@@ -159,7 +166,63 @@ impl History {
                 series: inner.queue.iter().copied().collect(),
             },
             events: inner.events.iter().rev().cloned().collect(),
+            certificates: snap.config.tls.as_ref().map(|t| {
+                let now_s = (now_ms / 1000) as i64;
+                t.loaded
+                    .certs()
+                    .iter()
+                    .map(|c| CertView::of(c, now_s))
+                    .collect()
+            }),
         }
+    }
+}
+
+/// `b` as the snapshot says now, with what its `track` (if sampled yet) holds.
+fn backend_view(
+    b: &Backend,
+    track: Option<&Track>,
+    snap: &Snapshot,
+    now: Instant,
+    now_ms: u64,
+) -> BackendView {
+    let seen = Seen::of(b, snap, now);
+    // A change not sampled yet happened within the last second.
+    let since = |same: bool, at: u64| if same { at } else { now_ms };
+    let (health_since_ms, circuit_since_ms, window, series) = match track {
+        Some(t) => (
+            since(t.seen.health == seen.health, t.health_since_ms),
+            since(t.seen.circuit == seen.circuit, t.circuit_since_ms),
+            aggregate(t.readings.front(), t.readings.back()),
+            Series {
+                rps: t.points.iter().map(|p| p.rps).collect(),
+                error_rate: t.points.iter().map(|p| p.error_rate).collect(),
+                p99_ms: t.points.iter().map(|p| p.p99_ms).collect(),
+                effective_weight: t.points.iter().map(|p| p.effective_weight).collect(),
+            },
+        ),
+        None => (now_ms, now_ms, NO_RATES, Series::default()),
+    };
+    let ramp = b
+        .stats
+        .slow_start_ratio(snap.config.balancer.slow_start, now);
+    BackendView {
+        name: b.stats.name.to_string(),
+        group: b.group.as_deref().map(str::to_string),
+        addr: b.configured_addr.clone(),
+        health: health_of(b),
+        health_since_ms,
+        circuit: seen.circuit,
+        circuit_since_ms,
+        mode: seen.mode,
+        weight: b.weight,
+        effective_weight: b.effective_weight(snap.algorithm),
+        slow_start_ratio: f64::from(ramp) / 1000.0,
+        in_flight: b.stats.in_flight(),
+        max_in_flight: b.max_in_flight,
+        requests_total: b.stats.requests_total.load(Ordering::Relaxed),
+        window,
+        series,
     }
 }
 

@@ -1,8 +1,9 @@
 // lb's status page: polls /history once a second and redraws the table, the
-// sparklines and the list of changes in place (no reload). Weight, mode and
-// algorithm controls call the admin API with a bearer token asked for once and
-// kept in this tab's sessionStorage only. No external assets: the page works
-// offline under a strict Content-Security-Policy (no inline code, no eval).
+// sparklines, the certificates and the list of changes in place (no reload).
+// Weight, mode and algorithm controls call the admin API with a bearer token
+// asked for once and kept in this tab's sessionStorage only. No external
+// assets: the page works offline under a strict Content-Security-Policy (no
+// inline code, no eval).
 'use strict';
 (() => {
   const $ = (id) => document.getElementById(id);
@@ -156,7 +157,9 @@
     };
     const r = { tr, cells: {} };
     const nameCell = cell('name');
-    nameCell.append(el('span', '', name), r.addr = el('div', 'addr'));
+    r.ramp = el('span', 'ramp');
+    r.ramp.title = 'slow start: its share of its weight, growing to 100 %';
+    nameCell.append(el('span', '', name), ' ', r.ramp, r.addr = el('div', 'addr'));
     for (const f of ['health', 'circuit']) {
       const td = cell(f);
       r.cells[f] = el('span');
@@ -195,6 +198,10 @@
     r.circuitSince.textContent = 'for ' + ago(now - b.circuit_since_ms);
     r.circuitSince.title = 'since ' + new Date(b.circuit_since_ms).toLocaleString();
     r.tr.className = b.health === 'down' ? 'is-down' : '';
+    // Slow start (`balancer.slow_start`): the share it gets while it ramps.
+    const ramping = b.slow_start_ratio < 1;
+    r.ramp.hidden = !ramping;
+    r.ramp.textContent = ramping ? 'ramping ' + Math.floor(100 * b.slow_start_ratio) + ' %' : '';
     c.weight.textContent = b.weight;
     if (!r.weightInput.dataset.dirty && document.activeElement !== r.weightInput) {
       r.weightInput.value = b.weight;
@@ -276,6 +283,26 @@
     }
   }
 
+  function days(n) {
+    if (n < 0) return 'expired';
+    return n === 1 ? '1 day' : n + ' days';
+  }
+
+  // With [tls]: each certificate served and its days left (null without).
+  function renderCerts(certs) {
+    $('certs').hidden = !certs;
+    const body = $('cert-rows');
+    body.replaceChildren();
+    for (const c of certs || []) {
+      const tr = el('tr', c.expiring ? 'expiring' : '');
+      const names = el('td', '', c.names.join(', '));
+      names.appendChild(el('div', 'addr', c.issuer));
+      tr.append(names, el('td', '', c.not_after), el('td', 'num days', days(c.days_left)),
+        el('td', '', c.source));
+      body.appendChild(tr);
+    }
+  }
+
   async function refresh() {
     try {
       const r = await fetch('/history', { cache: 'no-store' });
@@ -283,6 +310,7 @@
       const v = await r.json();
       render(v);
       if (v.pool) renderPool(v.pool);
+      renderCerts(v.certificates);
       refreshes += 1;
       document.body.dataset.refreshes = String(refreshes);
       $('updated').textContent = 'updated ' + clock(v.now_ms);

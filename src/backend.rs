@@ -214,6 +214,8 @@ pub struct Backend {
     /// Started and owned by the `[pool]`: not in the file, so kept as they are
     /// by reloads and re-layouts, and never written to the state file.
     pub pool: bool,
+    /// `protocol = "h2c"`: requests go as HTTP/2 streams (Pingora path).
+    pub h2c: bool,
 }
 
 impl Backend {
@@ -267,6 +269,7 @@ mod tests {
             group: None,
             stats: Arc::new(BackendStats::new("a")),
             pool: false,
+            h2c: false,
         }
     }
 

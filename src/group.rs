@@ -31,6 +31,8 @@ pub struct Group {
     pub mode: Mode,
     /// Each member's `max_in_flight`.
     pub max_in_flight: u32,
+    /// Members speak h2c (`protocol = "h2c"`).
+    pub h2c: bool,
     /// The last good answer, sorted and without duplicates; members are laid
     /// out from it (all of them, unless the cap drops the last ones).
     pub addrs: Vec<SocketAddr>,
@@ -51,6 +53,7 @@ impl Group {
             config_weight: bc.weight,
             mode: Mode::Active,
             max_in_flight: bc.max_in_flight,
+            h2c: bc.protocol == crate::config::Protocol::H2c,
             addrs: bc.addr.parse().into_iter().collect(),
         }
     }
@@ -67,6 +70,7 @@ impl Group {
             group: Some(self.name.clone()),
             stats: Arc::new(BackendStats::new(&member_name(&self.name, addr))),
             pool: false,
+            h2c: self.h2c,
         }
     }
 
@@ -150,6 +154,7 @@ mod tests {
             weight: 10,
             max_in_flight: 5,
             resolve: Resolve::All,
+            protocol: crate::config::Protocol::Http1,
         };
         Group {
             addrs: normalize(addrs.iter().map(|a| a.parse().unwrap()).collect()),

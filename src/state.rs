@@ -387,6 +387,7 @@ pub fn build(config: &Arc<Config>, previous: Option<&Snapshot>, algorithm: Algor
                         weight: carried_weight(b.config_weight, b.weight, bc.weight),
                         config_weight: bc.weight,
                         max_in_flight: bc.max_in_flight,
+                        h2c: bc.protocol == crate::config::Protocol::H2c,
                         ..b.clone()
                     })
                     .collect();
@@ -439,6 +440,7 @@ fn plain(bc: &BackendConfig, prev: Option<&Backend>) -> Backend {
             |p| p.stats.clone(),
         ),
         pool: false,
+        h2c: bc.protocol == crate::config::Protocol::H2c,
     }
 }
 
@@ -624,6 +626,7 @@ mod tests {
                 group: None,
                 stats: Arc::new(BackendStats::new("app-1")),
                 pool: true,
+                h2c: false,
             };
             cur.with(vec![member], cur.algorithm)
         });

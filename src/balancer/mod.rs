@@ -124,6 +124,7 @@ pub(crate) mod testing {
                 group: None,
                 stats: Arc::new(BackendStats::new(&format!("b{i}"))),
                 pool: false,
+                h2c: false,
             })
             .collect()
     }

@@ -266,6 +266,16 @@ pub enum Resolve {
 
 /// One backend as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// How lb speaks to a backend (`[[backends]] protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    /// HTTP/1.1 (default).
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge: requests are streams on shared connections.
+    H2c,
+}
+
 pub struct BackendConfig {
     /// Unique name, `[A-Za-z0-9_.-]{1,64}`.
     pub name: String,
@@ -280,6 +290,8 @@ pub struct BackendConfig {
     pub resolve: Resolve,
 }
 
+    /// `protocol` (default [`Protocol::Http1`]).
+    pub protocol: Protocol,
 /// How the pool starts its members (`pool.provider` and its keys).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PoolProvider {
@@ -482,6 +494,9 @@ pub struct Config {
     /// unless a `[pool]` provides them).
     pub backends: Vec<BackendConfig>,
     /// `[pool]`: backends lb starts and owns (default: none).
+    /// Some backend is `protocol = "h2c"`: every request takes the Pingora
+    /// path (lb's own HTTP/1 path speaks HTTP/1.1 upstream only).
+    pub h2c_backends: bool,
     pub pool: Option<PoolConfig>,
 }
 

@@ -350,6 +350,9 @@ pub struct RawBackend {
     pub resolve: RawResolve,
 }
 
+    /// `"http1"` (default) or `"h2c"`.
+    #[serde(default)]
+    pub protocol: Option<String>,
 fn default_weight() -> i64 {
     1
 }

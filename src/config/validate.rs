@@ -337,6 +337,7 @@ impl TryFrom<RawConfig> for Config {
             queue,
             limits,
             tls,
+            h2c_backends: backends.iter().any(|b| b.protocol == Protocol::H2c),
             backends,
             pool,
         })
@@ -675,6 +676,17 @@ fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
             },
         });
     }
+            protocol: match b.protocol.as_deref() {
+                None | Some("http1") => Protocol::Http1,
+                Some("h2c") => Protocol::H2c,
+                Some(other) => {
+                    return Err(invalid(
+                        format!("backends[{i}].protocol"),
+                        format!("{other:?}"),
+                        "is not one of \"http1\", \"h2c\"",
+                    ))
+                }
+            },
     if !out.is_empty() && r.pool.is_none() && out.iter().all(|b| b.weight == 0) {
         return Err(invalid(
             "backends[*].weight",
@@ -764,6 +776,86 @@ mod tests {
     /// naming the value as written in full and (the start of) the rule.
     fn assert_invalid(text: &str, want: &str) {
         match refused(text, want) {
+    #[test]
+    fn tls_rules_name_key_value_and_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = crate::tls::certs::test_pair(dir.path(), &["a.test"]);
+        let (other, other_key) = {
+            let d = dir.path().join("o");
+            std::fs::create_dir(&d).unwrap();
+            crate::tls::certs::test_pair(&d, &["b.test"])
+        };
+        let text = |listen: &str, pair: (&std::path::Path, &std::path::Path), extra: &str| {
+            format!(
+                "[tls]\nlisten = \"{listen}\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n{extra}\n\
+                 [[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
+                pair.0.display(),
+                pair.1.display()
+            )
+        };
+        let good = (cert.as_path(), key.as_path());
+        let c = Config::from_toml(&text("127.0.0.1:8443", good, "")).unwrap();
+        let t = c.tls.unwrap();
+        assert_eq!(t.loaded.certs()[0].names, ["a.test"]);
+        assert_eq!(
+            (t.min_version, t.alpn.len(), t.session_resumption),
+            (crate::config::TlsVersion::V12, 2, true)
+        );
+        for (extra, want) in [
+            (
+                "min_version = \"1.1\"",
+                "tls.min_version: \"1.1\" is not one of \"1.2\", \"1.3\"",
+            ),
+            (
+                "alpn = [\"h3\"]",
+                "tls.alpn[0]: \"h3\" is not one of \"h2\", \"http/1.1\"",
+            ),
+            (
+                "alpn = [\"h2\", \"h2\"]",
+                "tls.alpn[1]: \"h2\" is listed twice",
+            ),
+            ("alpn = []", "tls.alpn: [] must name at least one protocol"),
+            (
+                "handshake_timeout = \"1ms\"",
+                "tls.handshake_timeout: \"1ms\" is out of range",
+            ),
+            (
+                "hsts = \"a\\u0001b\"",
+                "tls.hsts: \"a\\u{1}b\" is not a valid header value",
+            ),
+        ] {
+            assert_invalid(&text("127.0.0.1:8443", good, extra), want);
+        }
+        assert_invalid(
+            &text("0.0.0.0:80", good, ""),
+            "tls.listen: \"0.0.0.0:80\" must differ from server.listen and admin.listen",
+        );
+        let mismatched = text("127.0.0.1:8443", (cert.as_path(), other_key.as_path()), "");
+        let e = Config::from_toml(&mismatched).unwrap_err().to_string();
+        assert!(
+            e.starts_with("tls.certificates[0].key: ")
+                && e.ends_with("does not match the certificate"),
+            "{e}"
+        );
+        let missing = dir.path().join("missing.pem");
+        let e = Config::from_toml(&text(
+            "127.0.0.1:8443",
+            (missing.as_path(), key.as_path()),
+            "",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("tls.certificates[0].cert: ") && e.contains("cannot be read"),
+            "{e}"
+        );
+        let e = Config::from_toml(&text("127.0.0.1:8443", (key.as_path(), key.as_path()), ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds no PEM certificate"), "{e}");
+        let _ = other;
+    }
+
             ConfigError::Invalid { key, value, .. } => {
                 let named = format!("{key}: {value} ");
                 assert!(
@@ -837,6 +929,8 @@ backends[1].addr = "::1:80"             => backends[1].addr: "::1:80" is not hos
 backends[1].addr = "llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.x:80" => backends[1].addr: "llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.x:80" is not host:port
 
 pool.name = "bad name"                  => pool.name: "bad name" must match [A-Za-z0-9_.-]{1,50}
+backends[1].protocol = "h2"             => backends[1].protocol: "h2" is not one of "http1", "h2c"
+server.h2_max_streams = 0               => server.h2_max_streams: 0 is out of range 1..=10000
 pool.name = ""                          => pool.name: "" must match
 pool.name = "ppppppppppppppppppppppppppppppppppppppppppppppppppp" => pool.name: "ppppppppppppppppppppppppppppppppppppppppppppppppppp" must match [A-Za-z0-9_.-]{1,50}
 pool.size = 0                           => pool.size: 0 is out of range 1..=64

@@ -333,6 +333,7 @@ fn serve(state: &State, name: &str, addr: SocketAddr, weight: u32, max_in_flight
             group: None,
             stats: Arc::new(BackendStats::new(name)),
             pool: true,
+            h2c: false,
         });
         true
     });

@@ -121,7 +121,8 @@ impl<'a> Conn<'a> {
                     return None;
                 }
             };
-            if head.route == Route::Fallback || self.pingora_only {
+            // h2c backends are reached by the Pingora path only.
+            if head.route == Route::Fallback || self.pingora_only || snap.config.h2c_backends {
                 return rewound(self.stream, &self.buf);
             }
             // A change may also have landed while the head was arriving (a
@@ -302,6 +303,7 @@ impl<'a> Conn<'a> {
             request_id,
             retry_after,
             location: None,
+            grpc: false,
         };
         self.reply_with(r, keep_alive, head_method).await
     }

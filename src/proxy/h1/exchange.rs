@@ -102,6 +102,7 @@ impl Conn<'_> {
                 request_id: &ctx.request_id,
                 retry_after: 0,
                 location: Some(&to),
+                grpc: false,
             };
             let keep = self.reply_with(r, keep, head.head_method).await;
             return (308, keep, None);

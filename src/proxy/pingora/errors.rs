@@ -88,6 +88,7 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToP
             request_id: &ctx.request_id,
             retry_after: 0,
             location: None,
+            grpc: grpc(session),
         };
         let body = r.body();
         if let Ok(resp) = header(&r, body.len()) {
@@ -102,9 +103,15 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToP
     }
 }
 
+/// Is the request gRPC (its replies carry `grpc-status`)?
+pub fn grpc(session: &Session) -> bool {
+    let ct = session.req_header().headers.get(http::header::CONTENT_TYPE);
+    crate::proxy::policy::reply::is_grpc(ct.map(|v| v.as_bytes()))
+}
+
 /// The head of an error reply, with the policy's fields.
 pub fn header(r: &ErrorReply<'_>, len: usize) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(r.status, Some(5))?;
+    let mut resp = ResponseHeader::build(r.wire_status(), Some(5))?;
     let mut result = Ok(());
     r.each(len, |name, value| {
         if result.is_ok() {

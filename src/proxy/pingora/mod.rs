@@ -135,6 +135,7 @@ impl ProxyHttp for Proxy {
                 request_id: &ctx.request_id,
                 retry_after: 0,
                 location: Some(&to),
+                grpc: false,
             };
             write_reply(session, r, keep).await;
             return Ok(true);
@@ -373,6 +374,12 @@ fn peer(snap: &Snapshot, ctx: &Ctx, resend: bool) -> Result<Box<HttpPeer>> {
     peer.options.read_timeout = Some(t.response);
     peer.options.write_timeout = Some(t.response);
     peer.options.idle_timeout = Some(t.upstream_idle);
+    if ctx.backend.is_some_and(|i| snap.backends[i].h2c) {
+        // h2c with prior knowledge: requests are streams on shared
+        // connections, up to `server.h2_max_streams` each.
+        peer.options.set_http_version(2, 2);
+        peer.options.max_h2_streams = snap.config.server.h2_max_streams as usize;
+    }
     if resend {
         peer.group_key = RESEND_KEY.fetch_add(1, Ordering::Relaxed);
         // Not pooled afterwards under a key nobody will ask for.
@@ -423,6 +430,7 @@ async fn reply_refusal(
         request_id: &ctx.request_id,
         retry_after,
         location: None,
+        grpc: errors::grpc(session),
     };
     write_reply(session, r, keep).await;
 }

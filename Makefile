@@ -7,7 +7,8 @@ CARGO ?= cargo
 deps:
 	@scripts/deps.sh
 
-## Build release binaries, start four demo apps + lb on loopback; Ctrl-C stops all.
+## Build release binaries, start four demo apps + lb on loopback (HTTP on 8080,
+## HTTPS and HTTP/2 on 8443 with a local CA's certificate in target/run); Ctrl-C stops all.
 run: deps
 	$(CARGO) build --release --workspace --bins
 	@scripts/run-local.sh target/release

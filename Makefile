@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run run-pool test lint deps build images test-images bench bench-peers bench-abuse bench-queue scenarios clean
+.PHONY: run run-pool test lint deps build images test-images certs bench bench-peers bench-abuse bench-queue scenarios clean
 
 CARGO ?= cargo
 
@@ -73,6 +73,13 @@ images: deps
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --workspace --bins \
 	  --target $(STATIC_TARGET) --target-dir target/static
 	@scripts/build-images.sh $(STATIC_DIR)
+
+## The Compose setups' certificate (they serve 443): a local CA and a certificate
+## for localhost, 127.0.0.1, ::1 and lb in deploy/tls, mounted at /etc/lb/tls
+## (reused while valid; key.pem 0644 so lb's uid 65532 reads it; openssl).
+## Trust deploy/tls/ca.pem: curl --cacert deploy/tls/ca.pem https://localhost/
+certs:
+	@KEY_MODE=644 scripts/dev-certs.sh deploy/tls localhost 127.0.0.1 ::1 lb
 
 ## The same two images from the debug binaries `cargo test` builds anyway, with
 ## the shared libraries they link (for make test: one build of Pingora, not two;

@@ -1,7 +1,11 @@
 //! Static checks of the deployment files, so they cannot drift from the code:
 //! Kubernetes manifests (labels/selectors, ports, ConfigMap keys, probe paths,
-//! the embedded lb.toml), docker-compose.yml (limits, healthchecks, ports, the
-//! backends in lb.toml), Prometheus targets and the Grafana dashboard's metrics.
+//! the embedded lb.toml, HTTPS from a Secret), the compose files (limits,
+//! healthchecks, ports, 443 with mounted certificates, the backends in
+//! lb.toml), Prometheus targets and the Grafana dashboard's metrics.
+//! Configs with `[tls]` name certificate paths inside the container; they are
+//! checked with a throwaway certificate written where those paths point
+//! ([`with_certs`]).
 //! The Kubernetes manifests are also validated against Kubernetes' own API
 //! schemas (kubernetes-validate, installed by `scripts/deps.sh test`).
 
@@ -64,6 +68,50 @@ fn listen_port(s: &std::net::SocketAddr) -> u16 {
     s.port()
 }
 
+/// `toml` with each `[tls] certificates` path (inside the container) replaced
+/// by a file in the returned directory: a self-signed certificate for
+/// localhost and its key, so `Config::from_toml` and `lb check` (which load
+/// certificates) run here. Also returns the original (cert, key) paths.
+fn with_certs(toml: &str) -> (tempfile::TempDir, String, Vec<(String, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let v: toml::Value = toml::from_str(toml).unwrap();
+    let mut text = toml.to_string();
+    let mut paths = Vec::new();
+    let entries = v
+        .get("tls")
+        .and_then(|t| t.get("certificates"))
+        .and_then(|c| c.as_array())
+        .cloned()
+        .unwrap_or_default();
+    for (i, e) in entries.iter().enumerate() {
+        let cert = e["cert"].as_str().unwrap().to_string();
+        let key = e["key"].as_str().unwrap().to_string();
+        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cp, kp) = (
+            dir.path().join(format!("{i}.crt")),
+            dir.path().join(format!("{i}.key")),
+        );
+        std::fs::write(&cp, c.cert.pem()).unwrap();
+        std::fs::write(&kp, c.key_pair.serialize_pem()).unwrap();
+        for (from, to) in [(&cert, &cp), (&key, &kp)] {
+            let quoted = format!("\"{from}\"");
+            assert_eq!(text.matches(&quoted).count(), 1, "{from} named once");
+            text = text.replace(&quoted, &format!("\"{}\"", to.display()));
+        }
+        paths.push((cert, key));
+    }
+    (dir, text, paths)
+}
+
+/// `toml` parsed (certificates as in [`with_certs`]) and passing `lb check`;
+/// its certificate paths as written.
+fn load_checked(toml: &str) -> (Config, Vec<(String, String)>) {
+    let (_dir, text, paths) = with_certs(toml);
+    let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    lb_check(&text);
+    (config, paths)
+}
+
 #[test]
 fn kubernetes_manifests_reference_each_other_and_the_code() {
     let m = manifests();
@@ -76,8 +124,7 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
     let toml = cm["data"]["lb.toml"]
         .as_str()
         .expect("ConfigMap key lb.toml");
-    let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("ConfigMap lb.toml: {e}"));
-    lb_check(toml);
+    let (config, cert_paths) = load_checked(toml);
 
     // lb Deployment: the HPA owns the count, selector matches the template,
     // non-root, read-only.
@@ -155,7 +202,8 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
         config.server.grace_period
     );
 
-    // Service: LoadBalancer on 80 to lb's http port, selecting lb pods.
+    // Service: LoadBalancer on 80 to lb's http port and 443 to its https
+    // port ([tls] listen), selecting lb pods.
     assert_eq!(svc["spec"]["type"], "LoadBalancer");
     assert_eq!(&svc["spec"]["selector"], labels);
     let sp = &svc["spec"]["ports"][0];
@@ -163,6 +211,68 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
     assert_eq!(
         container_port(c, &sp["targetPort"]),
         listen_port(&config.server.listen)
+    );
+    let tls = config.tls.as_ref().expect("[tls] in the ConfigMap's lb.toml");
+    assert_eq!(container_port(c, &Value::from("https")), tls.listen.port());
+    let sp = &svc["spec"]["ports"][1];
+    assert_eq!(sp["port"], 443);
+    assert_eq!(container_port(c, &sp["targetPort"]), tls.listen.port());
+
+    // The certificate: a kubernetes.io/tls Secret's two keys (tls.crt,
+    // tls.key) mounted as files in a directory of their own, where [tls]
+    // reads them. The kubelet updates such a volume by swapping its `..data`
+    // symlink, which lb's certificate watch follows. Not under the ConfigMap's
+    // mount: a mount point inside another volume is fragile.
+    assert_eq!(cert_paths.len(), 1, "{cert_paths:?}");
+    let (cert, key) = &cert_paths[0];
+    let tls_dir = Path::new(cert).parent().unwrap();
+    assert_eq!(Path::new(key).parent().unwrap(), tls_dir);
+    let mount = c["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| Path::new(v["mountPath"].as_str().unwrap()) == tls_dir)
+        .unwrap_or_else(|| panic!("{} is not mounted", tls_dir.display()));
+    assert_eq!(mount["readOnly"], true);
+    assert!(mount["subPath"].is_null(), "a subPath mount never sees updates");
+    assert!(
+        !tls_dir.starts_with(Path::new(cfg_path).parent().unwrap()),
+        "{} inside the config mount",
+        tls_dir.display()
+    );
+    let vol = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the certificate volume exists");
+    let secret = &vol["secret"];
+    assert!(secret["secretName"].is_string(), "a Secret volume: {vol:?}");
+    assert_ne!(secret["optional"], true, "no certificate, no start");
+    let mut files: Vec<String> = match secret["items"].as_sequence() {
+        Some(items) => items
+            .iter()
+            .map(|i| {
+                let k = i["key"].as_str().unwrap();
+                assert!(["tls.crt", "tls.key"].contains(&k), "{k}");
+                i["path"].as_str().unwrap().to_string()
+            })
+            .collect(),
+        None => vec!["tls.crt".into(), "tls.key".into()],
+    };
+    files.sort();
+    let mut wanted = vec![
+        Path::new(cert).file_name().unwrap().to_str().unwrap().to_string(),
+        Path::new(key).file_name().unwrap().to_str().unwrap().to_string(),
+    ];
+    wanted.sort();
+    assert_eq!(files, wanted);
+    // lb (uid/gid 65532, non-root) can read the key.
+    let mode = secret["defaultMode"].as_u64().unwrap_or(0o644);
+    let gid = pod["securityContext"]["fsGroup"].as_u64();
+    assert!(
+        mode & 0o004 != 0 || (mode & 0o040 != 0 && gid == Some(65532)),
+        "key mode {mode:o} unreadable by lb (fsGroup {gid:?})"
     );
 
     // HPA scales that Deployment on CPU.
@@ -199,7 +309,7 @@ fn kubernetes_app_is_a_deployment_with_an_hpa_behind_a_headless_service_lb_resol
         "the app is a Deployment now"
     );
     let cm = get(&m, "ConfigMap", "lb-config");
-    let config = Config::from_toml(cm["data"]["lb.toml"].as_str().unwrap()).unwrap();
+    let (config, _) = load_checked(cm["data"]["lb.toml"].as_str().unwrap());
     let dep = get(&m, "Deployment", "app");
     let svc = get(&m, "Service", "app");
     let hpa = get(&m, "HorizontalPodAutoscaler", "app");
@@ -419,6 +529,70 @@ fn compose_file(file: &str) -> Value {
     v
 }
 
+/// lb's service in compose file `file` serves HTTPS: 443 published
+/// (`LB_PUBLISH_TLS` overrides), every certificate path of `config_text`'s
+/// [tls] inside one read-only mount whose default source is the repository's
+/// deploy/tls (what `make certs` fills; `LB_TLS_DIR` overrides); its config
+/// listens on 443. Returns the config.
+fn assert_serves_tls(file: &str, lb: &Value, config_text: &str) -> Config {
+    let (config, paths) = load_checked(config_text);
+    let tls = config
+        .tls
+        .as_ref()
+        .unwrap_or_else(|| panic!("{file}: no [tls]"));
+    assert_eq!(tls.listen.port(), 443, "{file}");
+    assert!(
+        lb["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p.as_str() == Some("${LB_PUBLISH_TLS:-443}:443")),
+        "{file}: 443 published"
+    );
+    let mounts: Vec<(&str, &str, &str)> = lb["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let v = v.as_str().unwrap();
+            // `${VAR:-default}:dst:mode`: the default may not contain ':'.
+            let (src, rest) = match v.strip_prefix("${") {
+                Some(r) => {
+                    let end = r.find('}').unwrap();
+                    (&v[..end + 3], &r[end + 2..])
+                }
+                None => v.split_once(':').unwrap(),
+            };
+            let (dst, mode) = rest.split_once(':').unwrap_or((rest, "rw"));
+            (src, dst, mode)
+        })
+        .collect();
+    assert!(!paths.is_empty(), "{file}: no certificates");
+    for (cert, key) in &paths {
+        let dir = Path::new(cert).parent().unwrap();
+        assert_eq!(Path::new(key).parent().unwrap(), dir, "{file}");
+        let (src, _, mode) = mounts
+            .iter()
+            .find(|(_, dst, _)| Path::new(dst) == dir)
+            .unwrap_or_else(|| panic!("{file}: {} not mounted", dir.display()));
+        assert_eq!(*mode, "ro", "{file}");
+        let default = src
+            .strip_prefix("${LB_TLS_DIR:-")
+            .and_then(|s| s.strip_suffix('}'))
+            .unwrap_or_else(|| panic!("{file}: {src}: LB_TLS_DIR with a default"));
+        let compose_dir = root().join(file).parent().unwrap().to_path_buf();
+        assert_eq!(
+            std::fs::canonicalize(compose_dir.join(default)).unwrap(),
+            std::fs::canonicalize(root().join("deploy/tls")).unwrap(),
+            "{file}: mounts {default}"
+        );
+    }
+    // The directory ships (so Docker never creates it, root-owned, in its
+    // place) with what `make certs` writes there kept out of git.
+    assert!(root().join("deploy/tls/.gitignore").is_file());
+    config
+}
+
 #[test]
 fn compose_file_matches_lb_toml_and_the_seed_limits() {
     let c = compose();
@@ -431,14 +605,28 @@ fn compose_file_matches_lb_toml_and_the_seed_limits() {
         .iter()
         .map(|p| p.as_str().unwrap())
         .collect();
-    assert_eq!(ports, vec!["${LB_PUBLISH:-80}:80"]);
+    assert_eq!(
+        ports,
+        vec!["${LB_PUBLISH:-80}:80", "${LB_PUBLISH_TLS:-443}:443"]
+    );
     assert!(lb["expose"]
         .as_sequence()
         .unwrap()
         .iter()
         .any(|p| p == "9901"));
-    assert!(lb["volumes"][0].as_str().unwrap().starts_with("./lb.toml:"));
-    let config = Config::load(&root().join("lb.toml")).unwrap();
+    // Its config is lb.toml's with [tls] on (lb.toml keeps [tls] commented,
+    // so it passes `lb check` anywhere): the same in every other respect.
+    let mount = lb["volumes"][0].as_str().unwrap();
+    assert!(
+        mount.starts_with("./deploy/lb-compose.toml:/etc/lb/lb.toml"),
+        "{mount}"
+    );
+    let text = std::fs::read_to_string(root().join("deploy/lb-compose.toml")).unwrap();
+    let mut config = assert_serves_tls("docker-compose.yml", lb, &text);
+    let reference = Config::load(&root().join("lb.toml")).unwrap();
+    assert!(reference.tls.is_none());
+    config.tls = None;
+    assert_eq!(config, reference, "deploy/lb-compose.toml differs from lb.toml");
     assert_eq!(config.server.listen.port(), 80);
     let want = [
         ("app-1", 1.0, "1g"),
@@ -482,7 +670,10 @@ fn compose_scale_file_matches_its_lb_config() {
         .iter()
         .map(|p| p.as_str().unwrap())
         .collect();
-    assert_eq!(ports, vec!["${LB_PUBLISH:-80}:80"]);
+    assert_eq!(
+        ports,
+        vec!["${LB_PUBLISH:-80}:80", "${LB_PUBLISH_TLS:-443}:443"]
+    );
     let mount = lb["volumes"][0].as_str().unwrap();
     let (src, dst) = mount.split_once(':').unwrap();
     assert_eq!(src, "./lb-scale.toml");
@@ -499,8 +690,11 @@ fn compose_scale_file_matches_its_lb_config() {
     );
     assert_eq!(lb["depends_on"]["app"]["condition"], "service_healthy");
     let toml_path = root().join("deploy/lb-scale.toml");
-    lb_check(&std::fs::read_to_string(&toml_path).unwrap());
-    let config = Config::load(&toml_path).unwrap();
+    let config = assert_serves_tls(
+        "deploy/compose-scale.yml",
+        lb,
+        &std::fs::read_to_string(&toml_path).unwrap(),
+    );
     assert_eq!(config.server.listen.port(), 80);
     assert!(lb["expose"]
         .as_sequence()
@@ -554,6 +748,25 @@ fn compose_scale_file_matches_its_lb_config() {
     );
     let grace = humantime::parse_duration(app["stop_grace_period"].as_str().unwrap()).unwrap();
     assert!(grace.as_millis() > u128::from(delay_ms));
+}
+
+#[test]
+fn compose_pool_file_serves_https_with_its_lb_config() {
+    let c = compose_file("deploy/pool/docker-compose.yml");
+    let lb = &c["services"]["lb"];
+    let mount = lb["volumes"][0].as_str().unwrap();
+    assert!(
+        mount.starts_with("${LB_CONFIG:-./lb.toml}:/etc/lb/lb.toml"),
+        "{mount}"
+    );
+    let text = std::fs::read_to_string(root().join("deploy/pool/lb.toml")).unwrap();
+    let config = assert_serves_tls("deploy/pool/docker-compose.yml", lb, &text);
+    assert_eq!(config.server.listen.port(), 80);
+    assert!(lb["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|p| p.as_str() == Some("${LB_PUBLISH:-80}:80")));
 }
 
 #[test]

@@ -6,7 +6,7 @@ COPY lb /usr/local/bin/lb
 # Unprivileged user (no /etc/passwd needed for a numeric id). Docker lets
 # containers bind ports below 1024 without privileges (ip_unprivileged_port_start=0).
 USER 65532:65532
-EXPOSE 80 9901
+EXPOSE 80 443 9901
 # No curl in the image: lb checks its own admin /health.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/lb", "healthcheck"]

@@ -112,6 +112,8 @@ pub struct Project {
     cmd: Vec<&'static str>,
     /// lb's published port on 127.0.0.1.
     pub port: u16,
+    /// lb's published HTTPS port (443 in the container) on 127.0.0.1.
+    pub tls_port: u16,
     /// Containers the test started itself on the project's network, removed
     /// before `down` (they would hold the network).
     pub extra_containers: Vec<String>,
@@ -121,13 +123,21 @@ pub struct Project {
 
 impl Project {
     /// A project for `file` (relative to the repository root) named
-    /// `<prefix><pid>`; nothing runs until the test calls `up`.
+    /// `<prefix><pid>`; nothing runs until the test calls `up`. The
+    /// certificate the compose files mount (deploy/tls, as `make certs`
+    /// makes it) is made first when missing or about to expire.
     pub fn new(prefix: &str, file: &'static str) -> Project {
+        make_certs();
+        let port = free_port();
+        let tls_port = std::iter::repeat_with(free_port)
+            .find(|p| *p != port)
+            .unwrap();
         Project {
             name: format!("{prefix}{}", std::process::id()),
             file,
             cmd: compose_cmd().expect("a compose CLI"),
-            port: free_port(),
+            port,
+            tls_port,
             extra_containers: Vec::new(),
             env: Vec::new(),
         }
@@ -140,6 +150,7 @@ impl Project {
             .args(["-p", &self.name, "-f"])
             .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(self.file))
             .env("LB_PUBLISH", format!("127.0.0.1:{}", self.port))
+            .env("LB_PUBLISH_TLS", format!("127.0.0.1:{}", self.tls_port))
             .env("LB_ADMIN_TOKEN", COMPOSE_TOKEN)
             .env("RUST_LOG", "info,access=off")
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -212,6 +223,32 @@ impl Project {
             .args(["lb:local", "admin", "--url", "http://lb:9901"])
             .args(args))
     }
+}
+
+/// `make certs`: deploy/tls/{ca,cert,key}.pem for the compose files' [tls]
+/// (reused while valid).
+pub fn make_certs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    ok(Command::new(root.join("scripts/dev-certs.sh"))
+        .current_dir(root)
+        .env("KEY_MODE", "644")
+        .args(["deploy/tls", "localhost", "127.0.0.1", "::1", "lb"]));
+}
+
+/// A client for lb's published HTTPS port that trusts deploy/tls/ca.pem and
+/// sends `localhost` there; HTTP/2 when ALPN agrees on it.
+pub fn tls_client(port: u16) -> reqwest::Client {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ca = std::fs::read(root.join("deploy/tls/ca.pem")).expect("deploy/tls/ca.pem");
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve("localhost", ([127, 0, 0, 1], port).into())
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// A container's IP address on its (only) network.

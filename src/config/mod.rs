@@ -264,8 +264,6 @@ pub enum Resolve {
     All,
 }
 
-/// One backend as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
 /// How lb speaks to a backend (`[[backends]] protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Protocol {
@@ -276,6 +274,8 @@ pub enum Protocol {
     H2c,
 }
 
+/// One backend as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     /// Unique name, `[A-Za-z0-9_.-]{1,64}`.
     pub name: String,
@@ -288,10 +288,10 @@ pub struct BackendConfig {
     pub max_in_flight: u32,
     /// `resolve` (default [`Resolve::One`]).
     pub resolve: Resolve,
-}
-
     /// `protocol` (default [`Protocol::Http1`]).
     pub protocol: Protocol,
+}
+
 /// How the pool starts its members (`pool.provider` and its keys).
 #[derive(Debug, Clone, PartialEq)]
 pub enum PoolProvider {
@@ -490,13 +490,13 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[tls]` (default: no HTTPS listener).
     pub tls: Option<TlsConfig>,
+    /// Some backend is `protocol = "h2c"`: every request takes the Pingora
+    /// path (lb's own HTTP/1 path speaks HTTP/1.1 upstream only).
+    pub h2c_backends: bool,
     /// `[[backends]]`, in file order (at most [`MAX_BACKENDS`]; at least one
     /// unless a `[pool]` provides them).
     pub backends: Vec<BackendConfig>,
     /// `[pool]`: backends lb starts and owns (default: none).
-    /// Some backend is `protocol = "h2c"`: every request takes the Pingora
-    /// path (lb's own HTTP/1 path speaks HTTP/1.1 upstream only).
-    pub h2c_backends: bool,
     pub pool: Option<PoolConfig>,
 }
 

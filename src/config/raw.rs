@@ -348,11 +348,11 @@ pub struct RawBackend {
     pub max_in_flight: i64,
     #[serde(default)]
     pub resolve: RawResolve,
-}
-
     /// `"http1"` (default) or `"h2c"`.
     #[serde(default)]
     pub protocol: Option<String>,
+}
+
 fn default_weight() -> i64 {
     1
 }

@@ -674,8 +674,6 @@ fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
                 RawResolve::One => Resolve::One,
                 RawResolve::All => Resolve::All,
             },
-        });
-    }
             protocol: match b.protocol.as_deref() {
                 None | Some("http1") => Protocol::Http1,
                 Some("h2c") => Protocol::H2c,
@@ -687,6 +685,8 @@ fn backends(r: &RawConfig) -> Result<Vec<BackendConfig>, ConfigError> {
                     ))
                 }
             },
+        });
+    }
     if !out.is_empty() && r.pool.is_none() && out.iter().all(|b| b.weight == 0) {
         return Err(invalid(
             "backends[*].weight",
@@ -774,8 +774,6 @@ mod tests {
 
     /// A value that parsed but breaks a rule: `want` is `key: value rule...`,
     /// naming the value as written in full and (the start of) the rule.
-    fn assert_invalid(text: &str, want: &str) {
-        match refused(text, want) {
     #[test]
     fn tls_rules_name_key_value_and_rule() {
         let dir = tempfile::tempdir().unwrap();
@@ -856,6 +854,8 @@ mod tests {
         let _ = other;
     }
 
+    fn assert_invalid(text: &str, want: &str) {
+        match refused(text, want) {
             ConfigError::Invalid { key, value, .. } => {
                 let named = format!("{key}: {value} ");
                 assert!(
@@ -927,10 +927,10 @@ backends[1].addr = "a..b:1"             => backends[1].addr: "a..b:1" is not hos
 backends[1].addr = "a_b:1"              => backends[1].addr: "a_b:1" is not host:port
 backends[1].addr = "::1:80"             => backends[1].addr: "::1:80" is not host:port
 backends[1].addr = "llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.x:80" => backends[1].addr: "llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll.x:80" is not host:port
-
-pool.name = "bad name"                  => pool.name: "bad name" must match [A-Za-z0-9_.-]{1,50}
 backends[1].protocol = "h2"             => backends[1].protocol: "h2" is not one of "http1", "h2c"
 server.h2_max_streams = 0               => server.h2_max_streams: 0 is out of range 1..=10000
+
+pool.name = "bad name"                  => pool.name: "bad name" must match [A-Za-z0-9_.-]{1,50}
 pool.name = ""                          => pool.name: "" must match
 pool.name = "ppppppppppppppppppppppppppppppppppppppppppppppppppp" => pool.name: "ppppppppppppppppppppppppppppppppppppppppppppppppppp" must match [A-Za-z0-9_.-]{1,50}
 pool.size = 0                           => pool.size: 0 is out of range 1..=64

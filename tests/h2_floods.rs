@@ -1,0 +1,183 @@
+//! HTTP/2 floods (SPEC "HTTP/2 and gRPC"): rapid reset, CONTINUATION and
+//! empty-frame floods end the connection with GOAWAY, never a stall, and
+//! lb keeps serving everyone else. Raw frames on h2c (`server.h2c = true`);
+//! the same HTTP/2 server serves TLS connections with ALPN h2.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One frame: 9-byte header and payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// A request head for stream `id`: HPACK literals (no Huffman, no indexing).
+fn head_block(extra: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    let mut lit = |name: &[u8], value: &[u8]| {
+        b.push(0x00);
+        b.push(name.len() as u8);
+        b.extend_from_slice(name);
+        assert!(value.len() < 127);
+        b.push(value.len() as u8);
+        b.extend_from_slice(value);
+    };
+    lit(b":method", b"POST");
+    lit(b":scheme", b"http");
+    lit(b":path", b"/api/echo");
+    lit(b":authority", b"localhost");
+    for _ in 0..extra {
+        lit(b"x-pad", &[b'a'; 100]);
+    }
+    b
+}
+
+/// Opens an h2c connection: preface and an empty SETTINGS.
+async fn open(lb: &Lb) -> TcpStream {
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    s.write_all(&hello).await.unwrap();
+    s
+}
+
+/// Reads frames until a GOAWAY arrives (its error code) or the connection
+/// closes without one (`None`); panics after `limit`.
+async fn until_goaway(s: &mut TcpStream, limit: Duration) -> Option<u32> {
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        while buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            if buf[3] == GOAWAY && len >= 8 {
+                let p = &buf[9..9 + len];
+                return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+            buf.drain(..9 + len);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no GOAWAY and no close within {limit:?}");
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no GOAWAY and no close within {limit:?}"),
+        }
+    }
+}
+
+/// Writes `frames` until the peer stops reading or closes; how many bytes went.
+async fn flood(s: &mut TcpStream, frames: impl Iterator<Item = Vec<u8>>, budget: Duration) -> usize {
+    let deadline = Instant::now() + budget;
+    let mut sent = 0;
+    for f in frames {
+        match tokio::time::timeout_at(deadline.into(), s.write_all(&f)).await {
+            Ok(Ok(())) => sent += f.len(),
+            _ => break,
+        }
+    }
+    sent
+}
+
+async fn start() -> (Apps, Lb) {
+    let apps = Apps::plain(1).await;
+    let lb = Lb::start_server("h2c = true", "", &apps.backends_toml(&[1]), QUIET_LOG).await;
+    (apps, lb)
+}
+
+/// After an attack, a well-behaved HTTP/2 client is still served.
+async fn still_serving(lb: &Lb) {
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = c.get(lb.url("/api/echo")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// GOAWAY error codes (RFC 9113 §7).
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+const PROTOCOL_ERROR: u32 = 0x1;
+const COMPRESSION_ERROR: u32 = 0x9;
+
+#[tokio::test]
+async fn rapid_reset_ends_the_connection_with_goaway() {
+    let (apps, lb) = start().await;
+    let mut s = open(&lb).await;
+    // HEADERS then RST_STREAM for streams 1, 3, 5, …: each written with its
+    // reset, so the server sees both before it can accept the stream.
+    let frames = (0..2000u32).map(|i| {
+        let id = 2 * i + 1;
+        let mut f = frame(HEADERS, END_HEADERS, id, &head_block(0));
+        f.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes())); // CANCEL
+        f
+    });
+    let sent = flood(&mut s, frames, Duration::from_secs(5)).await;
+    let code = until_goaway(&mut s, Duration::from_secs(5)).await;
+    eprintln!("GOAWAY {code:?} after {sent} bytes");
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "after {sent} bytes");
+    // Far fewer than 2,000 requests reached the backend (the cap is 20
+    // pending resets; streams accepted before their reset may have started).
+    let served = apps.api_counts()[0];
+    assert!(served < 200, "{served} requests of a reset flood reached the app");
+    still_serving(&lb).await;
+}
+
+#[tokio::test]
+async fn continuation_flood_ends_the_connection() {
+    let (_apps, lb) = start().await;
+    let mut s = open(&lb).await;
+    // One HEADERS without END_HEADERS, then CONTINUATION frames of header
+    // fields forever: the head outgrows server.max_header_bytes (32 KiB).
+    let first = frame(HEADERS, END_STREAM, 1, &head_block(0));
+    let more = (0..10_000).map(|_| frame(CONTINUATION, 0, 1, &head_block(100)[..]));
+    let sent = flood(&mut s, std::iter::once(first).chain(more), Duration::from_secs(5)).await;
+    let code = until_goaway(&mut s, Duration::from_secs(5)).await;
+    eprintln!("GOAWAY {code:?} after {sent} bytes");
+    assert!(
+        matches!(code, Some(ENHANCE_YOUR_CALM | PROTOCOL_ERROR | COMPRESSION_ERROR) | None),
+        "{code:?} after {sent} bytes"
+    );
+    // Ended long before the flood was all sent (10,000 frames of ~10 KiB).
+    assert!(sent < 50 * 1024 * 1024, "{sent} bytes accepted");
+    still_serving(&lb).await;
+}
+
+#[tokio::test]
+async fn empty_data_frame_flood_ends_the_connection_with_goaway() {
+    let (_apps, lb) = start().await;
+    let mut s = open(&lb).await;
+    // A POST whose body is only empty DATA frames (CVE-2019-9518).
+    let first = frame(HEADERS, END_HEADERS, 1, &head_block(0));
+    let empty = (0..100_000).map(|_| frame(DATA, 0, 1, &[]));
+    let sent = flood(&mut s, std::iter::once(first).chain(empty), Duration::from_secs(5)).await;
+    let code = until_goaway(&mut s, Duration::from_secs(5)).await;
+    eprintln!("GOAWAY {code:?} after {sent} bytes");
+    assert_eq!(code, Some(ENHANCE_YOUR_CALM), "after {sent} bytes");
+    still_serving(&lb).await;
+}

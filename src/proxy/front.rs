@@ -202,8 +202,11 @@ fn rehome(stream: Stream) -> Option<Stream> {
     use std::os::fd::{AsRawFd, FromRawFd};
 
     let old = stream.into_any().downcast::<L4Stream>().ok()?;
-    // SAFETY: `dup` of a descriptor we own; the new one is owned by `std`.
-    let fd = unsafe { libc::dup(old.as_raw_fd()) };
+    // Close-on-exec, as the accepted original: a child lb starts (a pool
+    // member, the successor of an upgrade) must not hold the client socket
+    // open, or the client never sees the close after a `Connection: close`.
+    // SAFETY: `F_DUPFD_CLOEXEC` of a descriptor we own; the new one is owned by `std`.
+    let fd = unsafe { libc::fcntl(old.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
         return None;
     }

@@ -1,0 +1,605 @@
+//! Zero-downtime binary upgrade under load (SPEC "Zero-downtime binary
+//! upgrade"), as HAProxy's seamless-reload test checks it: a steady mix of
+//! GETs and POSTs, each on a new connection, across repeated upgrades
+//! (SIGUSR2, and once `lb run --upgrade` + SIGQUIT by hand), with the binary
+//! replaced on disk before each: no connection refused, no request failed, no
+//! POST seen twice at the backends, each old process exiting 0, the new one
+//! serving from the binary now on disk, operator weights still in force.
+//! Then the failed successors: a config made invalid on disk, and an
+//! `upgrade_sock` whose directory does not exist, each leaving the old
+//! process serving with the reason in its log.
+//!
+//! lb re-executes itself, so the processes after the first are not the
+//! test's children: the test makes itself a child subreaper, so that each
+//! old process, once its parent exited, is reparented here and its exit
+//! status can be read. Every pid seen is killed when the test ends, also
+//! when it fails.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State as AxState;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use common::{free_port, serial, ADMIN_TOKEN, MAX_CONNECTIONS};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LIMIT: Duration = Duration::from_secs(120);
+/// Requests per second the load sends (a third of them POSTs).
+const RATE: u64 = 300;
+/// SIGUSR2 upgrades in the load test; one more is done by hand.
+const UPGRADES: usize = 4;
+
+/// A backend counting GETs and each POST's id (`x-post-id`).
+struct Backend {
+    addr: SocketAddr,
+    gets: Arc<AtomicU64>,
+    posts: Arc<Mutex<HashMap<u64, u32>>>,
+}
+
+#[derive(Clone)]
+struct Seen {
+    gets: Arc<AtomicU64>,
+    posts: Arc<Mutex<HashMap<u64, u32>>>,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let seen = Seen {
+            gets: Arc::default(),
+            posts: Arc::default(),
+        };
+        let router = axum::Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route(
+                "/api/get",
+                get(|AxState(s): AxState<Seen>| async move {
+                    s.gets.fetch_add(1, Ordering::Relaxed);
+                    "ok"
+                }),
+            )
+            .route(
+                "/api/post",
+                post(
+                    |AxState(s): AxState<Seen>, h: HeaderMap, body: String| async move {
+                        let id = h.get("x-post-id").and_then(|v| v.to_str().ok());
+                        let id: u64 = id.and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+                        assert_eq!(body, format!("post {id}"));
+                        *s.posts.lock().unwrap().entry(id).or_default() += 1;
+                        "ok"
+                    },
+                ),
+            )
+            .with_state(seen.clone());
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, router).await });
+        Backend {
+            addr,
+            gets: seen.gets,
+            posts: seen.posts,
+        }
+    }
+}
+
+/// lb processes started from a copy of the binary in a temporary directory
+/// (replaced there before each upgrade); every pid seen is killed on drop.
+struct Fleet {
+    dir: tempfile::TempDir,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    pids: Vec<u32>,
+}
+
+impl Fleet {
+    fn new(backends: &[Backend]) -> Fleet {
+        // SAFETY: prctl(2) on this process; orphans are reparented here.
+        assert_eq!(
+            unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) },
+            0,
+            "subreaper"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let fleet = Fleet {
+            dir,
+            addr,
+            admin,
+            pids: Vec::new(),
+        };
+        fleet.install_binary();
+        let names = ["a", "b"];
+        let backends: String = backends
+            .iter()
+            .zip(names)
+            .map(|(b, n)| format!("[[backends]]\nname = \"{n}\"\naddr = \"{}\"\n", b.addr))
+            .collect();
+        let d = fleet.dir.path().display();
+        std::fs::write(
+            fleet.config(),
+            format!(
+                "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\n\
+                 upgrade_sock = \"{d}/up.sock\"\n{MAX_CONNECTIONS}\n\
+                 [admin]\nlisten = \"{admin}\"\nstate_file = \"{d}/state.json\"\n\n\
+                 [health]\ninterval = \"200ms\"\n\n{backends}"
+            ),
+        )
+        .unwrap();
+        fleet
+    }
+
+    fn bin(&self) -> PathBuf {
+        self.dir.path().join("lb")
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("lb.toml")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("lb.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A fresh copy of the test's lb binary at [`Fleet::bin`], moved over
+    /// the one there (a new file: running processes keep the old one).
+    fn install_binary(&self) {
+        let tmp = self.dir.path().join("lb.new");
+        std::fs::copy(common::lb_bin(), &tmp).unwrap();
+        std::fs::rename(&tmp, self.bin()).unwrap();
+    }
+
+    /// Starts `lb [args] -c lb.toml`, stderr appended to the shared log.
+    fn spawn(&mut self, args: &[&str]) -> u32 {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        // Waited for by pid (`exit_code`, `Drop`), as lb's own successors are.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new(self.bin())
+            .args(args)
+            .arg("-c")
+            .arg(self.config())
+            .env("RUST_LOG", "info,access=off")
+            .env("LB_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn lb");
+        self.pids.push(child.id());
+        child.id()
+    }
+
+    /// Polls the log (from byte `from`) for a line with every needle.
+    async fn wait_log(&self, from: usize, needles: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            let line = log
+                .get(from..)
+                .unwrap_or("")
+                .lines()
+                .find(|l| needles.iter().all(|n| l.contains(n)));
+            if let Some(l) = line {
+                return Some(l.to_string());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = common::client()
+            .request(method, format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("admin call");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or_default())
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            // SAFETY: kill(2)/waitpid(2) of lb processes this test started
+            // (directly, or through lb's own upgrades).
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+                libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG);
+            }
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- lb log (last 60 lines) ---");
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// The exit code of `pid` (a child, or an orphan reparented to this
+/// subreaper) once it exits within `timeout`.
+async fn exit_code(pid: u32, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let mut status = 0;
+        // SAFETY: waitpid(2) with WNOHANG on one pid.
+        let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WNOHANG) };
+        if r == pid as i32 {
+            return Some(if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                -libc::WTERMSIG(status)
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) of an lb process this test started.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid}");
+}
+
+/// How one request of the load ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    /// The connection was refused (or not accepted within 5 s).
+    Refused(String),
+    /// Connected, but no whole `200` answer.
+    Failed(String),
+}
+
+/// `RATE` requests a second until stopped, each on a new connection; every
+/// third a POST with a unique id. Results: (id, is POST, outcome).
+struct Load {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<(u64, bool, Outcome)>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Load {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+            let mut running = tokio::task::JoinSet::new();
+            let mut id = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                id += 1;
+                let is_post = id.is_multiple_of(3);
+                running.spawn(async move { (id, is_post, request(addr, id, is_post).await) });
+            }
+            running.join_all().await
+        });
+        Load { stop, task }
+    }
+
+    async fn stop(self) -> Vec<(u64, bool, Outcome)> {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+}
+
+async fn request(addr: SocketAddr, id: u64, is_post: bool) -> Outcome {
+    use tokio::time::timeout;
+    let mut s = match timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Outcome::Refused(e.to_string()),
+        Err(_) => return Outcome::Refused("not accepted within 5 s".into()),
+    };
+    let req = if is_post {
+        let body = format!("post {id}");
+        format!(
+            "POST /api/post HTTP/1.1\r\nhost: lb\r\nx-post-id: {id}\r\ncontent-type: text/plain\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    } else {
+        "GET /api/get HTTP/1.1\r\nhost: lb\r\nconnection: close\r\n\r\n".to_string()
+    };
+    let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut answer = Vec::new();
+    let exchange = async {
+        s.write_all(req.as_bytes()).await?;
+        s.read_to_end(&mut answer).await
+    };
+    let got = timeout(Duration::from_secs(10), exchange).await;
+    let text = String::from_utf8_lossy(&answer[..answer.len().min(120)]).into_owned();
+    match got {
+        Ok(Ok(_)) if answer.starts_with(b"HTTP/1.1 200 ") && answer.ends_with(b"ok") => Outcome::Ok,
+        Ok(Ok(_)) => Outcome::Failed(format!("port {local}: {text:?}")),
+        Ok(Err(e)) => Outcome::Failed(format!("port {local}: {e} after {text:?}")),
+        Err(_) => Outcome::Failed(format!("port {local}: no end within 10 s after {text:?}")),
+    }
+}
+
+/// Starts lb, waits until both ports accept; its pid.
+async fn start_lb(fleet: &mut Fleet) -> u32 {
+    let pid = fleet.spawn(&[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(fleet.addr).await.is_ok()
+            && tokio::net::TcpStream::connect(fleet.admin).await.is_ok()
+        {
+            return pid;
+        }
+        assert!(alive(pid), "lb exited at start:\n{}", fleet.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("lb not listening:\n{}", fleet.log());
+}
+
+/// The running binary of `pid`: the file now at `bin`, not a replaced one.
+fn runs_current_binary(pid: u32, bin: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bin)
+}
+
+/// One upgrade of `old`: by SIGUSR2, or by hand (`lb --upgrade`, then
+/// SIGQUIT). Returns the successor's pid once `old` exited 0, with the
+/// time from the signal to the successor's confirmation and to old's exit.
+async fn upgrade(fleet: &mut Fleet, old: u32, by_hand: bool) -> (u32, Duration, Duration) {
+    fleet.install_binary();
+    let from = fleet.log().len();
+    let t0 = Instant::now();
+    if by_hand {
+        let new = fleet.spawn(&["run", "--upgrade"]);
+        // Pingora's bootstrap listens on upgrade_sock for about 6 s.
+        let sock = fleet.dir.path().join("up.sock");
+        assert!(
+            common::eventually(Duration::from_secs(5), || sock.exists()).await,
+            "no upgrade_sock"
+        );
+        signal(old, libc::SIGQUIT);
+        let _ = new;
+    } else {
+        signal(old, libc::SIGUSR2);
+    }
+    let line = fleet
+        .wait_log(
+            from,
+            &["took over: stopping gracefully"],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no successor took over from {old}"));
+    let confirmed = t0.elapsed();
+    let new: u32 = line
+        .split("successor ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"));
+    if !fleet.pids.contains(&new) {
+        fleet.pids.push(new);
+    }
+    let code = exit_code(old, Duration::from_secs(15)).await;
+    let exited = t0.elapsed();
+    assert_eq!(code, Some(0), "the old lb {old} exit");
+    assert!(alive(new), "the successor {new} runs");
+    assert!(
+        runs_current_binary(new, &fleet.bin()),
+        "{new} runs the binary now at its path"
+    );
+    (new, confirmed, exited)
+}
+
+/// Weights the operator set before the upgrades: (a, b).
+const WEIGHTS: (u64, u64) = (3, 1);
+
+async fn set_weights(fleet: &Fleet) {
+    let (status, body) = fleet
+        .admin(
+            reqwest::Method::PUT,
+            "/admin/weights",
+            Some(json!({"a": WEIGHTS.0, "b": WEIGHTS.1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+async fn assert_weights(fleet: &Fleet, pid: u32) {
+    let (status, w) = fleet
+        .admin(reqwest::Method::GET, "/admin/weights", None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (w["a"].as_u64(), w["b"].as_u64()),
+        (Some(WEIGHTS.0), Some(WEIGHTS.1)),
+        "weights in {pid}: {w}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_under_load_lose_nothing() {
+    serial("upgrades under load", LIMIT, async {
+        let backends = [Backend::start().await, Backend::start().await];
+        let mut fleet = Fleet::new(&backends);
+        let mut pid = start_lb(&mut fleet).await;
+        set_weights(&fleet).await;
+
+        let started = Instant::now();
+        let load = Load::start(fleet.addr);
+        let mut took = Vec::new();
+        for i in 0..=UPGRADES {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            // The third upgrade by hand: `lb run --upgrade`, then SIGQUIT.
+            let (new, confirmed, exited) = upgrade(&mut fleet, pid, i == 2).await;
+            assert_weights(&fleet, new).await;
+            took.push((confirmed, exited));
+            pid = new;
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let results = load.stop().await;
+        let elapsed = started.elapsed();
+
+        let refused: Vec<_> = results.iter().filter(|r| matches!(r.2, Outcome::Refused(_))).collect();
+        let failed: Vec<_> = results.iter().filter(|r| matches!(r.2, Outcome::Failed(_))).collect();
+        let posts_ok: Vec<u64> = results
+            .iter()
+            .filter(|r| r.1 && r.2 == Outcome::Ok)
+            .map(|r| r.0)
+            .collect();
+        let seen: Vec<HashMap<u64, u32>> = backends.iter().map(|b| b.posts.lock().unwrap().clone()).collect();
+        let mut times: HashMap<u64, u32> = HashMap::new();
+        for (id, n) in seen.iter().flatten() {
+            *times.entry(*id).or_default() += n;
+        }
+        let twice = times.values().filter(|&&n| n > 1).count();
+        let unseen = posts_ok.iter().filter(|id| !times.contains_key(id)).count();
+        let gets: Vec<u64> = backends.iter().map(|b| b.gets.load(Ordering::Relaxed)).collect();
+        let hits: Vec<u64> = (0..2).map(|i| gets[i] + seen[i].values().map(|&n| n as u64).sum::<u64>()).collect();
+        println!(
+            "upgrades: {} ({} by SIGUSR2, 1 by hand) in {elapsed:.1?}; requests: {} ({} POST), {:.0}/s; \
+             refused: {}, failed: {}, POSTs seen twice: {twice}, POSTs answered 200 but unseen: {unseen}; \
+             backend hits a:b = {}:{}",
+            took.len(),
+            took.len() - 1,
+            results.len(),
+            results.iter().filter(|r| r.1).count(),
+            results.len() as f64 / elapsed.as_secs_f64(),
+            refused.len(),
+            failed.len(),
+            hits[0],
+            hits[1],
+        );
+        for (i, (c, e)) in took.iter().enumerate() {
+            println!("upgrade {}: successor confirmed after {c:.2?}, old exited 0 after {e:.2?}", i + 1);
+        }
+        assert!(results.len() as u64 >= RATE * 5, "too little load: {}", results.len());
+        assert!(refused.is_empty(), "refused: {refused:?}");
+        assert!(failed.is_empty(), "failed: {failed:?}");
+        assert_eq!(twice, 0, "POSTs seen twice");
+        assert_eq!(unseen, 0, "POSTs answered but never seen");
+        // Weighted round robin at 3:1 in every process (a few requests at
+        // each hand-over land on either): a's share well above b's.
+        assert!(hits[0] > 2 * hits[1], "a:b = {}:{}", hits[0], hits[1]);
+    })
+    .await;
+}
+
+/// Rewrites lb.toml through `f` and, when `reload`, reloads it.
+async fn rewrite(fleet: &Fleet, reload: bool, f: impl FnOnce(&str) -> String) {
+    let text = std::fs::read_to_string(fleet.config()).unwrap();
+    std::fs::write(fleet.config(), f(&text)).unwrap();
+    if reload {
+        let (status, body) = fleet
+            .admin(reqwest::Method::POST, "/admin/reload", None)
+            .await;
+        assert_eq!(status, 200, "reload: {body}");
+    }
+}
+
+/// SIGUSR2 to `pid`, expecting the upgrade to fail with `why` in the log
+/// line and `pid` to go on serving.
+async fn failed_upgrade(fleet: &Fleet, pid: u32, why: &str) -> String {
+    let from = fleet.log().len();
+    signal(pid, libc::SIGUSR2);
+    let line = fleet
+        .wait_log(
+            from,
+            &["SIGUSR2: upgrade failed; still serving", why],
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no failure saying {why:?}"));
+    assert!(alive(pid), "the old lb {pid} exited");
+    let r = request(fleet.addr, u64::MAX - 1, false).await;
+    assert_eq!(r, Outcome::Ok, "the old lb serves");
+    assert_weights(fleet, pid).await;
+    line
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_successor_leaves_the_old_one_serving() {
+    serial("failed successors", LIMIT, async {
+        let backends = [Backend::start().await, Backend::start().await];
+        let mut fleet = Fleet::new(&backends);
+        let pid = start_lb(&mut fleet).await;
+        set_weights(&fleet).await;
+        let good = std::fs::read_to_string(fleet.config()).unwrap();
+        let load = Load::start(fleet.addr);
+
+        // The successor cannot start: lb.toml was broken on disk meanwhile.
+        rewrite(&fleet, false, |t| t.replace("threads = 2", "threads = 0")).await;
+        let line = failed_upgrade(&fleet, pid, "exited (exit status: 2) before taking the sockets").await;
+        println!("invalid config: {line}");
+        // No process other than the old one kept: the successor was reaped.
+        let successor: u32 = line_pid(&fleet.log(), "SIGUSR2: started a successor");
+        assert!(!alive(successor), "the failed successor {successor} lingers");
+
+        // upgrade_sock in a directory that does not exist (reloaded: the
+        // running config's is used).
+        let missing = fleet.dir.path().join("missing/up.sock");
+        let with_missing = good.replace(
+            &format!("{}/up.sock", fleet.dir.path().display()),
+            &missing.display().to_string(),
+        );
+        rewrite(&fleet, true, |_| with_missing.clone()).await;
+        let line = failed_upgrade(&fleet, pid, "cannot create").await;
+        println!("upgrade_sock: {line}");
+
+        // Fixed: the next upgrade goes through.
+        rewrite(&fleet, true, |_| good.clone()).await;
+        let (new, confirmed, exited) = upgrade(&mut fleet, pid, false).await;
+        assert_weights(&fleet, new).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let results = load.stop().await;
+        let bad: Vec<_> = results.iter().filter(|r| r.2 != Outcome::Ok).collect();
+        println!(
+            "requests: {}, not ok: {}; then upgraded: confirmed after {confirmed:.2?}, old exited 0 after {exited:.2?}",
+            results.len(),
+            bad.len()
+        );
+        assert!(bad.is_empty(), "{bad:?}");
+    })
+    .await;
+}
+
+/// The last `successor=N` on a line containing `what`.
+fn line_pid(log: &str, what: &str) -> u32 {
+    log.lines()
+        .rev()
+        .find(|l| l.contains(what))
+        .and_then(|l| l.split("successor=").nth(1))
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no {what:?} line"))
+}

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run run-pool test lint deps build images test-images certs bench bench-peers bench-abuse bench-queue scenarios clean
+.PHONY: run run-pool test lint deps build images test-images certs bench bench-peers bench-abuse bench-queue tls-audit scenarios clean
 
 CARGO ?= cargo
 
@@ -122,3 +122,12 @@ bench-abuse: build
 ## max_in_flight = 50 + the queue: error rate, req/s, p50/p95/p99 (needs wrk).
 bench-queue: build
 	@scripts/bench-queue.sh
+
+## testssl.sh against lb's HTTPS and against nginx (Debian's TLS defaults, HTTP/2)
+## serving the same certificate, on loopback (issue 19): the checks side by side;
+## exits 1 naming any finding lb shows that nginx doesn't. Installs testssl.sh and
+## nginx when missing; builds target/release/lb when missing; 3-5 min; writes
+## target/tls-audit.md. TLS_AUDIT_KEY=rsa: an RSA certificate instead of P-256.
+tls-audit: deps
+	@scripts/deps.sh tls-audit
+	@scripts/tls-audit.sh

@@ -16,6 +16,10 @@
 #                                kubernetes-validate (tests/deploy.rs) in a
 #                                venv under target/ (below)
 #   scripts/deps.sh scenarios  + python3 and wrk (`make scenarios`)
+#   scripts/deps.sh tls-audit  + testssl.sh, nginx, openssl and python3
+#                                (`make tls-audit`); Debian's nginx service is
+#                                kept from starting during the install (the
+#                                audit runs the binary with its own config)
 set -euo pipefail
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
@@ -27,6 +31,12 @@ case "${1:-}" in
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
     ;;
 esac
+if [ "${1:-}" = tls-audit ]; then
+  command -v testssl >/dev/null 2>&1 || missing+=(testssl.sh)
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v python3 >/dev/null 2>&1 || missing+=(python3)
+fi
 if [ "${1:-}" = test ]; then
   command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
   # tests/state_file.rs slows lb's fsync with `strace -e inject=...:delay_enter`.
@@ -79,7 +89,21 @@ apt_install() {
 }
 build=()
 for p in "${missing[@]}"; do [ "$p" = prometheus ] || build+=("$p"); done
-[ ${#build[@]} -eq 0 ] || apt_install "${build[@]}"
+# Debian's maintainer scripts would start the system nginx on :80; a
+# policy-rc.d that says 101 keeps them from starting any service meanwhile.
+added_policy=
+case " ${missing[*]} " in *" nginx "*)
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${as_root[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+    "${as_root[@]}" chmod +x /usr/sbin/policy-rc.d
+    added_policy=1
+  fi
+  ;;
+esac
+rc=0
+[ ${#build[@]} -eq 0 ] || apt_install "${build[@]}" || rc=$?
+[ -z "$added_policy" ] || "${as_root[@]}" rm -f /usr/sbin/policy-rc.d
+[ "$rc" = 0 ] || exit "$rc"
 # Only promtool is wanted from `prometheus`.
 [ "${missing[*]}" = "${build[*]}" ] || apt_install --no-install-recommends prometheus
 kubernetes_validate "${1:-}"

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State as AxState;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
+use common::tls::{tls_toml, Ca, Key};
 use common::{free_port, serial, ADMIN_TOKEN, MAX_CONNECTIONS};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -96,11 +97,15 @@ struct Fleet {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// `tls.listen` and a client trusting its certificate, with `[tls]`.
+    https: Option<(SocketAddr, Arc<rustls::ClientConfig>)>,
     pids: Vec<u32>,
 }
 
 impl Fleet {
-    fn new(backends: &[Backend]) -> Fleet {
+    /// lb in front of `backends` (named a and b), with a `[tls]` listener
+    /// when `tls`.
+    fn new(backends: &[Backend], tls: bool) -> Fleet {
         // SAFETY: prctl(2) on this process; orphans are reparented here.
         assert_eq!(
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) },
@@ -110,10 +115,11 @@ impl Fleet {
         let dir = tempfile::tempdir().unwrap();
         let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let fleet = Fleet {
+        let mut fleet = Fleet {
             dir,
             addr,
             admin,
+            https: None,
             pids: Vec::new(),
         };
         fleet.install_binary();
@@ -123,6 +129,15 @@ impl Fleet {
             .zip(names)
             .map(|(b, n)| format!("[[backends]]\nname = \"{n}\"\naddr = \"{}\"\n", b.addr))
             .collect();
+        let mut tls_section = String::new();
+        if tls {
+            let ca = Ca::new();
+            let leaf = ca.leaf(fleet.dir.path(), "lb", &["localhost"], Key::EcdsaP256, 30);
+            let listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            tls_section = tls_toml(listen, &[&leaf], "");
+            let versions = [&rustls::version::TLS13];
+            fleet.https = Some((listen, ca.client(&["http/1.1"], &versions)));
+        }
         let d = fleet.dir.path().display();
         std::fs::write(
             fleet.config(),
@@ -130,11 +145,18 @@ impl Fleet {
                 "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\n\
                  upgrade_sock = \"{d}/up.sock\"\n{MAX_CONNECTIONS}\n\
                  [admin]\nlisten = \"{admin}\"\nstate_file = \"{d}/state.json\"\n\n\
-                 [health]\ninterval = \"200ms\"\n\n{backends}"
+                 [health]\ninterval = \"200ms\"\n\n{tls_section}\n{backends}"
             ),
         )
         .unwrap();
         fleet
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            addr: self.addr,
+            https: self.https.clone(),
+        }
     }
 
     fn bin(&self) -> PathBuf {
@@ -284,15 +306,24 @@ enum Outcome {
     Failed(String),
 }
 
+/// Where the load goes: lb's proxy port and, if set, its TLS port with a
+/// client trusting lb's certificate.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    https: Option<(SocketAddr, Arc<rustls::ClientConfig>)>,
+}
+
 /// `RATE` requests a second until stopped, each on a new connection; every
-/// third a POST with a unique id. Results: (id, is POST, outcome).
+/// third a POST with a unique id, every fourth over TLS when the target has
+/// a TLS port. Results: (id, is POST, outcome).
 struct Load {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Vec<(u64, bool, Outcome)>>,
 }
 
 impl Load {
-    fn start(addr: SocketAddr) -> Load {
+    fn start(target: Target) -> Load {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
@@ -305,7 +336,8 @@ impl Load {
                 }
                 id += 1;
                 let is_post = id.is_multiple_of(3);
-                running.spawn(async move { (id, is_post, request(addr, id, is_post).await) });
+                let target = target.clone();
+                running.spawn(async move { (id, is_post, request(&target, id, is_post).await) });
             }
             running.join_all().await
         });
@@ -318,13 +350,23 @@ impl Load {
     }
 }
 
-async fn request(addr: SocketAddr, id: u64, is_post: bool) -> Outcome {
+/// Whether request `id` goes over TLS.
+fn over_tls(target: &Target, id: u64) -> bool {
+    target.https.is_some() && id % 4 == 2
+}
+
+async fn request(target: &Target, id: u64, is_post: bool) -> Outcome {
     use tokio::time::timeout;
-    let mut s = match timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
+    let addr = match &target.https {
+        Some((a, _)) if over_tls(target, id) => *a,
+        _ => target.addr,
+    };
+    let s = match timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Outcome::Refused(e.to_string()),
         Err(_) => return Outcome::Refused("not accepted within 5 s".into()),
     };
+    let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
     let req = if is_post {
         let body = format!("post {id}");
         format!(
@@ -335,7 +377,26 @@ async fn request(addr: SocketAddr, id: u64, is_post: bool) -> Outcome {
     } else {
         "GET /api/get HTTP/1.1\r\nhost: lb\r\nconnection: close\r\n\r\n".to_string()
     };
-    let local = s.local_addr().map(|a| a.port()).unwrap_or(0);
+    match &target.https {
+        Some((_, config)) if over_tls(target, id) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(config.clone()).connect(name, s);
+            match timeout(Duration::from_secs(5), tls).await {
+                Ok(Ok(s)) => exchange(s, &req, local).await,
+                Ok(Err(e)) => Outcome::Failed(format!("port {local}: TLS handshake: {e}")),
+                Err(_) => Outcome::Failed(format!("port {local}: no TLS handshake within 5 s")),
+            }
+        }
+        _ => exchange(s, &req, local).await,
+    }
+}
+
+/// Sends `req` on `s` and reads the answer to the close.
+async fn exchange<S>(mut s: S, req: &str, local: u16) -> Outcome
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::time::timeout;
     let mut answer = Vec::new();
     let exchange = async {
         s.write_all(req.as_bytes()).await?;
@@ -343,8 +404,11 @@ async fn request(addr: SocketAddr, id: u64, is_post: bool) -> Outcome {
     };
     let got = timeout(Duration::from_secs(10), exchange).await;
     let text = String::from_utf8_lossy(&answer[..answer.len().min(120)]).into_owned();
+    let whole = answer.starts_with(b"HTTP/1.1 200 ") && answer.ends_with(b"ok");
     match got {
-        Ok(Ok(_)) if answer.starts_with(b"HTTP/1.1 200 ") && answer.ends_with(b"ok") => Outcome::Ok,
+        Ok(Ok(_)) if whole => Outcome::Ok,
+        // A TLS peer that closed without close_notify, after the whole answer.
+        Ok(Err(e)) if whole && e.kind() == std::io::ErrorKind::UnexpectedEof => Outcome::Ok,
         Ok(Ok(_)) => Outcome::Failed(format!("port {local}: {text:?}")),
         Ok(Err(e)) => Outcome::Failed(format!("port {local}: {e} after {text:?}")),
         Err(_) => Outcome::Failed(format!("port {local}: no end within 10 s after {text:?}")),
@@ -356,7 +420,12 @@ async fn start_lb(fleet: &mut Fleet) -> u32 {
     let pid = fleet.spawn(&[]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
-        if tokio::net::TcpStream::connect(fleet.addr).await.is_ok()
+        let tls_up = match &fleet.https {
+            Some((a, _)) => tokio::net::TcpStream::connect(a).await.is_ok(),
+            None => true,
+        };
+        if tls_up
+            && tokio::net::TcpStream::connect(fleet.addr).await.is_ok()
             && tokio::net::TcpStream::connect(fleet.admin).await.is_ok()
         {
             return pid;
@@ -451,12 +520,13 @@ async fn assert_weights(fleet: &Fleet, pid: u32) {
 async fn upgrades_under_load_lose_nothing() {
     serial("upgrades under load", LIMIT, async {
         let backends = [Backend::start().await, Backend::start().await];
-        let mut fleet = Fleet::new(&backends);
+        let mut fleet = Fleet::new(&backends, true);
         let mut pid = start_lb(&mut fleet).await;
         set_weights(&fleet).await;
 
         let started = Instant::now();
-        let load = Load::start(fleet.addr);
+        let target = fleet.target();
+        let load = Load::start(target.clone());
         let mut took = Vec::new();
         for i in 0..=UPGRADES {
             tokio::time::sleep(Duration::from_millis(700)).await;
@@ -483,11 +553,15 @@ async fn upgrades_under_load_lose_nothing() {
             *times.entry(*id).or_default() += n;
         }
         let twice = times.values().filter(|&&n| n > 1).count();
+        let tls_ok = results
+            .iter()
+            .filter(|r| over_tls(&target, r.0) && r.2 == Outcome::Ok)
+            .count();
         let unseen = posts_ok.iter().filter(|id| !times.contains_key(id)).count();
         let gets: Vec<u64> = backends.iter().map(|b| b.gets.load(Ordering::Relaxed)).collect();
         let hits: Vec<u64> = (0..2).map(|i| gets[i] + seen[i].values().map(|&n| n as u64).sum::<u64>()).collect();
         println!(
-            "upgrades: {} ({} by SIGUSR2, 1 by hand) in {elapsed:.1?}; requests: {} ({} POST), {:.0}/s; \
+            "upgrades: {} ({} by SIGUSR2, 1 by hand) in {elapsed:.1?}; requests: {} ({} POST, {tls_ok} over TLS), {:.0}/s; \
              refused: {}, failed: {}, POSTs seen twice: {twice}, POSTs answered 200 but unseen: {unseen}; \
              backend hits a:b = {}:{}",
             took.len(),
@@ -504,6 +578,7 @@ async fn upgrades_under_load_lose_nothing() {
             println!("upgrade {}: successor confirmed after {c:.2?}, old exited 0 after {e:.2?}", i + 1);
         }
         assert!(results.len() as u64 >= RATE * 5, "too little load: {}", results.len());
+        assert!(tls_ok as u64 >= RATE, "too few over TLS: {tls_ok}");
         assert!(refused.is_empty(), "refused: {refused:?}");
         assert!(failed.is_empty(), "failed: {failed:?}");
         assert_eq!(twice, 0, "POSTs seen twice");
@@ -541,7 +616,7 @@ async fn failed_upgrade(fleet: &Fleet, pid: u32, why: &str) -> String {
         .await
         .unwrap_or_else(|| panic!("no failure saying {why:?}"));
     assert!(alive(pid), "the old lb {pid} exited");
-    let r = request(fleet.addr, u64::MAX - 1, false).await;
+    let r = request(&fleet.target(), u64::MAX - 1, false).await;
     assert_eq!(r, Outcome::Ok, "the old lb serves");
     assert_weights(fleet, pid).await;
     line
@@ -551,11 +626,11 @@ async fn failed_upgrade(fleet: &Fleet, pid: u32, why: &str) -> String {
 async fn a_failed_successor_leaves_the_old_one_serving() {
     serial("failed successors", LIMIT, async {
         let backends = [Backend::start().await, Backend::start().await];
-        let mut fleet = Fleet::new(&backends);
+        let mut fleet = Fleet::new(&backends, false);
         let pid = start_lb(&mut fleet).await;
         set_weights(&fleet).await;
         let good = std::fs::read_to_string(fleet.config()).unwrap();
-        let load = Load::start(fleet.addr);
+        let load = Load::start(fleet.target());
 
         // The successor cannot start: lb.toml was broken on disk meanwhile.
         rewrite(&fleet, false, |t| t.replace("threads = 2", "threads = 0")).await;

@@ -10,7 +10,8 @@
 # With an argument, also what that target needs:
 #   scripts/deps.sh test       + python3 and wrk (tests/scenarios.rs runs the
 #                                scenario driver), chromium (tests/status_page.rs),
-#                                slowhttptest (tests/slow_clients.rs), strace
+#                                slowhttptest (tests/slow_clients.rs), pebble
+#                                (tests/acme.rs), strace
 #                                (tests/state_file.rs), python3-venv where
 #                                Debian's python3 lacks it, and
 #                                kubernetes-validate (tests/deploy.rs) in a
@@ -39,6 +40,8 @@ if [ "${1:-}" = tls-audit ]; then
 fi
 if [ "${1:-}" = test ]; then
   command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
+  # tests/acme.rs orders certificates from Pebble, the ACME test server.
+  command -v pebble >/dev/null 2>&1 || missing+=(pebble)
   # tests/state_file.rs slows lb's fsync with `strace -e inject=...:delay_enter`.
   command -v strace >/dev/null 2>&1 || missing+=(strace)
   # Debian's python3 creates venvs only with python3-venv (ensurepip).

@@ -237,6 +237,11 @@ impl Lb {
             "certificates",
             crate::tls::watch::CertWatch(control.clone()),
         ));
+        // `[tls.acme]`: a saved certificate or a new order, then renewals.
+        server.add_service(background_service(
+            "acme",
+            crate::tls::acme::service::AcmeService(state.clone()),
+        ));
         server.add_service(background_service("dns", Discovery::new(state.clone())));
         server.add_service(background_service(
             "health",

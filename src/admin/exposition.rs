@@ -379,6 +379,21 @@ fn tls(r: &Registry, state: &State, snap: &crate::state::Snapshot) {
             let name = cert.names.first().map_or("", String::as_str);
             expiry.with_label_values(&[name]).set(cert.not_after);
         }
+        if let Some(i) = crate::tls::acme::current().filter(|_| t.acme.is_some()) {
+            let name = i.info.names.first().map_or("", String::as_str);
+            expiry.with_label_values(&[name]).set(i.info.not_after);
+        }
+    }
+    let orders = counter(
+        r,
+        "lb_acme_orders_total",
+        "ACME certificate orders by result (issued, refused by the CA, failed)",
+        &["result"],
+    );
+    for (i, result) in crate::tls::acme::RESULTS.iter().enumerate() {
+        orders
+            .with_label_values(&[result])
+            .inc_by(crate::tls::acme::ORDERS[i].load(Ordering::Relaxed));
     }
 }
 

@@ -224,11 +224,12 @@ pub(super) async fn put_mode(
     }
 }
 
-/// `GET /admin/tls`: each certificate served (an empty list without `[tls]`).
+/// `GET /admin/tls`: each certificate served (an empty list without `[tls]`),
+/// `[tls.acme]`'s last, with its next renewal.
 pub(super) async fn get_tls(State(s): State<Shared>) -> Response {
     let snap = s.control.state.load();
     let now = crate::tls::unix_now();
-    let list: Vec<Value> = snap.config.tls.as_ref().map_or_else(Vec::new, |t| {
+    let mut list: Vec<Value> = snap.config.tls.as_ref().map_or_else(Vec::new, |t| {
         t.loaded
             .certs()
             .iter()
@@ -245,6 +246,19 @@ pub(super) async fn get_tls(State(s): State<Shared>) -> Response {
             })
             .collect()
     });
+    let acme = snap.config.tls.as_ref().and_then(|t| t.acme.as_ref());
+    if let (Some(a), Some(i)) = (acme, crate::tls::acme::current()) {
+        let c = &i.info;
+        list.push(json!({
+            "names": c.names,
+            "not_after": c.not_after_rfc3339(),
+            "days_left": c.days_left(now),
+            "issuer": c.issuer,
+            "source": c.source,
+            "cert": a.state_dir.join(crate::tls::acme::store::CERTIFICATE),
+            "next_renewal": crate::tls::certs::rfc3339(i.next_renewal),
+        }));
+    }
     ok(&snap, json!(list))
 }
 

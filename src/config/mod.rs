@@ -4,6 +4,7 @@
 //! Every failure is a [`ConfigError`] that names the key, the value and the rule,
 //! e.g. `backends[2].weight: 5000 is out of range 0..=1000`. Nothing here panics.
 
+mod acme;
 mod pool;
 mod raw;
 mod validate;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+pub use acme::{AcmeChallenge, AcmeConfig};
 pub use validate::ConfigError;
 
 /// Maximum number of backends, group members included: eligibility is tracked
@@ -459,6 +461,8 @@ pub struct TlsConfig {
     /// The certificates and the rustls configuration as loaded when this
     /// config was validated: a reload that cannot load them is refused.
     pub loaded: crate::tls::Loaded,
+    /// `[tls.acme]`: a certificate ordered and renewed by lb (default none).
+    pub acme: Option<AcmeConfig>,
 }
 
 /// The whole validated configuration.

@@ -286,6 +286,7 @@ pub struct RawTls {
     pub session_resumption: bool,
     pub redirect_http: bool,
     pub hsts: String,
+    pub acme: Option<super::acme::RawAcme>,
 }
 
 impl Default for RawTls {
@@ -299,6 +300,7 @@ impl Default for RawTls {
             session_resumption: true,
             redirect_http: false,
             hsts: String::new(),
+            acme: None,
         }
     }
 }

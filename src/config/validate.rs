@@ -359,11 +359,12 @@ fn tls(
             "must differ from server.listen and admin.listen",
         ));
     }
-    if t.certificates.is_empty() {
+    let acme = t.acme.as_ref().map(super::acme::acme).transpose()?;
+    if t.certificates.is_empty() && acme.is_none() {
         return Err(invalid(
             "tls.certificates",
             "[]",
-            "must list at least one { cert, key } pair",
+            "must list at least one { cert, key } pair (or [tls.acme] be set)",
         ));
     }
     let mut certificates = Vec::with_capacity(t.certificates.len());
@@ -446,6 +447,7 @@ fn tls(
         redirect_http: t.redirect_http,
         hsts,
         loaded,
+        acme,
     })
 }
 

@@ -34,10 +34,14 @@ impl CertInfo {
 
     /// `not_after` as RFC 3339 (UTC).
     pub fn not_after_rfc3339(&self) -> String {
-        let t =
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.not_after.max(0) as u64);
-        humantime::format_rfc3339_seconds(t).to_string()
+        rfc3339(self.not_after)
     }
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+pub fn rfc3339(secs: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Why a certificate pair cannot be used: the message names the reason;
@@ -171,7 +175,13 @@ impl Resolver {
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // rustls hands SNI lowercased and without a trailing dot.
-        self.keys.get(self.pick(hello.server_name())).cloned()
+        let sni = hello.server_name();
+        // `[tls.acme]`'s certificate, for its names (for every name when it
+        // is the only one), swapped in at run time: no reload needed.
+        if let Some(k) = super::acme::serve(sni, self.keys.is_empty()) {
+            return Some(k);
+        }
+        self.keys.get(self.pick(sni)).cloned()
     }
 }
 
@@ -226,4 +236,3 @@ mod tests {
         assert_eq!(i.not_after_rfc3339(), "1970-01-11T00:00:05Z");
     }
 }
-

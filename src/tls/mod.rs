@@ -12,6 +12,7 @@
 //! configuration, so a reload (SIGHUP, `POST /admin/reload`, a certificate
 //! file changing) that cannot load them is refused and the old ones serve on.
 
+pub mod acme;
 pub mod certs;
 pub mod watch;
 
@@ -174,15 +175,17 @@ fn ticketer() -> Option<Arc<dyn rustls::server::ProducesTickets>> {
 
 /// Completes the TLS handshake on an accepted connection within
 /// `tls.handshake_timeout`; `None` (counted, logged at `debug` only) when it
-/// fails.
+/// fails, or when it answered an ACME tls-alpn-01 challenge.
 pub async fn accept(
     stream: Stream,
     tls: &TlsConfig,
     counters: &GlobalCounters,
 ) -> Option<ClientStream> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.loaded.server_config());
-    let reason = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => {
+    let config = tls.loaded.server_config();
+    let reason = match tokio::time::timeout(tls.handshake_timeout, handshake(stream, config)).await
+    {
+        Ok(Ok(None)) => return None,
+        Ok(Ok(Some(s))) => {
             let conn = s.get_ref().1;
             let v = match conn.protocol_version() {
                 Some(rustls::ProtocolVersion::TLSv1_2) => 0,
@@ -202,6 +205,25 @@ pub async fn accept(
     counters.tls_handshake_errors[reason].fetch_add(1, Ordering::Relaxed);
     tracing::debug!(reason = ERRORS[reason], "TLS handshake failed");
     None
+}
+
+/// The handshake with `config`, or with a tls-alpn-01 challenge's own
+/// configuration when the ClientHello asks for one (`None` once answered:
+/// the CA only looks at the certificate). The ClientHello is read first so
+/// that `acme-tls/1` never reaches the normal ALPN choice.
+async fn handshake(
+    stream: Stream,
+    config: Arc<ServerConfig>,
+) -> std::io::Result<Option<tokio_rustls::server::TlsStream<Stream>>> {
+    let acceptor = rustls::server::Acceptor::default();
+    let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+    let hello = start.client_hello();
+    if let Some(challenge) = acme::alpn_challenge(hello.server_name(), hello.alpn()) {
+        let done = start.into_stream(challenge).await;
+        tracing::debug!(ok = done.is_ok(), "answered an ACME tls-alpn-01 challenge");
+        return Ok(None);
+    }
+    start.into_stream(config).await.map(Some)
 }
 
 /// The [`ERRORS`] index for a failed handshake's error.

@@ -308,6 +308,30 @@ impl<'a> Conn<'a> {
         self.reply_with(r, keep_alive, head_method).await
     }
 
+    /// Writes `200` with a `text/plain` `body` (an ACME http-01 answer);
+    /// true when the connection stays open.
+    pub(super) async fn reply_text(
+        &mut self,
+        body: &str,
+        keep_alive: bool,
+        head_method: bool,
+    ) -> bool {
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\ncache-control: no-store\r\n",
+            body.len()
+        )
+        .into_bytes();
+        if !keep_alive {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head_method {
+            out.extend_from_slice(body.as_bytes());
+        }
+        let limit = self.state.load().config.server.send_timeout;
+        send(&mut self.stream, &out, limit).await && keep_alive
+    }
+
     /// Writes lb's own reply `r`; true when the connection stays open.
     pub(super) async fn reply_with(
         &mut self,

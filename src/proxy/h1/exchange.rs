@@ -94,6 +94,10 @@ impl Conn<'_> {
     ) -> Ended {
         let range = |r: (usize, usize)| &self.buf[r.0..r.1];
         let host = head.host.map(range);
+        if let Some(body) = crate::tls::acme::challenge_response(range(head.target)) {
+            let keep = self.reply_text(&body, keep_alive, head.head_method).await;
+            return (200, keep, None);
+        }
         if let Some(to) = redirect::to_https(&snap.config, self.https, host, range(head.target)) {
             let keep = reply::keeps_connection(308, false, keep_alive);
             let r = ErrorReply {

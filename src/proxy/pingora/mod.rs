@@ -127,6 +127,10 @@ impl ProxyHttp for Proxy {
             .uri
             .path_and_query()
             .map_or(b"/" as &[u8], |p| p.as_str().as_bytes());
+        if let Some(body) = crate::tls::acme::challenge_response(target) {
+            write_text(session, &body).await;
+            return Ok(true);
+        }
         if let Some(to) = redirect::to_https(&snap.config, ctx.https, host, target) {
             let keep = reply::keeps_connection(308, false, session.get_keepalive().is_some());
             let r = ErrorReply {
@@ -433,6 +437,25 @@ async fn reply_refusal(
         grpc: errors::grpc(session),
     };
     write_reply(session, r, keep).await;
+}
+
+/// `200` with a `text/plain` `body` (an ACME http-01 answer).
+async fn write_text(session: &mut Session, body: &str) {
+    let Ok(mut resp) = ResponseHeader::build(200, Some(3)) else {
+        return;
+    };
+    let _ = resp.insert_header("content-type", "text/plain");
+    let _ = resp.insert_header("content-length", body.len());
+    let _ = resp.insert_header("cache-control", "no-store");
+    let head = session.req_header().method == http::Method::HEAD;
+    let body = (!head).then(|| Bytes::from(body.to_string()));
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(body, true).await;
+    }
 }
 
 /// Writes lb's own reply `r`, closing the connection after it unless `keep`.

@@ -78,12 +78,19 @@ async fn scenario() {
     // mounted deploy/tls; the backend sees X-Forwarded-Proto: https.
     let tls = tls_client(p.tls_port);
     let url = format!("https://localhost:{}/api/echo", p.tls_port);
-    let r = tls.get(&url).send().await.expect("HTTPS to the published 443");
+    let r = tls
+        .get(&url)
+        .send()
+        .await
+        .expect("HTTPS to the published 443");
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     let echo: serde_json::Value = r.json().await.unwrap();
     assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
-    println!("compose: HTTPS + HTTP/2 on 443 answered by {}", echo["container"]);
+    println!(
+        "compose: HTTPS + HTTP/2 on 443 answered by {}",
+        echo["container"]
+    );
 
     // 1,000 requests reach all four apps (weights 10/10/5/15 in lb.toml).
     let (seen, failed) = backends_of(&p, 1000).await;

@@ -212,7 +212,10 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
         container_port(c, &sp["targetPort"]),
         listen_port(&config.server.listen)
     );
-    let tls = config.tls.as_ref().expect("[tls] in the ConfigMap's lb.toml");
+    let tls = config
+        .tls
+        .as_ref()
+        .expect("[tls] in the ConfigMap's lb.toml");
     assert_eq!(container_port(c, &Value::from("https")), tls.listen.port());
     let sp = &svc["spec"]["ports"][1];
     assert_eq!(sp["port"], 443);
@@ -234,7 +237,10 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
         .find(|v| Path::new(v["mountPath"].as_str().unwrap()) == tls_dir)
         .unwrap_or_else(|| panic!("{} is not mounted", tls_dir.display()));
     assert_eq!(mount["readOnly"], true);
-    assert!(mount["subPath"].is_null(), "a subPath mount never sees updates");
+    assert!(
+        mount["subPath"].is_null(),
+        "a subPath mount never sees updates"
+    );
     assert!(
         !tls_dir.starts_with(Path::new(cfg_path).parent().unwrap()),
         "{} inside the config mount",
@@ -262,8 +268,18 @@ fn kubernetes_manifests_reference_each_other_and_the_code() {
     };
     files.sort();
     let mut wanted = vec![
-        Path::new(cert).file_name().unwrap().to_str().unwrap().to_string(),
-        Path::new(key).file_name().unwrap().to_str().unwrap().to_string(),
+        Path::new(cert)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string(),
+        Path::new(key)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string(),
     ];
     wanted.sort();
     assert_eq!(files, wanted);
@@ -628,7 +644,10 @@ fn compose_file_matches_lb_toml_and_the_seed_limits() {
         Config::from_toml(&std::fs::read_to_string(root().join("lb.toml")).unwrap()).unwrap();
     assert!(reference.tls.is_none());
     config.tls = None;
-    assert_eq!(config, reference, "deploy/lb-compose.toml differs from lb.toml");
+    assert_eq!(
+        config, reference,
+        "deploy/lb-compose.toml differs from lb.toml"
+    );
     assert_eq!(config.server.listen.port(), 80);
     let want = [
         ("app-1", 1.0, "1g"),

@@ -90,7 +90,11 @@ async fn until_goaway(s: &mut TcpStream, limit: Duration) -> Option<u32> {
 }
 
 /// Writes `frames` until the peer stops reading or closes; how many bytes went.
-async fn flood(s: &mut TcpStream, frames: impl Iterator<Item = Vec<u8>>, budget: Duration) -> usize {
+async fn flood(
+    s: &mut TcpStream,
+    frames: impl Iterator<Item = Vec<u8>>,
+    budget: Duration,
+) -> usize {
     let deadline = Instant::now() + budget;
     let mut sent = 0;
     for f in frames {
@@ -144,7 +148,10 @@ async fn rapid_reset_ends_the_connection_with_goaway() {
     // Far fewer than 2,000 requests reached the backend (the cap is 20
     // pending resets; streams accepted before their reset may have started).
     let served = apps.api_counts()[0];
-    assert!(served < 200, "{served} requests of a reset flood reached the app");
+    assert!(
+        served < 200,
+        "{served} requests of a reset flood reached the app"
+    );
     still_serving(&lb).await;
 }
 
@@ -156,11 +163,19 @@ async fn continuation_flood_ends_the_connection() {
     // fields forever: the head outgrows server.max_header_bytes (32 KiB).
     let first = frame(HEADERS, END_STREAM, 1, &head_block(0));
     let more = (0..10_000).map(|_| frame(CONTINUATION, 0, 1, &head_block(100)[..]));
-    let sent = flood(&mut s, std::iter::once(first).chain(more), Duration::from_secs(5)).await;
+    let sent = flood(
+        &mut s,
+        std::iter::once(first).chain(more),
+        Duration::from_secs(5),
+    )
+    .await;
     let code = until_goaway(&mut s, Duration::from_secs(5)).await;
     eprintln!("GOAWAY {code:?} after {sent} bytes");
     assert!(
-        matches!(code, Some(ENHANCE_YOUR_CALM | PROTOCOL_ERROR | COMPRESSION_ERROR) | None),
+        matches!(
+            code,
+            Some(ENHANCE_YOUR_CALM | PROTOCOL_ERROR | COMPRESSION_ERROR) | None
+        ),
         "{code:?} after {sent} bytes"
     );
     // Ended long before the flood was all sent (10,000 frames of ~10 KiB).
@@ -175,7 +190,12 @@ async fn empty_data_frame_flood_ends_the_connection_with_goaway() {
     // A POST whose body is only empty DATA frames (CVE-2019-9518).
     let first = frame(HEADERS, END_HEADERS, 1, &head_block(0));
     let empty = (0..100_000).map(|_| frame(DATA, 0, 1, &[]));
-    let sent = flood(&mut s, std::iter::once(first).chain(empty), Duration::from_secs(5)).await;
+    let sent = flood(
+        &mut s,
+        std::iter::once(first).chain(empty),
+        Duration::from_secs(5),
+    )
+    .await;
     let code = until_goaway(&mut s, Duration::from_secs(5)).await;
     eprintln!("GOAWAY {code:?} after {sent} bytes");
     assert_eq!(code, Some(ENHANCE_YOUR_CALM), "after {sent} bytes");

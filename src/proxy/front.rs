@@ -208,13 +208,19 @@ fn rehome(stream: Stream) -> Option<Stream> {
     // SAFETY: `F_DUPFD_CLOEXEC` of a descriptor we own; the new one is owned by `std`.
     let fd = unsafe { libc::fcntl(old.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
-        return None;
+        // Out of descriptors (EMFILE): serve the client on the accepting
+        // thread's reactor rather than drop it; only slower, never lost.
+        return Some(old);
     }
     // SAFETY: `fd` is a fresh, valid descriptor of a connected TCP socket.
     let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    if std.set_nonblocking(true).is_err() {
+        return Some(old);
+    }
+    let Ok(tcp) = tokio::net::TcpStream::from_std(std) else {
+        return Some(old);
+    };
     drop(old);
-    std.set_nonblocking(true).ok()?;
-    let tcp = tokio::net::TcpStream::from_std(std).ok()?;
     let mut new = L4Stream::from(tcp);
     new.set_socket_digest(SocketDigest::from_raw_fd(fd));
     Some(Box::new(new))

@@ -16,10 +16,18 @@ pub fn connect_failure(e: &Error) -> Failure {
     if matches!(e.etype(), ConnectTimedout) {
         return Failure::ConnectTimeout;
     }
-    let io = e
-        .cause
-        .as_ref()
-        .and_then(|c| c.downcast_ref::<std::io::Error>());
+    // The OS error sits under Pingora's own errors, and under its connect
+    // details (which carry the local address) where it has them: follow the
+    // chain from the root cause.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e.root_cause());
+    let mut io = None;
+    while let Some(c) = cause {
+        if let Some(found) = c.downcast_ref::<std::io::Error>() {
+            io = Some(found);
+            break;
+        }
+        cause = c.source();
+    }
     match io {
         Some(io) => Failure::of_connect(io),
         None => Failure::ConnectRefused,

@@ -1,0 +1,244 @@
+//! lb's own shortages (SPEC "Slow and abusive clients, overload, local
+//! errors"), made real with the kernel's tools rather than mocks:
+//!
+//! - `strace -e inject=connect:error=EMFILE` on the running lb: every
+//!   upstream connect fails as if lb were out of descriptors. Requests get
+//!   lb's `503`, `lb_local_errors_total{errno="EMFILE"}` counts them, and the
+//!   backend is not charged (its circuit stays closed, no upstream errors).
+//! - `prlimit --nofile` lowered on the running lb: accepting fails with
+//!   EMFILE. lb pauses accepting (at most one log line per second), stays up,
+//!   and answers every connection that waited: served once descriptors are
+//!   back, or lb's `503` if it got in during the shortage. (Moving an
+//!   accepted socket to its serving thread needs a `dup`; out of descriptors,
+//!   the connection is served where it was accepted instead of dropped.)
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every thread of `pid` is traced (or, with `want = false`, none is).
+fn traced(pid: u32, want: bool) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|t| {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let tracer = status
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .map_or(0, |v| v.trim().parse::<u32>().unwrap_or(0));
+        (tracer != 0) == want
+    })
+}
+
+/// strace attached to every thread of `pid`, killed on drop.
+struct Strace(Child);
+
+impl Strace {
+    async fn attach(pid: u32, inject: &str) -> Strace {
+        let child = Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=connect", "-e"])
+            .arg(format!("inject={inject}"))
+            .args(["-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strace (installed by scripts/deps.sh test)");
+        let s = Strace(child);
+        assert!(
+            eventually(Duration::from_secs(10), || traced(pid, true)).await,
+            "strace did not attach to every thread of lb"
+        );
+        s
+    }
+
+    async fn detach(mut self, pid: u32) {
+        // SIGTERM: strace detaches cleanly (SIGKILL could leave lb stopped).
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+        assert!(
+            eventually(Duration::from_secs(10), || traced(pid, false)).await,
+            "strace did not detach"
+        );
+    }
+}
+
+impl Drop for Strace {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// A metric's value from /metrics, by its full name and labels.
+async fn metric(lb: &Lb, series: &str) -> u64 {
+    let text = client()
+        .get(format!("http://{}/metrics", lb.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
+        })
+        .unwrap_or_else(|| panic!("no {series} in metrics"))
+}
+
+/// The soft open-file limit of `pid`.
+fn soft_nofile(pid: u32) -> usize {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn emfile_on_upstream_connect_is_lbs_own_503_never_the_backends() {
+    let apps = Apps::plain(1).await;
+    // No pooled upstream connections (every request connects), and health
+    // checks far apart (they connect too; the first ran at start).
+    let body = format!(
+        "[timeouts]\nupstream_idle = \"0s\"\n[health]\ninterval = \"1h\"\n{}",
+        apps.backends_toml(&[1])
+    );
+    let lb = Lb::start(&body).await;
+    let c = client();
+    assert_eq!(get_backend(&c, &lb.url("/api/echo")).await.0, 200);
+
+    let strace = Strace::attach(lb.pid(), "connect:error=EMFILE").await;
+    for _ in 0..10 {
+        // A fresh client each time: no client connection kept either.
+        let r = client()
+            .get(lb.url("/api/echo"))
+            .header("connection", "close")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        let text = r.text().await.unwrap();
+        assert!(text.contains("local resource shortage"), "{text}");
+    }
+    strace.detach(lb.pid()).await;
+
+    // Each request tried retry.attempts (3) times (the shortage may pass),
+    // every try a local error: exactly 30.
+    assert_eq!(
+        metric(&lb, "lb_local_errors_total{errno=\"EMFILE\"}").await,
+        30
+    );
+    // The backend was charged nothing: circuit closed, no upstream errors.
+    let backends: serde_json::Value = client()
+        .get(format!("http://{}/admin/backends", lb.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(backends[0]["circuit"], "closed", "{backends}");
+    assert_eq!(backends[0]["health"], "up", "{backends}");
+    // The one request served before the injection; the 10 refused ones were
+    // lb's, not the backend's.
+    assert_eq!(backends[0]["errors_total"], 0, "{backends}");
+    let text = client()
+        .get(format!("http://{}/metrics", lb.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for l in text
+        .lines()
+        .filter(|l| l.starts_with("lb_upstream_errors_total{"))
+    {
+        assert!(l.ends_with(" 0"), "{l}");
+    }
+    // Descriptors back: served again.
+    assert_eq!(get_backend(&client(), &lb.url("/api/echo")).await.0, 200);
+}
+
+#[tokio::test]
+async fn out_of_descriptors_at_accept_lb_pauses_then_serves_those_who_waited() {
+    let apps = Apps::plain(1).await;
+    let lb = Lb::start_logging("", &apps.backends_toml(&[1]), "info").await;
+    let pid = lb.pid();
+    assert_eq!(get_backend(&client(), &lb.url("/api/echo")).await.0, 200);
+
+    // Leave lb no descriptor to accept with: its soft limit down to what it
+    // has open (the hard limit stays, so the soft one can go back up).
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let soft_before = soft_nofile(pid);
+    let prlimit = |limit: usize| {
+        let st = Command::new("prlimit")
+            .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(st.success());
+    };
+    prlimit(open);
+    let from = lb.log_len();
+    let t = Instant::now();
+    // Clients connect (the kernel's backlog takes them) and send a request.
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        s.write_all(b"GET /api/echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        waiting.push(s);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = lb.log_text()[from..].to_string();
+    let failures = log
+        .lines()
+        .filter(|l| l.contains("Accept() failed"))
+        .count();
+    let secs = t.elapsed().as_secs_f64();
+    // At most one line per second (Pingora's pause on EMFILE), +1 for the
+    // second the first failure fell in.
+    assert!(failures >= 1, "no accept failure logged:\n{log}");
+    assert!(
+        failures as f64 <= secs + 1.0,
+        "{failures} accept failures logged in {secs:.1} s:\n{log}"
+    );
+    assert!(log.contains("Too many open files"), "{log}");
+
+    // Descriptors back (the start-up limit): those who waited are served.
+    prlimit(soft_before);
+    for mut s in waiting {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+            .await
+            .expect("a waiting client was not served after descriptors came back")
+            .unwrap();
+        // Served after the limit went back up (200), or accepted into a gap
+        // during the shortage and answered lb's 503 when its upstream
+        // connect found no descriptor: answered either way, never reset.
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            text.starts_with("HTTP/1.1 200")
+                || (text.starts_with("HTTP/1.1 503") && text.contains("local resource shortage")),
+            "{text}"
+        );
+    }
+    assert_eq!(get_backend(&client(), &lb.url("/api/echo")).await.0, 200);
+}

@@ -5,6 +5,9 @@
 //!   upstream connect fails as if lb were out of descriptors. Requests get
 //!   lb's `503`, `lb_local_errors_total{errno="EMFILE"}` counts them, and the
 //!   backend is not charged (its circuit stays closed, no upstream errors).
+//! - `strace -e inject=fsync:error=ENOSPC`: the disk is full when the state
+//!   file is saved. The change stays applied and is answered `507`
+//!   (`"applied": true`), the old file is intact, no temp file is left.
 //! - `prlimit --nofile` lowered on the running lb: accepting fails with
 //!   EMFILE. lb pauses accepting (at most one log line per second), stays up,
 //!   and answers every connection that waited: served once descriptors are
@@ -39,9 +42,13 @@ fn traced(pid: u32, want: bool) -> bool {
 struct Strace(Child);
 
 impl Strace {
+    /// Attaches with `inject` = `SYSCALL:error=ERRNO`.
     async fn attach(pid: u32, inject: &str) -> Strace {
+        let syscall = inject.split(':').next().unwrap();
         let child = Command::new("strace")
-            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=connect", "-e"])
+            .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+            .arg(format!("trace={syscall}"))
+            .arg("-e")
             .arg(format!("inject={inject}"))
             .args(["-p", &pid.to_string()])
             .stdin(Stdio::null())
@@ -241,4 +248,55 @@ async fn out_of_descriptors_at_accept_lb_pauses_then_serves_those_who_waited() {
         );
     }
     assert_eq!(get_backend(&client(), &lb.url("/api/echo")).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_full_disk_at_the_state_file_is_a_507_with_the_change_applied_and_the_old_file_intact() {
+    let apps = Apps::plain(2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("lb-state.json");
+    let lb = Lb::start_full(
+        &format!("state_file = \"{}\"", state.display()),
+        &apps.backends_toml(&[1, 1]),
+    )
+    .await;
+    let r = lb
+        .admin_put("/admin/weights", &serde_json::json!({"app-1": 3}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let saved = std::fs::read(&state).unwrap();
+
+    let strace = Strace::attach(lb.pid(), "fsync:error=ENOSPC").await;
+    let r = lb
+        .admin_put("/admin/weights", &serde_json::json!({"app-2": 5}))
+        .await;
+    strace.detach(lb.pid()).await;
+    assert_eq!(r.status, 507, "{}", r.text);
+    assert_eq!(r.json["applied"], true, "{}", r.text);
+    // Applied in memory all the same.
+    let w = lb.admin_get("/admin/weights").await;
+    assert_eq!(w.json["app-2"], 5, "{}", w.text);
+    // The file on disk is the one before, and nothing else was left there.
+    assert_eq!(std::fs::read(&state).unwrap(), saved);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lb.toml" && n != "lb.log")
+        .collect();
+    assert_eq!(names, ["lb-state.json"], "a temp file was left behind");
+    assert_eq!(metric(&lb, "lb_state_file_errors_total").await, 1);
+    // Disk back: the next change is saved with both.
+    let r = lb
+        .admin_put("/admin/weights", &serde_json::json!({"app-1": 4}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let now: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(
+        (
+            now["weights"]["app-1"].as_u64(),
+            now["weights"]["app-2"].as_u64()
+        ),
+        (Some(4), Some(5))
+    );
 }

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run run-pool test lint deps build images test-images certs bench bench-peers bench-abuse bench-queue tls-audit scenarios clean
+.PHONY: run run-pool run-acme test lint deps build images test-images certs bench bench-peers bench-abuse bench-queue tls-audit scenarios clean
 
 CARGO ?= cargo
 
@@ -18,6 +18,12 @@ run: deps
 run-pool: deps
 	$(CARGO) build --release --workspace --bins
 	@scripts/run-pool.sh target/release
+
+## lb ordering its own certificate for localhost from a local Pebble (the ACME
+## test CA; `apt-get install pebble`): plain 8080, HTTPS 8443, admin 9090.
+run-acme: deps
+	$(CARGO) build --release --bin lb
+	@LB=target/release/lb scripts/run-acme.sh
 
 ## The whole test suite (unit, integration, chaos, the scenario driver's smoke
 ## run, the status page in headless Chromium where one can start, and the

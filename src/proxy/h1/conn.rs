@@ -138,13 +138,15 @@ impl<'a> Conn<'a> {
             }
             self.buf.drain(..head.len + head.body_len);
             self.served += 1;
-            // An idle connection keeps small buffers only (memory per idle
-            // connection), whatever the largest request on it needed.
-            if up.capacity() > SHRINK_ABOVE {
-                up = Vec::new();
-            }
-            if self.buf.is_empty() && self.buf.capacity() > SHRINK_ABOVE {
+            // An idle connection holds no buffer (memory per idle
+            // connection): the next request's first bytes are read into the
+            // thread's scratch buffer (`wait_for_request`). With pipelined
+            // bytes waiting, small buffers are kept for the next request.
+            if self.buf.is_empty() {
                 self.buf = Vec::new();
+                up = Vec::new();
+            } else if up.capacity() > SHRINK_ABOVE {
+                up = Vec::new();
             }
         }
     }
@@ -158,18 +160,17 @@ impl<'a> Conn<'a> {
             let server = &snap.config.server;
             (server.header_timeout, server.keepalive_timeout)
         };
-        if self.buf.capacity() - self.buf.len() < 512 {
-            self.buf.reserve(CLIENT_BUF);
-        }
         let read = if self.served == 0 {
             let due = self.accepted + header_timeout;
-            match tokio::time::timeout_at(due.into(), self.stream.read_buf(&mut self.buf)).await {
+            match tokio::time::timeout_at(due.into(), first_bytes(&mut self.stream, &mut self.buf))
+                .await
+            {
                 Ok(r) => r,
                 Err(_) => return Err(End::Reply(408, "request header timeout")),
             }
         } else {
             tokio::select! {
-                r = timeout(idle, self.stream.read_buf(&mut self.buf)) => match r {
+                r = timeout(idle, first_bytes(&mut self.stream, &mut self.buf)) => match r {
                     Ok(r) => r,
                     Err(_) => return Err(End::Close),
                 },
@@ -402,6 +403,38 @@ fn head_may_end(buf: &[u8], scanned: &mut usize) -> bool {
         .windows(2)
         .enumerate()
         .any(|(i, w)| w == b"\n\n" || (w == b"\r\n" && i + from >= 1 && buf[i + from - 1] == b'\n'))
+}
+
+thread_local! {
+    /// Where an idle connection's next bytes are read, so that a connection
+    /// waiting for its next request holds no buffer of its own.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; CLIENT_BUF].into_boxed_slice());
+}
+
+/// Reads what the client sends next into the thread's scratch buffer and
+/// appends it to `buf` (allocated only now, at least [`CLIENT_BUF`]).
+async fn first_bytes(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    use std::task::Poll;
+    use tokio::io::{AsyncRead, ReadBuf};
+    std::future::poll_fn(|cx| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(scratch);
+            match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    let got = rb.filled();
+                    if buf.capacity() - buf.len() < got.len() {
+                        buf.reserve(got.len().max(CLIENT_BUF));
+                    }
+                    buf.extend_from_slice(got);
+                    Poll::Ready(Ok(got.len()))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+    })
+    .await
 }
 
 /// Resolves if the client closes its connection (or it fails) while its

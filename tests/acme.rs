@@ -280,15 +280,24 @@ impl Setup {
         served(&s)
     }
 
-    /// `/admin/tls`'s ACME entry.
+    /// `/admin/tls`'s ACME entry (and the status page's data lists it too).
     async fn admin_entry(&self) -> serde_json::Value {
         let list = self.lb.admin_get("/admin/tls").await.json;
-        list.as_array()
+        let entry = list
+            .as_array()
             .unwrap()
             .iter()
             .find(|c| c["source"] == "acme")
             .cloned()
-            .unwrap_or_else(|| panic!("no acme entry in {list}"))
+            .unwrap_or_else(|| panic!("no acme entry in {list}"));
+        let history = self.lb.admin_get("/history").await.json;
+        let page = history["certificates"]
+            .as_array()
+            .and_then(|l| l.iter().find(|c| c["source"] == "acme").cloned())
+            .unwrap_or_else(|| panic!("the status page's /history lists no acme certificate"));
+        assert_eq!(page["names"], entry["names"]);
+        assert_eq!(page["not_after"], entry["not_after"]);
+        entry
     }
 }
 

@@ -168,10 +168,13 @@ impl History {
             events: inner.events.iter().rev().cloned().collect(),
             certificates: snap.config.tls.as_ref().map(|t| {
                 let now_s = (now_ms / 1000) as i64;
+                // The files', then `[tls.acme]`'s once one is issued.
+                let acme = t.acme.as_ref().and(crate::tls::acme::current());
                 t.loaded
                     .certs()
                     .iter()
                     .map(|c| CertView::of(c, now_s))
+                    .chain(acme.map(|i| CertView::of(&i.info, now_s)))
                     .collect()
             }),
         }

@@ -141,3 +141,64 @@ async fn per_ip_limits_count_the_header_source() {
     }
     assert_eq!(statuses, ["200", "200", "429"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_listener_takes_the_header_before_the_handshake() {
+    use common::tls::{tls_toml, Ca, Key};
+    let apps = Apps::plain(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf = ca.leaf(dir.path(), "localhost", &["localhost"], Key::EcdsaP256, 30);
+    let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _lb = Lb::start_server(
+        "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"127.0.0.2/32\"]",
+        "",
+        &format!(
+            "{}{}",
+            tls_toml(tls, &[&leaf], ""),
+            apps.backends_toml(&[1])
+        ),
+        QUIET_LOG,
+    )
+    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(tls).await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "TLS listener not up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // From the trusted balancer: the v2 header, then TLS, then a request.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(tls).await.unwrap();
+    tcp.write_all(&v2_header("203.0.113.5:4000", "10.0.0.1:443"))
+        .await
+        .unwrap();
+    let config = ca.client(&["http/1.1"], &[&rustls::version::TLS13]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    s.write_all(b"GET /api/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let out = String::from_utf8_lossy(&out).into_owned();
+    assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
+    assert_eq!(seen(&out, "x-forwarded-for"), "203.0.113.5");
+    assert_eq!(seen(&out, "x-forwarded-proto"), "https");
+    // Without the header, the trusted source is closed before any TLS.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let tcp = socket.connect(tls).await.unwrap();
+    let config = ca.client(&["http/1.1"], &[&rustls::version::TLS13]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+    )
+    .await
+    .expect("closed within header_timeout");
+    assert!(r.is_err(), "a handshake without the PROXY header succeeded");
+}

@@ -73,7 +73,8 @@ async fn https_and_h2_carry_every_request_with_forwarding_fields_and_hsts() {
         tls_toml(addr, &[&leaf], "hsts = \"max-age=60\""),
         apps.backends_toml(&[1, 1])
     );
-    let lb = start_tls("", &body, QUIET_LOG, addr).await;
+    // The access log on: its `proto` field is checked below.
+    let lb = start_tls("", &body, "info", addr).await;
 
     // HTTP/1.1 over TLS.
     let h1 = ca.reqwest(addr, false);
@@ -127,6 +128,23 @@ async fn https_and_h2_carry_every_request_with_forwarding_fields_and_hsts() {
         .await,
         1
     );
+
+    // One access line per request, with its protocol: 21 over h2.
+    let h2_lines = || {
+        lb.log_text()
+            .lines()
+            .filter(|l| l.contains("access:") && l.contains(" proto=h2"))
+            .count()
+    };
+    assert!(
+        eventually(Duration::from_secs(3), || h2_lines() == 21).await,
+        "{} h2 lines",
+        h2_lines()
+    );
+    assert!(lb
+        .log_text()
+        .lines()
+        .any(|l| l.contains("access:") && l.contains(" proto=http/1.1")));
 
     // Plain HTTP keeps `http` and gets no HSTS.
     let r = client().get(lb.url("/api/echo")).send().await.unwrap();

@@ -86,22 +86,9 @@ impl Drop for Strace {
     }
 }
 
-/// A metric's value from /metrics, by its full name and labels.
-async fn metric(lb: &Lb, series: &str) -> u64 {
-    let text = client()
-        .get(format!("http://{}/metrics", lb.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .map(|v| v.trim().parse::<f64>().unwrap() as u64)
-        })
-        .unwrap_or_else(|| panic!("no {series} in metrics"))
+/// A counter's value: `name` with exactly `labels`.
+async fn metric(lb: &Lb, name: &str, labels: &[(&str, &str)]) -> u64 {
+    lb.scrape().await.value(name, labels) as u64
 }
 
 /// The soft open-file limit of `pid`.
@@ -145,7 +132,7 @@ async fn emfile_on_upstream_connect_is_lbs_own_503_never_the_backends() {
     // Each request tried retry.attempts (3) times (the shortage may pass),
     // every try a local error: exactly 30.
     assert_eq!(
-        metric(&lb, "lb_local_errors_total{errno=\"EMFILE\"}").await,
+        metric(&lb, "lb_local_errors_total", &[("errno", "EMFILE")]).await,
         30
     );
     // The backend was charged nothing: circuit closed, no upstream errors.
@@ -285,7 +272,7 @@ async fn a_full_disk_at_the_state_file_is_a_507_with_the_change_applied_and_the_
         .filter(|n| n != "lb.toml" && n != "lb.log")
         .collect();
     assert_eq!(names, ["lb-state.json"], "a temp file was left behind");
-    assert_eq!(metric(&lb, "lb_state_file_errors_total").await, 1);
+    assert_eq!(metric(&lb, "lb_state_file_errors_total", &[]).await, 1);
     // Disk back: the next change is saved with both.
     let r = lb
         .admin_put("/admin/weights", &serde_json::json!({"app-1": 4}))

@@ -231,3 +231,42 @@ async fn sigquit_without_a_successor_is_a_graceful_stop() {
         lb.log_text()
     );
 }
+
+/// An upgrade the backend declines (no `101`) ends its connection after the
+/// response: the Pingora path that served it (lb's HTTP/1 path hands
+/// upgrades over) keeps no connection whose later heads would escape the
+/// HTTP/1 path's head deadline and incremental parse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_upgrade_closes_its_connection_after_the_response() {
+    let apps = Apps::plain(1).await;
+    let lb = Lb::start(&apps.backends_toml(&[1])).await;
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    // The demo app answers /api/echo with 200, not 101.
+    s.write_all(
+        b"GET /api/echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let out = read_until_close(&mut s, Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("connection: close"),
+        "{out}"
+    );
+    // A plain request on a new connection is lb's HTTP/1 path's again and
+    // keeps its connection.
+    let mut s = TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /api/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && !head.contains("connection: close"),
+        "{head}"
+    );
+}

@@ -281,6 +281,13 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // An upgrade the backend declined is an ordinary response: the
+        // connection closes after it, so the client's next request starts on
+        // a new connection at lb's HTTP/1 path and its limits (head
+        // deadline, incremental parse) rather than staying on this one.
+        if session.is_upgrade_req() && resp.status.as_u16() != 101 {
+            session.set_keepalive(None);
+        }
         decorate(session, resp, ctx)
     }
 

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run run-pool run-acme test lint deps build images test-images certs bench bench-peers bench-abuse bench-queue tls-audit scenarios clean
+.PHONY: run run-pool run-acme test lint deps build images test-images certs bench bench-peers bench-instructions bench-abuse bench-queue tls-audit scenarios clean
 
 CARGO ?= cargo
 
@@ -108,12 +108,23 @@ scenarios: build
 bench: build
 	@scripts/bench.sh
 
-## lb side by side with nginx and HAProxy, one pinned worker each (issue 8): req/s,
-## latency, CPU and syscalls per request, memory per idle connection, a fixed-rate
-## run and threads = 2. Installs nginx, haproxy, wrk when missing (root); writes
-## target/bench-peers.md. BENCH_QUICK=1: one 3 s round; see the script for knobs.
+## lb side by side with nginx and HAProxy, one pinned worker each (issues 8, 22):
+## req/s, latency, CPU and syscalls per request, memory with 10,000 idle
+## connections, a fixed-rate run, threads = 2, 100 MiB downloads and uploads, a new
+## connection per request, latency added at 1,000 req/s, HTTPS, new TLS connections
+## and HTTP/2. ~15 min. Installs nginx, haproxy, wrk, h2load when missing (root);
+## writes target/bench-peers.md. BENCH_ROWS=download,upload,... picks rows;
+## BENCH_QUICK=1: one 3 s round; see the script for knobs.
 bench-peers: build
 	@scripts/bench-peers.sh
+
+## Instructions per proxied request (issue 22) on lb's HTTP/1 path and the
+## Pingora path: 2,000 keep-alive GETs minus a run with none, counted by
+## callgrind (or perf stat where the VM exposes counters): a per-request cost
+## that shows a regression in one run on a noisy machine. ~15 s; writes
+## target/bench-instructions.md. BENCH_INSTR_REQUESTS, BENCH_INSTR_RUNS.
+bench-instructions: build
+	@scripts/bench-instructions.sh
 
 ## lb, nginx and HAProxy under abuse (SPEC): normal clients' p50/p99, errors and
 ## req/s with 2,000 slowloris connections, with 200 slow readers and at 10x a

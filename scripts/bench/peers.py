@@ -7,7 +7,8 @@
                                          (fails at once if PID has exited)
   peers.py pids PID...                   PID and its descendants, comma-separated
   peers.py measure KIND PIDS OUT [--perf] -- CMD...
-                                         run CMD (wrk or openloop, KIND says which;
+                                         run CMD (wrk, openloop, bulk or h2load:
+                                         KIND says which;
                                          its output is kept in OUT), print key=value:
                                          the load generator's figures plus the CPU
                                          (utime/stime from /proc) the PIDS and their
@@ -114,6 +115,31 @@ def parse_openloop(text):
     return r
 
 
+def parse_bulk(text):
+    r = {k: float(v) for k, v in (kv.split("=", 1) for kv in text.split())}
+    r["requests"] = int(r["requests"])
+    r["errors"] = int(r["errors"])
+    return r
+
+
+def parse_h2load(text):
+    r = {}
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", text)
+    r["rps"] = float(m.group(3)) if m else 0.0
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    r["requests"] = int(m.group(4)) if m else 0
+    r["errors"] = (int(m.group(5)) + int(m.group(6)) + int(m.group(7))) if m else 1
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        r["errors"] += int(m.group(3)) + int(m.group(4))
+    return r
+
+
+PARSE = {"wrk": parse_wrk, "openloop": parse_openloop, "bulk": parse_bulk,
+         "h2load": parse_h2load}
+
+
 def perf_count(path):
     try:
         with open(path) as f:
@@ -159,9 +185,10 @@ def measure(kind, pidlist, out, rest):
         perf.wait(timeout=10)
     with open(out) as f:
         text = f.read()
-    r = parse_wrk(text) if kind == "wrk" else parse_openloop(text)
+    r = PARSE[kind](text)
     n = max(r["requests"], 1)
     r["rc"] = rc
+    r["cpu_us_all"] = u1 - u0 + s1 - s0
     r["cpu_user"] = (u1 - u0) / n
     r["cpu_sys"] = (s1 - s0) / n
     r["cpu_total"] = (u1 - u0 + s1 - s0) / n
@@ -284,7 +311,123 @@ LABEL = {
     "nginx2": "nginx 2 workers",
     "lb2-nolog": "lb threads=2, access log off",
     "lb2-shipped": "lb threads=2 as shipped",
+    "haproxy2": "HAProxy nbthread 2",
 }
+
+
+def per_gib(rows, sec, b):
+    """Median over rounds of the balancer's CPU seconds per GiB moved."""
+    vals = [d["cpu_us_all"] / 1e6 / (d["bytes"] / 2**30) for s, r, _, d in rows
+            if s == sec and r == b and d.get("bytes", 0) > 0]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def added_us(rows, b, key):
+    """Median over rounds of (balancer's latency − the direct run's of the same
+    round), in µs: the latency the balancer adds."""
+    direct = {rnd: d[key] for s, r, rnd, d in rows if s == "lat" and r == "direct"}
+    vals = [(d[key] - direct[rnd]) * 1000 for s, r, rnd, d in rows
+            if s == "lat" and r == b and rnd in direct]
+    return statistics.median(vals) if vals else float("nan")
+
+
+# (section, label, figure, how to get it, unit format, target kind)
+#   hi: lb ≥ 1.05× the better of nginx/HAProxy; lo: lb ≤ 0.95× the better;
+#   idle: ≤ 2 KiB; lat: ≤ nginx's.
+ROWS22 = [
+    ("closed", "keep-alive GET, 1 core", "req/s", lambda r, s, b: med(r, s, b, "rps"),
+     "{:.0f}", "hi"),
+    ("closed", "", "CPU µs/req", lambda r, s, b: med(r, s, b, "cpu_total"), "{:.1f}", "lo"),
+    ("t2", "keep-alive GET, 2 threads/workers", "req/s",
+     lambda r, s, b: med(r, s, b + "2" if b != "lb-shipped" else "lb2-shipped", "rps"),
+     "{:.0f}", "hi"),
+    ("t2", "", "CPU µs/req",
+     lambda r, s, b: med(r, s, b + "2" if b != "lb-shipped" else "lb2-shipped", "cpu_total"),
+     "{:.1f}", "lo"),
+    ("dl", "100 MiB download", "MiB/s", lambda r, s, b: med(r, s, b, "mibps"), "{:.0f}", "hi"),
+    ("dl", "", "CPU s/GiB", per_gib, "{:.3f}", "lo"),
+    ("ul", "100 MiB upload", "MiB/s", lambda r, s, b: med(r, s, b, "mibps"), "{:.0f}", "hi"),
+    ("ul", "", "CPU s/GiB", per_gib, "{:.3f}", "lo"),
+    ("churn", "new connection per request", "req/s", lambda r, s, b: med(r, s, b, "rps"),
+     "{:.0f}", "hi"),
+    ("churn", "", "CPU µs/req", lambda r, s, b: med(r, s, b, "cpu_total"), "{:.1f}", "lo"),
+    ("rss", "idle connections", "KiB/conn", lambda r, s, b: med(r, s, b, "kib_per_conn"),
+     "{:.1f}", "idle"),
+    ("rss", "", "RSS MiB", lambda r, s, b: med(r, s, b, "rss_after") / 1024, "{:.1f}", None),
+    ("lat", "added latency at 1,000 req/s", "p50 µs",
+     lambda r, s, b: added_us(r, b, "p50"), "{:.0f}", "lat"),
+    ("lat", "", "p99 µs", lambda r, s, b: added_us(r, b, "p99"), "{:.0f}", "lat"),
+    ("https", "HTTPS keep-alive (TLS 1.3)", "req/s", lambda r, s, b: med(r, s, b, "rps"),
+     "{:.0f}", "hi"),
+    ("https", "", "CPU µs/req", lambda r, s, b: med(r, s, b, "cpu_total"), "{:.1f}", "lo"),
+    ("tlsnew", "new TLS connection per request", "handshakes/s",
+     lambda r, s, b: med(r, s, b, "rps"), "{:.0f}", "hi"),
+    ("tlsnew", "", "CPU µs/handshake", lambda r, s, b: med(r, s, b, "cpu_total"), "{:.1f}",
+     "lo"),
+    ("h2", "HTTP/2 over TLS (h2load)", "req/s", lambda r, s, b: med(r, s, b, "rps"), "{:.0f}",
+     "hi"),
+    ("h2", "", "CPU µs/req", lambda r, s, b: med(r, s, b, "cpu_total"), "{:.1f}", "lo"),
+]
+
+DIRECT = {("dl", "MiB/s"): lambda r: med(r, "dl", "direct", "mibps"),
+          ("ul", "MiB/s"): lambda r: med(r, "ul", "direct", "mibps"),
+          ("lat", "p50 µs"): lambda r: med(r, "lat", "direct", "p50") * 1000,
+          ("lat", "p99 µs"): lambda r: med(r, "lat", "direct", "p99") * 1000}
+
+
+def issue22(rows, out):
+    """One table: each figure for nginx, HAProxy and lb as shipped, lb's ratio
+    to the better peer and issue 22's target, met or not."""
+    secs = {r[0] for r in rows}
+    lines, verdicts = [], []
+    for sec, label, fig, get, fmt, kind in ROWS22:
+        if sec not in secs:
+            continue
+        if sec == "rss" and label:
+            label = f"{f(med(rows, 'rss', 'nginx', 'conns'))} idle connections"
+        v = {b: get(rows, sec, b) for b in ("nginx", "haproxy", "lb-shipped")}
+        lb = v["lb-shipped"]
+        peers = [x for x in (v["nginx"], v["haproxy"]) if x == x]
+        rat, target, ok = float("nan"), "", None
+        if kind == "hi" and peers:
+            best = max(peers)
+            rat = ratio(lb, best)
+            target, ok = "≥ 1.05×", (rat >= 1.05 if rat == rat else None)
+        elif kind == "lo" and peers:
+            best = min(peers)
+            rat = ratio(lb, best)
+            target, ok = "≤ 0.95×", (rat <= 0.95 if rat == rat else None)
+        elif kind == "idle":
+            target, ok = "≤ 2 KiB", (lb <= 2.0 if lb == lb else None)
+        elif kind == "lat":
+            rat = ratio(lb, v["nginx"])
+            target = "≤ nginx"
+            ok = lb <= v["nginx"] if lb == lb and v["nginx"] == v["nginx"] else None
+        direct = DIRECT.get((sec, fig))
+        d = f(direct(rows), fmt) if direct else ""
+        errs = "/".join(str(int(total(rows, sec, b, "errors")))
+                        for b in ("nginx", "haproxy", "lb-shipped")) if label else ""
+        if sec == "t2":
+            errs = "/".join(str(int(total(rows, sec, b, "errors")))
+                            for b in ("nginx2", "haproxy2", "lb2-shipped")) if label else ""
+        mark = "" if ok is None and not target else (
+            "n/a" if ok is None else ("**met**" if ok else "not met"))
+        lines.append(f"| {label} | {fig} | {d} | {f(v['nginx'], fmt)} | {f(v['haproxy'], fmt)} "
+                     f"| {f(lb, fmt)} | {f(rat, '{:.2f}×')} | {target} | {mark} | {errs} |")
+        if target:
+            verdicts.append(ok)
+    if not lines:
+        return
+    out.append("")
+    out.append("Issue 22's rows (lb as shipped against the better of nginx and HAProxy, "
+               "medians of interleaved rounds; *direct* = the client straight to the backend):")
+    out.append("")
+    out.append("| row | figure | direct | nginx | HAProxy | lb as shipped | lb ÷ better peer "
+               "| target | | errors n/h/lb |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---|---|---|")
+    out.extend(lines)
+    out.append("")
+    out.append(f"Issue 22's targets met: {sum(1 for v in verdicts if v)} of {len(verdicts)}.")
 
 
 def report(raw, md, meta):
@@ -294,14 +437,17 @@ def report(raw, md, meta):
         one.append("lb-base")
     out = []
     out += [f"{m}" for m in meta]
-    out.append("")
-    out.append("| balancer | req/s | ×nginx | p50 ms | p99 ms | CPU µs/req user | sys | total "
-               "| ×nginx | syscalls/req | RSS MiB @2000 idle | KiB/conn | errors |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    secs = {r[0] for r in rows}
+    idle_n = med(rows, "rss", "nginx", "conns")
     n_rps = med(rows, "closed", "nginx", "rps")
     n_cpu = med(rows, "closed", "nginx", "cpu_total")
-    res = {}
-    for b in one:
+    res = {b: dict(rps=float("nan"), cpu=float("nan"), kib=float("nan")) for b in one}
+    if secs & {"closed", "rss", "sys"}:
+        out.append("")
+        out.append("| balancer | req/s | ×nginx | p50 ms | p99 ms | CPU µs/req user | sys | total "
+                   f"| ×nginx | syscalls/req | RSS MiB @{f(idle_n)} idle | KiB/conn | errors |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for b in one if secs & {"closed", "rss", "sys"} else []:
         rps = med(rows, "closed", b, "rps")
         cpu = med(rows, "closed", b, "cpu_total")
         rss = med(rows, "rss", b, "rss_after") / 1024
@@ -343,7 +489,7 @@ def report(raw, md, meta):
                 f"| {int(total(rows, 'fixed', b, 'errors'))} "
                 f"| {int(total(rows, 'fixed', b, 'unfinished'))} |")
         res["nginx_fixed_p99"] = n_p99
-    two = [b for b in ("nginx2", "lb2-nolog", "lb2-shipped") if any(r[1] == b for r in rows)]
+    two = [b for b in ("nginx2", "haproxy2", "lb2-nolog", "lb2-shipped") if any(r[1] == b for r in rows)]
     if two:
         out.append("")
         out.append("Two workers/threads, nothing pinned (balancer, backends and wrk -t2 share "
@@ -365,6 +511,7 @@ def report(raw, md, meta):
                 f"| {f(cpu, '{:.1f}')} | {f(ratio(cpu, n2c), '{:.2f}')} "
                 f"| {int(total(rows, 't2', b, 'errors'))} |")
         res["nginx2_rps"] = n2
+    issue22(rows, out)
     # issue 8's targets, for lb as shipped
     s = res["lb-shipped"]
 
@@ -377,25 +524,28 @@ def report(raw, md, meta):
         return a <= b if le else a >= b
 
     t = []
-    r = ratio(s["cpu"], n_cpu)
-    t.append(f"CPU/req ≤ 1.0× nginx: {mark(cmp(r, 1.0, True))} ({f(r, '{:.2f}')}×)")
-    r = ratio(s["rps"], n_rps)
-    t.append(f"req/s ≥ 1.0× nginx: {mark(cmp(r, 1.0, False))} ({f(r, '{:.2f}')}×)")
+    if "closed" in secs:
+        r = ratio(s["cpu"], n_cpu)
+        t.append(f"CPU/req ≤ 1.0× nginx: {mark(cmp(r, 1.0, True))} ({f(r, '{:.2f}')}×)")
+        r = ratio(s["rps"], n_rps)
+        t.append(f"req/s ≥ 1.0× nginx: {mark(cmp(r, 1.0, False))} ({f(r, '{:.2f}')}×)")
     if "fixed_p99" in s:
         a, b = s["fixed_p99"], res["nginx_fixed_p99"]
         t.append(f"fixed-rate p99 ≤ nginx: {mark(cmp(a, b, True))} "
                  f"({f(a, '{:.3f}')} ms vs {f(b, '{:.3f}')} ms)")
     # A negative growth is a measurement gone wrong (memory freed meanwhile),
     # not a result: n/a.
-    kib_ok = cmp(s["kib"], 16, True) if s["kib"] >= 0 else None
-    t.append(f"≤ 16 KiB per idle connection: {mark(kib_ok)} "
-             f"({f(s['kib'], '{:.1f}')} KiB)")
+    if "rss" in secs:
+        kib_ok = cmp(s["kib"], 16, True) if s["kib"] >= 0 else None
+        t.append(f"≤ 16 KiB per idle connection: {mark(kib_ok)} "
+                 f"({f(s['kib'], '{:.1f}')} KiB)")
     if "lb2-shipped" in res:
         r = ratio(res["lb2-shipped"]["rps"], res["nginx2_rps"])
         t.append(f"threads=2 req/s ≥ nginx 2 workers: {mark(cmp(r, 1.0, False))} "
                  f"({f(r, '{:.2f}')}×)")
-    out.append("")
-    out.append("Targets (issue 8, lb as shipped): " + "; ".join(t) + ".")
+    if t:
+        out.append("")
+        out.append("Targets (issue 8, lb as shipped): " + "; ".join(t) + ".")
     text = "\n".join(out) + "\n"
     sys.stdout.write(text)
     with open(md, "w") as fh:

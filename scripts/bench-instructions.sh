@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# `make bench-instructions`: instructions per proxied request (issue 22), a
+# per-request cost figure that does not move with the noise of a shared VM, so
+# a regression shows in one run.
+#
+# For each path (lb's own HTTP/1 path, and the Pingora path with
+# LB_PATH=pingora) lb runs twice under an instruction counter, one thread, in
+# front of one tiny backend (nginx, `return 200 "ok"`, not counted): once
+# serving N keep-alive GETs on one connection (BENCH_INSTR_REQUESTS, default
+# 2000) and once serving none. Both runs start lb, wait until it answers one
+# GET, do their requests, then stop it with SIGTERM; the difference of the two
+# totals divided by N is the cost of one request (start-up, the readiness GET
+# and shutdown cancel out).
+#
+# The counter is `perf stat -e instructions:u` where the CPU's counters are
+# visible (not in most VMs: `perf stat -e instructions true` says "not
+# supported"), else valgrind's callgrind (user-space instructions, ~50x slower,
+# exact). BENCH_INSTR_TOOL=perf|callgrind forces one. lb's background work is
+# kept out of the count: health probes every hour, nothing else timed runs in a
+# few seconds. Settings otherwise lb.toml's defaults (access log on, to a file).
+# BENCH_INSTR_RUNS (1): repeat each pair and print every figure (spread check).
+# Prints one line per path and writes target/bench-instructions.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${BENCH_BIN:-target/release}
+n=${BENCH_INSTR_REQUESTS:-2000}
+runs=${BENCH_INSTR_RUNS:-1}
+helper=scripts/bench/peers.py
+[ -x "$bin/lb" ] || { echo "bench-instructions needs $bin/lb (make build)" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "bench-instructions needs nginx (apt-get install nginx)" >&2; exit 1; }
+
+tool=${BENCH_INSTR_TOOL:-}
+if [ -z "$tool" ]; then
+  if command -v perf >/dev/null &&
+    perf stat -x, -e instructions:u -- true 2>&1 >/dev/null | grep -q '^[0-9]'; then
+    tool=perf
+  else
+    tool=callgrind
+  fi
+fi
+if [ "$tool" = callgrind ] && ! command -v valgrind >/dev/null; then
+  echo "bench-instructions: no usable perf counter and no valgrind (apt-get install valgrind)" >&2
+  exit 1
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/bench-instr.XXXXXX")
+declare -A pid=()
+cleanup() {
+  for k in "${!pid[@]}"; do kill -TERM -- "-${pid[$k]}" 2>/dev/null || true; done
+  sleep 0.3
+  for k in "${!pid[@]}"; do kill -KILL -- "-${pid[$k]}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ "${BENCH_KEEP:-0}" = 1 ] && echo "bench-instructions: kept $work" >&2 || rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+cp "$bin/lb" "$work/lb"
+
+read -r be p_lb a_lb <<<"$(python3 "$helper" ports 3)"
+mkdir -p "$work/be"
+cat >"$work/be/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/be/nginx.pid;
+error_log $work/be/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $work/be/cb; proxy_temp_path $work/be/px;
+  fastcgi_temp_path $work/be/fc; uwsgi_temp_path $work/be/uw; scgi_temp_path $work/be/sc;
+  server { listen 127.0.0.1:$be; return 200 "ok"; }
+}
+NGINX
+setsid nginx -p "$work/be" -e "$work/be/error.log" -c "$work/be/nginx.conf" \
+  >"$work/be.log" 2>&1 </dev/null &
+pid[be]=$!
+python3 "$helper" wait "$be" 20 "${pid[be]}"
+
+cat >"$work/lb.toml" <<TOML
+[server]
+listen = "127.0.0.1:$p_lb"
+threads = 1
+
+[admin]
+listen = "127.0.0.1:$a_lb"
+
+[health]
+interval = "1h"
+
+[[backends]]
+name = "app-1"
+addr = "127.0.0.1:$be"
+TOML
+"$work/lb" check -c "$work/lb.toml" >/dev/null
+
+# N keep-alive GETs on one connection, each answer read whole.
+cat >"$work/client.py" <<'PY'
+import re, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+req = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+buf = b""
+for _ in range(n):
+    s.sendall(req)
+    while b"\r\n\r\n" not in buf:
+        buf += s.recv(65536)
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    if not head.startswith(b"HTTP/1.1 200"):
+        sys.exit(f"answer {head[:40]!r}")
+    clen = int(re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head).group(1))
+    while len(buf) < clen:
+        buf += s.recv(65536)
+    buf = buf[clen:]
+s.close()
+PY
+
+# count PATH REQUESTS RUN: total instructions of one lb run
+count() {
+  local path=$1 reqs=$2 run=$3 out=$work/$1-$2-$3
+  local envs=(env -u RUST_LOG)
+  [ "$path" = http1 ] || envs+=(LB_PATH=pingora)
+  if [ "$tool" = perf ]; then
+    setsid "${envs[@]}" perf stat -x, -e instructions:u -o "$out.count" -- \
+      "$work/lb" -c "$work/lb.toml" >"$out.log" 2>&1 </dev/null &
+  else
+    setsid "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$out.count" \
+      "$work/lb" -c "$work/lb.toml" >"$out.log" 2>&1 </dev/null &
+  fi
+  pid[lb]=$!
+  python3 "$helper" wait "$p_lb" 120 "${pid[lb]}" || { tail -20 "$out.log" >&2; exit 1; }
+  [ "$reqs" = 0 ] || python3 "$work/client.py" "$p_lb" "$reqs"
+  # SIGTERM to lb itself: under valgrind that is the process started (exec'd
+  # all the way), under perf its child; the counter writes its total as lb exits
+  local lbpid=${pid[lb]} p
+  if [ "$tool" = perf ]; then
+    for p in $(python3 "$helper" pids "${pid[lb]}" | tr , ' '); do
+      [ "$(readlink "/proc/$p/exe" 2>/dev/null)" != "$work/lb" ] || lbpid=$p
+    done
+  fi
+  kill -TERM "$lbpid"
+  wait "${pid[lb]}" || true
+  unset "pid[lb]"
+  if [ "$tool" = perf ]; then
+    awk -F, '/instructions/ {print $1; exit}' "$out.count"
+  else
+    awk '/^(summary|totals):/ {print $2; exit}' "$out.count"
+  fi
+}
+
+results=()
+for path in http1 pingora; do
+  figs=()
+  for r in $(seq "$runs"); do
+    echo "bench-instructions: $path, run $r: 0 and $n requests under $tool" >&2
+    i0=$(count "$path" 0 "$r")
+    i1=$(count "$path" "$n" "$r")
+    figs+=("$(python3 -c "import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) / int(sys.argv[3])))" "$i0" "$i1" "$n")")
+    echo "bench-instructions: $path: $i0 instructions with 0 requests, $i1 with $n" >&2
+  done
+  results+=("$path ${figs[*]}")
+done
+
+mkdir -p target
+{
+  echo "**$(date -u '+%Y-%m-%d %H:%M UTC')** · \`$(env | grep '^BENCH_' | sort | tr '\n' ' ' || true)${MAKELEVEL:+make bench-instructions → }scripts/bench-instructions.sh\` · lb $(git describe --always --dirty 2>/dev/null || echo '?') · $tool ($( [ "$tool" = callgrind ] && valgrind --version || perf --version))"
+  echo
+  echo "Instructions per proxied request ($n keep-alive GETs on one connection minus a run with none; one thread; user space):"
+  echo
+  echo "| path | instructions/request |"
+  echo "|---|---:|"
+  for line in "${results[@]}"; do
+    read -r p figs <<<"$line"
+    label="lb's HTTP/1 path"
+    [ "$p" = http1 ] || label="Pingora path (LB_PATH=pingora)"
+    echo "| $label | ${figs// / · } |"
+  done
+} | tee target/bench-instructions.md

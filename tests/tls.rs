@@ -248,6 +248,24 @@ async fn refused_handshakes_are_counted_closed_and_never_logged_above_debug() {
         .await
         .expect("openssl");
     assert!(!out.status.success(), "openssl -tls1_2 handshake succeeded");
+    // An IP address as SNI (illegal; `wrk https://127.0.0.1/` sends one):
+    // served with the default certificate, and rustls' complaint about it
+    // is not logged per handshake.
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_3",
+            "-connect",
+            &addr.to_string(),
+            "-servername",
+            "127.0.0.1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("TLSv1.3"), "{text}");
     // Plain HTTP sent to the TLS port: closed without an HTTP answer.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -148,8 +148,21 @@ fn load(args: &RunArgs) -> Result<Config, ExitCode> {
 /// thread, so a slow stderr (a pipe nobody reads fast enough) never blocks a
 /// proxy thread; the returned guard flushes the queue when `main` returns.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rustls and h2 log a client's mistakes per connection (an IP address
+    // sent as SNI, a flood of resets) at WARN: scanners and attackers would
+    // fill the log. lb counts those itself (lb_tls_handshake_errors_total,
+    // GOAWAY); their lines show only when RUST_LOG names the crate.
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string());
+    let quiet = |spec: String, krate: &str| {
+        if spec.contains(krate) {
+            spec
+        } else {
+            format!("{spec},{krate}=error")
+        }
+    };
+    let spec = quiet(quiet(spec, "rustls"), "h2");
+    let filter = tracing_subscriber::EnvFilter::try_new(&spec)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error,h2=error"));
     // Colour only for a person at a terminal; files and log collectors get
     // plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());

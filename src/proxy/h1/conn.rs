@@ -133,7 +133,9 @@ impl<'a> Conn<'a> {
                 self.state.load_full()
             };
             let shutting_down = *shutdown.borrow();
-            if !self.exchange(&head, snap, &mut up, shutting_down).await {
+            // Boxed: its state (relay, upload, retries) is allocated per
+            // request rather than carried by every idle connection's future.
+            if !Box::pin(self.exchange(&head, snap, &mut up, shutting_down)).await {
                 return None;
             }
             self.buf.drain(..head.len + head.body_len);
@@ -542,6 +544,30 @@ mod tests {
             Conn::new(stream, &s, &active, false).serve(&shutdown).await;
         });
         client
+    }
+
+    /// An idle connection's memory is mostly its task's future: the
+    /// exchange (relay, upload, retries) is boxed per request so an idle
+    /// connection does not carry its state. 1000 bytes with rustc 1.95
+    /// (2,152 with the exchange inline); the bound leaves room for compiler
+    /// layout changes while catching the exchange coming back inline.
+    #[tokio::test]
+    async fn an_idle_connections_future_stays_small() {
+        let state = Arc::new(State::new(Arc::new(
+            Config::from_toml("[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n").unwrap(),
+        )));
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(front.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = front.accept().await.unwrap();
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let active = Arc::new(AtomicUsize::new(0));
+        let stream: Stream = Box::new(L4Stream::from(accepted));
+        let conn = Conn::new(stream, &state, &active, false);
+        let fut = conn.serve(&shutdown);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1536, "Conn::serve's future is {size} bytes");
     }
 
     #[test]

@@ -510,6 +510,8 @@ mod tests {
         // histogram has one line per bucket, +Inf, _sum and _count.
         let histogram = |buckets: &[f64]| buckets.len() + 3;
         let want = [
+            // issued, refused, failed: present (at 0) without [tls.acme] too.
+            ("lb_acme_orders_total", "counter", 3),
             ("lb_admin_changes_total", "counter", ADMIN_KINDS.len()),
             ("lb_backend_circuit_state", "gauge", 2 * 3),
             ("lb_backend_effective_weight", "gauge", 2),

@@ -9,10 +9,14 @@
 //! The Kubernetes manifests are also validated against Kubernetes' own API
 //! schemas (kubernetes-validate, installed by `scripts/deps.sh test`).
 
+#[path = "common/tls.rs"]
+#[allow(dead_code)]
+mod test_tls;
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use test_tls::with_certs;
 
 use lb::config::{Config, Resolve};
 use serde::Deserialize;
@@ -66,41 +70,6 @@ fn container_port(container: &Value, port: &Value) -> u16 {
 
 fn listen_port(s: &std::net::SocketAddr) -> u16 {
     s.port()
-}
-
-/// `toml` with each `[tls] certificates` path (inside the container) replaced
-/// by a file in the returned directory: a self-signed certificate for
-/// localhost and its key, so `Config::from_toml` and `lb check` (which load
-/// certificates) run here. Also returns the original (cert, key) paths.
-fn with_certs(toml: &str) -> (tempfile::TempDir, String, Vec<(String, String)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let v: toml::Value = toml::from_str(toml).unwrap();
-    let mut text = toml.to_string();
-    let mut paths = Vec::new();
-    let entries = v
-        .get("tls")
-        .and_then(|t| t.get("certificates"))
-        .and_then(|c| c.as_array())
-        .cloned()
-        .unwrap_or_default();
-    for (i, e) in entries.iter().enumerate() {
-        let cert = e["cert"].as_str().unwrap().to_string();
-        let key = e["key"].as_str().unwrap().to_string();
-        let c = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-        let (cp, kp) = (
-            dir.path().join(format!("{i}.crt")),
-            dir.path().join(format!("{i}.key")),
-        );
-        std::fs::write(&cp, c.cert.pem()).unwrap();
-        std::fs::write(&kp, c.key_pair.serialize_pem()).unwrap();
-        for (from, to) in [(&cert, &cp), (&key, &kp)] {
-            let quoted = format!("\"{from}\"");
-            assert_eq!(text.matches(&quoted).count(), 1, "{from} named once");
-            text = text.replace(&quoted, &format!("\"{}\"", to.display()));
-        }
-        paths.push((cert, key));
-    }
-    (dir, text, paths)
 }
 
 /// `toml` parsed (certificates as in [`with_certs`]) and passing `lb check`;

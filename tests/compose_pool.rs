@@ -189,6 +189,17 @@ async fn scenario() {
                 "-v",
                 &format!("{}:/etc/lb/lb.toml:ro", g.config().display()),
             ])
+            // The config's [tls] certificates, as the compose file mounts them
+            // (PoolProject::new made them), so lb gets as far as the socket.
+            .args([
+                "-v",
+                &format!(
+                    "{}:/etc/lb/tls:ro",
+                    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("deploy/tls")
+                        .display()
+                ),
+            ])
             .arg("lb:local"));
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");

@@ -42,8 +42,15 @@ if [ "${1:-}" = test ]; then
   command -v slowhttptest >/dev/null 2>&1 || missing+=(slowhttptest)
   # tests/acme.rs orders certificates from Pebble, the ACME test server.
   command -v pebble >/dev/null 2>&1 || missing+=(pebble)
-  # tests/state_file.rs slows lb's fsync with `strace -e inject=...:delay_enter`.
+  # tests/state_file.rs slows lb's fsync with `strace -e inject=...:delay_enter`;
+  # tests/local_errors.rs injects EMFILE and ENOSPC with it and lowers lb's
+  # open-file limit with prlimit (util-linux).
   command -v strace >/dev/null 2>&1 || missing+=(strace)
+  command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+  # tests/tls.rs uses openssl s_client and curl --http2 as clients outside
+  # Rust; the compose tests make their certificates with openssl.
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
   # Debian's python3 creates venvs only with python3-venv (ensurepip).
   python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 fi

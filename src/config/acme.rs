@@ -305,3 +305,23 @@ mod tests {
         assert_eq!(acme(&r).unwrap().ca_roots, Some(cert));
     }
 }
+
+#[cfg(test)]
+mod summary_tests {
+    use crate::config::Config;
+
+    #[test]
+    fn lb_check_names_the_acme_certificate() {
+        let c = Config::from_toml(
+            "[tls]\nlisten = \"127.0.0.1:8443\"\n\
+             [tls.acme]\ndomains = [\"example.com\", \"www.example.com\"]\nstate_dir = \"/var/lib/lb/acme\"\n\
+             [[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let s = c.summary();
+        assert!(
+            s.contains("  acme: example.com,www.example.com over http-01 from https://acme-v02.api.letsencrypt.org/directory, renewed 30days before expiry, kept in /var/lib/lb/acme\n"),
+            "{s}"
+        );
+    }
+}

@@ -567,6 +567,17 @@ impl Config {
                 },
                 if t.hsts.is_some() { ", HSTS" } else { "" },
             );
+            if let Some(a) = &t.acme {
+                let _ = writeln!(
+                    s,
+                    "  acme: {} over {} from {}, renewed {} before expiry, kept in {}",
+                    a.domains.join(","),
+                    a.challenge.as_str(),
+                    a.directory,
+                    humantime::format_duration(a.renew_before),
+                    a.state_dir.display()
+                );
+            }
             for (c, f) in t.loaded.certs().iter().zip(&t.certificates) {
                 let days = c.days_left(now);
                 let warn = if days < crate::tls::certs::WARN_DAYS {

@@ -136,28 +136,13 @@ async fn emfile_on_upstream_connect_is_lbs_own_503_never_the_backends() {
         30
     );
     // The backend was charged nothing: circuit closed, no upstream errors.
-    let backends: serde_json::Value = client()
-        .get(format!("http://{}/admin/backends", lb.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let backends = lb.admin_get("/admin/backends").await.json;
     assert_eq!(backends[0]["circuit"], "closed", "{backends}");
     assert_eq!(backends[0]["health"], "up", "{backends}");
     // The one request served before the injection; the 10 refused ones were
     // lb's, not the backend's.
     assert_eq!(backends[0]["errors_total"], 0, "{backends}");
-    let text = client()
-        .get(format!("http://{}/metrics", lb.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = lb.scrape().await.text;
     for l in text
         .lines()
         .filter(|l| l.starts_with("lb_upstream_errors_total{"))

@@ -387,16 +387,7 @@ async fn certificates_reload_on_change_and_a_bad_one_is_refused() {
         60,
     );
     served_within(&cfg, addr, &c.der, "C after the write").await;
-    let admin = client();
-    let tls: serde_json::Value = admin
-        .get(format!("http://{}/admin/tls", lb.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tls = lb.admin_get("/admin/tls").await.json;
     assert_eq!(tls[0]["names"], serde_json::json!(["localhost"]));
     assert_eq!(tls[0]["source"], "file");
     assert_eq!(tls[0]["issuer"], "CN=lb test CA");
@@ -410,14 +401,9 @@ async fn certificates_reload_on_change_and_a_bad_one_is_refused() {
     ca.leaf(&d, "site", &["localhost"], Key::EcdsaP256, -1);
     std::fs::copy(d.join("site.crt"), dir.path().join("b/site.crt")).unwrap();
     std::fs::copy(d.join("site.key"), dir.path().join("b/site.key")).unwrap();
-    let r = admin
-        .post(format!("http://{}/admin/reload", lb.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 422);
-    let text = r.text().await.unwrap();
+    let r = lb.reload().await;
+    assert_eq!(r.status, 422);
+    let text = r.text;
     assert!(
         text.contains("tls.certificates[0].cert") && text.contains("expired"),
         "{text}"

@@ -17,7 +17,7 @@ use super::response::{self, ClientSide, RespHead};
 use super::upload::{self, Upload};
 use crate::config::Sticky;
 use crate::proxy::policy::redirect;
-use crate::proxy::policy::reply::{self, ErrorReply};
+use crate::proxy::policy::reply;
 use crate::proxy::policy::respond::Decoration;
 use crate::proxy::policy::{self, admit, log_request, Ctx, Failure, Next, Outcome, Refusal};
 use crate::state::Snapshot;
@@ -100,14 +100,7 @@ impl Conn<'_> {
         }
         if let Some(to) = redirect::to_https(&snap.config, self.https, host, range(head.target)) {
             let keep = reply::keeps_connection(308, false, keep_alive);
-            let r = ErrorReply {
-                status: 308,
-                message: redirect::MOVED,
-                request_id: &ctx.request_id,
-                retry_after: 0,
-                location: Some(&to),
-                grpc: false,
-            };
+            let r = redirect::reply(&to, &ctx.request_id);
             let keep = self.reply_with(r, keep, head.head_method).await;
             return (308, keep, None);
         }

@@ -133,14 +133,7 @@ impl ProxyHttp for Proxy {
         }
         if let Some(to) = redirect::to_https(&snap.config, ctx.https, host, target) {
             let keep = reply::keeps_connection(308, false, session.get_keepalive().is_some());
-            let r = ErrorReply {
-                status: 308,
-                message: redirect::MOVED,
-                request_id: &ctx.request_id,
-                retry_after: 0,
-                location: Some(&to),
-                grpc: false,
-            };
+            let r = redirect::reply(&to, &ctx.request_id);
             write_reply(session, r, keep).await;
             return Ok(true);
         }

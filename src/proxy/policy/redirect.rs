@@ -8,6 +8,18 @@ pub const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 /// The message of the `308`.
 pub const MOVED: &str = "moved to https";
 
+/// The `308` to `location` (lb's own reply, on every path).
+pub fn reply<'a>(location: &'a str, request_id: &'a str) -> super::reply::ErrorReply<'a> {
+    super::reply::ErrorReply {
+        status: 308,
+        message: MOVED,
+        request_id,
+        retry_after: 0,
+        location: Some(location),
+        grpc: false,
+    }
+}
+
 /// Where a plain-HTTP request for `host` and `target` is sent instead (the
 /// `308`'s `Location`), or `None` to serve it: HTTPS already, no `[tls]` or
 /// `redirect_http` off, an ACME challenge, or no usable `Host`.

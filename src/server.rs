@@ -235,7 +235,7 @@ impl Lb {
         server.add_service(proxy);
         server.add_service(background_service(
             "certificates",
-            crate::tls::watch::CertWatch(control.clone()),
+            crate::tls::watch::CertWatch::new(control.clone()),
         ));
         // `[tls.acme]`: a saved certificate or a new order, then renewals.
         server.add_service(background_service(

@@ -34,38 +34,55 @@ fn stamp(path: &std::path::Path) -> Stamp {
     ))
 }
 
+type Stamps = Vec<(std::path::PathBuf, Stamp)>;
+
+/// The configured certificate and key files and what they hold now.
+fn stamps(s: &crate::state::Snapshot) -> Stamps {
+    s.config.tls.as_ref().map_or_else(Vec::new, |t| {
+        t.certificates
+            .iter()
+            .flat_map(|c| [c.cert.clone(), c.key.clone()])
+            .map(|p| {
+                let s = stamp(&p);
+                (p, s)
+            })
+            .collect()
+    })
+}
+
 /// The background task (a no-op without `[tls]`).
-pub struct CertWatch(pub Arc<Control>);
+pub struct CertWatch {
+    control: Arc<Control>,
+    /// The files as they were when the watch was built, before any listener
+    /// accepted: a change made before the task first runs (its thread may
+    /// start late on a loaded machine) is still a change.
+    first: std::sync::Mutex<Stamps>,
+}
+
+impl CertWatch {
+    pub fn new(control: Arc<Control>) -> Self {
+        let first = stamps(&control.state.load());
+        Self {
+            control,
+            first: std::sync::Mutex::new(first),
+        }
+    }
+}
 
 #[async_trait]
 impl BackgroundService for CertWatch {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let state = self.0.state.clone();
-        let files = |s: &crate::state::Snapshot| -> Vec<std::path::PathBuf> {
-            s.config.tls.as_ref().map_or_else(Vec::new, |t| {
-                t.certificates
-                    .iter()
-                    .flat_map(|c| [c.cert.clone(), c.key.clone()])
-                    .collect()
-            })
-        };
-        let mut seen: Vec<(std::path::PathBuf, Stamp)> = Vec::new();
+        let state = self.control.state.clone();
+        let mut seen = std::mem::take(&mut *self.first.lock().unwrap_or_else(|e| e.into_inner()));
         loop {
-            let paths = files(&state.load());
-            let now: Vec<_> = paths
-                .into_iter()
-                .map(|p| {
-                    let s = stamp(&p);
-                    (p, s)
-                })
-                .collect();
+            let now = stamps(&state.load());
             // A changed list (a reload changed the files) is not a change of
             // the files themselves.
             let same_files =
                 seen.len() == now.len() && seen.iter().zip(&now).all(|(a, b)| a.0 == b.0);
             if same_files && seen != now {
                 tracing::info!("a certificate or key file changed: reloading");
-                if let Err(e) = self.0.reload("certificate files").await {
+                if let Err(e) = self.control.reload("certificate files").await {
                     tracing::warn!(error = %e, "certificate reload failed; the old certificates keep serving");
                 }
             }

@@ -218,9 +218,12 @@ impl Lb {
         );
         fallback.h2_options = Some(h2_options(&config.server));
         let door = FrontDoor::new(state.clone(), active.clone(), Arc::new(fallback));
+        // Both listeners' accept loops pause at `server.max_connections`.
+        let accept_hook = door.accept_hook();
         // HTTPS: the same front door after a TLS handshake (`[tls]`).
         if let Some(tls) = &config.tls {
             let mut https = Service::new("lb-tls".to_string(), FrontDoor::tls(&door));
+            https.set_connection_filter(accept_hook.clone());
             https.add_listener(
                 ListenerConfig::tcp(tls.listen.to_string())
                     .l4_buffer(L4BufferSettings::unbuffered()),
@@ -228,6 +231,7 @@ impl Lb {
             server.add_service(https);
         }
         let mut proxy = Service::new("lb".to_string(), door);
+        proxy.set_connection_filter(accept_hook);
         proxy.add_listener(
             ListenerConfig::tcp(config.server.listen.to_string())
                 .l4_buffer(L4BufferSettings::unbuffered()),

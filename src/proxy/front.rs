@@ -16,7 +16,7 @@ use pingora::server::ShutdownWatch;
 
 use super::h1::Conn;
 use super::pingora::Proxy;
-use super::policy::limits::{ConnGuard, Connections};
+use super::policy::limits::{ConnGuard, ConnRefusal, Connections};
 use super::proxy_header;
 use crate::state::State;
 
@@ -84,12 +84,14 @@ impl ServerApp for FrontDoor {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        // Counted at once (the accept loop paused at the cap: see `Accept`).
+        let mut place = self.enter()?;
         let stream = if self.rehome { rehome(stream)? } else { stream };
         // The PROXY header (from a trusted balancer) says who the client is,
-        // for the limits below and everything after.
+        // for the per-client limit below and everything after.
         let stream = self.proxy_header(stream).await?;
-        // Beyond the limits the connection is closed at once.
-        let _place = self.admit(&stream)?;
+        // Beyond it the connection is closed at once.
+        self.count_client(&mut place, &stream)?;
         let stream: Stream = if self.tls {
             let snap = self.state.load_full();
             // A reload that removed `[tls]` closes new connections here.
@@ -164,21 +166,67 @@ impl FrontDoor {
         Some(l4)
     }
 
-    /// A place for a new connection under `server.max_connections` and
-    /// `limits.per_ip_connections`; `None` (counted) when there is none.
-    fn admit(&self, stream: &Stream) -> Option<ConnGuard> {
-        let ip = peer_ip(stream);
-        let snap = self.state.load();
-        let max = snap.config.server.max_connections;
-        let per_ip = snap.config.limits.per_ip_connections;
-        match self.conns.admit(ip, max, per_ip) {
+    /// A place for a new connection under `server.max_connections`; `None`
+    /// (counted) when there is none: only when connections came faster than
+    /// the paused accept loop could see them counted.
+    fn enter(&self) -> Option<ConnGuard> {
+        let max = self.state.load().config.server.max_connections;
+        match self.conns.enter(max) {
             Ok(place) => Some(place),
-            Err(why) => {
-                self.state.counters.limited[0].fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(client = ?ip, reason = ?why, "connection refused by limits");
-                None
-            }
+            Err(why) => self.refused(None, why),
         }
+    }
+
+    /// Counts `place`'s connection against its client under
+    /// `limits.per_ip_connections`; `None` (counted) when over it.
+    fn count_client(&self, place: &mut ConnGuard, stream: &Stream) -> Option<()> {
+        let ip = peer_ip(stream);
+        let per_ip = self.state.load().config.limits.per_ip_connections;
+        match self.conns.count_client(place, ip, per_ip) {
+            Ok(()) => Some(()),
+            Err(why) => self.refused(ip, why),
+        }
+    }
+
+    fn refused<T>(&self, ip: Option<std::net::IpAddr>, why: ConnRefusal) -> Option<T> {
+        self.state.counters.limited[0].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(client = ?ip, reason = ?why, "connection refused by limits");
+        None
+    }
+
+    /// The accept hook of this door's listener (both doors share the counts).
+    pub fn accept_hook(&self) -> Arc<Accept> {
+        Arc::new(Accept {
+            conns: self.conns.clone(),
+            state: self.state.clone(),
+        })
+    }
+}
+
+/// Pingora's accept hook (`connection_filter`), awaited after each accept:
+/// at `server.max_connections` it waits for a connection to close, so the
+/// listener stops accepting and new clients wait in the kernel's backlog.
+pub struct Accept {
+    conns: Arc<Connections>,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Accept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accept")
+            .field("open", &self.conns.open())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl pingora::listeners::ConnectionFilter for Accept {
+    async fn should_accept(&self, _peer: Option<&std::net::SocketAddr>) -> bool {
+        let state = &self.state;
+        self.conns
+            .make_room(|| state.load().config.server.max_connections)
+            .await;
+        true
     }
 }
 

@@ -193,8 +193,14 @@ impl Lb {
         } else {
             format!("{extra}\n")
         };
+        // A test setting its own cap replaces the suite's.
+        let cap = if server_extra.contains("max_connections") {
+            ""
+        } else {
+            MAX_CONNECTIONS
+        };
         let head = format!(
-            "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"1s\"\n{MAX_CONNECTIONS}{server_extra}\n\
+            "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"1s\"\n{cap}{server_extra}\n\
              [admin]\nlisten = \"{admin}\"\n{extra}\n"
         );
         let cfg = dir.path().join("lb.toml");

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,8 +45,23 @@ const SHARDS: usize = 16;
 #[derive(Default)]
 pub struct Connections {
     total: AtomicUsize,
+    /// Accepted by Pingora's accept loop ([`Connections::make_room`]) and
+    /// not yet counted in `total` (their task has not started).
+    pending: AtomicUsize,
+    /// Accept loops paused at `server.max_connections`.
+    paused: AtomicUsize,
+    /// Woken when a connection closes while an accept loop is paused.
+    freed: tokio::sync::Notify,
     per_ip: [Mutex<HashMap<u128, u32>>; SHARDS],
 }
+
+/// How long a paused accept loop sleeps between looks, should a wake-up be
+/// missed (a reload raising `max_connections` wakes nobody).
+const PAUSE_RECHECK: Duration = Duration::from_millis(250);
+
+/// When an accept loop last logged its pause (ms since the Unix epoch): at
+/// most one line per second for all of them.
+static PAUSE_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 /// One open connection's place; given back when dropped.
 pub struct ConnGuard {
@@ -57,6 +72,9 @@ pub struct ConnGuard {
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.conns.total.fetch_sub(1, Ordering::AcqRel);
+        if self.conns.paused.load(Ordering::Acquire) > 0 {
+            self.conns.freed.notify_waiters();
+        }
         if let Some(key) = self.key {
             let mut shard = self.conns.shard(key);
             if let Some(n) = shard.get_mut(&key) {
@@ -75,6 +93,86 @@ impl Connections {
         self.per_ip[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Awaited in Pingora's accept loop after each accept, before the next:
+    /// returns at once while the open connections (and those accepted but
+    /// not yet counted) are under `max()`, else waits for one to close.
+    /// So at `server.max_connections` accepting pauses and new connections
+    /// wait in the listen backlog, as HAProxy's `maxconn` does, instead of
+    /// being accepted and closed. One log line per second at most.
+    pub async fn make_room(&self, max: impl Fn() -> usize) {
+        let mut since: Option<std::time::Instant> = None;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the look: a close right after it wakes us.
+            freed.as_mut().enable();
+            let open = self.total.load(Ordering::Acquire) + self.pending.load(Ordering::Acquire);
+            if open < max() {
+                self.pending.fetch_add(1, Ordering::AcqRel);
+                if let Some(t) = since {
+                    self.paused.fetch_sub(1, Ordering::AcqRel);
+                    tracing::debug!(
+                        paused_ms = t.elapsed().as_millis() as u64,
+                        "accepting again"
+                    );
+                }
+                return;
+            }
+            if since.is_none() {
+                since = Some(std::time::Instant::now());
+                self.paused.fetch_add(1, Ordering::AcqRel);
+                let now = crate::history::unix_ms();
+                let last = PAUSE_LOGGED.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= 1_000
+                    && PAUSE_LOGGED
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!(open, max = max(),
+                        "server.max_connections reached: accepting paused until a connection closes");
+                }
+            }
+            let _ = tokio::time::timeout(PAUSE_RECHECK, freed).await;
+        }
+    }
+
+    /// Takes a place for a new connection under `max` in all (one that
+    /// [`Connections::make_room`] let through, if it did).
+    pub fn enter(self: &Arc<Self>, max: usize) -> Result<ConnGuard, ConnRefusal> {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(ConnRefusal::Total);
+        }
+        Ok(ConnGuard {
+            conns: self.clone(),
+            key: None,
+        })
+    }
+
+    /// Counts `guard`'s connection against client `ip` under `per_ip` (0 =
+    /// no limit) connections per client.
+    pub fn count_client(
+        &self,
+        guard: &mut ConnGuard,
+        ip: Option<IpAddr>,
+        per_ip: u32,
+    ) -> Result<(), ConnRefusal> {
+        let Some(key) = ip.filter(|_| per_ip > 0).map(client_key) else {
+            return Ok(());
+        };
+        let mut shard = self.shard(key);
+        let n = shard.entry(key).or_insert(0);
+        if *n >= per_ip {
+            return Err(ConnRefusal::PerIp);
+        }
+        *n += 1;
+        guard.key = Some(key);
+        Ok(())
+    }
+
     /// Takes a place for a new connection from `ip` under `max` in all and
     /// `per_ip` (0 = no limit) per client.
     pub fn admit(
@@ -83,26 +181,8 @@ impl Connections {
         max: usize,
         per_ip: u32,
     ) -> Result<ConnGuard, ConnRefusal> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= max {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(ConnRefusal::Total);
-        }
-        let key = ip.filter(|_| per_ip > 0).map(client_key);
-        let mut guard = ConnGuard {
-            conns: self.clone(),
-            key: None,
-        };
-        let Some(key) = key else {
-            return Ok(guard);
-        };
-        let mut shard = self.shard(key);
-        let n = shard.entry(key).or_insert(0);
-        if *n >= per_ip {
-            return Err(ConnRefusal::PerIp); // `guard` gives the total back
-        }
-        *n += 1;
-        drop(shard);
-        guard.key = Some(key);
+        let mut guard = self.enter(max)?;
+        self.count_client(&mut guard, ip, per_ip)?; // `guard` gives the total back
         Ok(guard)
     }
 
@@ -201,5 +281,31 @@ mod tests {
         assert_eq!(results, [Ok(()), Ok(()), Ok(()), Err(1)]);
         assert!(check_rate(Some("192.0.2.8".parse().unwrap()), &limits).is_ok());
         assert!(check_rate(ip, &LimitsConfig::default()).is_ok(), "off");
+    }
+
+    #[tokio::test]
+    async fn accepting_waits_at_the_cap_until_a_connection_closes() {
+        let c = Arc::new(Connections::default());
+        c.make_room(|| 2).await;
+        let a = c.enter(2).unwrap();
+        c.make_room(|| 2).await;
+        // Let through but not yet entered: it counts.
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move { c.make_room(|| 2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "two open (one pending): paused");
+        let b = c.enter(2).unwrap();
+        assert_eq!(c.open(), 2);
+        drop(a);
+        // Woken by the close, well before the 250 ms recheck.
+        tokio::time::timeout(Duration::from_millis(200), waiting)
+            .await
+            .expect("woken by the close")
+            .unwrap();
+        let _c = c.enter(2).unwrap();
+        assert_eq!(c.enter(2).err(), Some(ConnRefusal::Total));
+        drop(b);
     }
 }

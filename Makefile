@@ -41,7 +41,7 @@ test: deps
 	@if scripts/chromium-ok.sh; then $(CARGO) test --test status_page --no-fail-fast -- --ignored; \
 	 else echo "Chromium cannot start here: tests/status_page.rs stays ignored, not passed"; fi
 	@if docker info >/dev/null 2>&1 || [ "$${LB_REQUIRE_DOCKER:-0}" = 1 ]; then \
-	   echo "== against the Docker engine (tests/compose.rs, tests/compose_scale.rs, tests/compose_pool.rs, tests/pool_docker.rs; #[ignore]d by default)"; \
+	   echo "== against the Docker engine (tests/compose.rs, tests/compose_scale.rs, tests/compose_pool.rs, tests/pool_docker.rs, the docker pool upgrade in tests/upgrade.rs; #[ignore]d by default)"; \
 	   $(CARGO) test --no-fail-fast $(COMPOSE_TESTS) -- --ignored; \
 	 fi
 	@echo "== the integration suite again, every request through the Pingora path (LB_PATH=pingora)"
@@ -51,7 +51,7 @@ test: deps
 # test binaries in sequence, so two compose projects never compete for the CPUs):
 # the Compose setups, lb owning its containers in Compose (deploy/pool), and the
 # pool's docker provider (it builds its own image from the debug app).
-COMPOSE_TESTS := --test compose --test compose_scale --test compose_pool --test pool_docker
+COMPOSE_TESTS := --test compose --test compose_scale --test compose_pool --test pool_docker --test upgrade
 
 # Integration tests that also run with every request on the Pingora path
 # (LB_PATH=pingora: lb's HTTP/1 path checks a connection's first head, then

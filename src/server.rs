@@ -171,11 +171,12 @@ impl Lb {
         // SPEC: lb accepts traffic once the pool's members are healthy, so
         // the pool starts (and waits) before the listeners exist.
         let pool = match config.pool {
-            Some(_) => Some(Pool::start(state.clone()).map_err(StartError::Pool)?),
+            Some(_) => Some(Pool::start(state.clone(), successor).map_err(StartError::Pool)?),
             None => None,
         };
         if let Some(p) = &pool {
             control.set_pool(p.clone());
+            upgrade.set_pool(p.clone());
         }
         let conf = ServerConf {
             threads: config.server.threads,

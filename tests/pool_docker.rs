@@ -16,8 +16,6 @@
 
 mod common;
 
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::compose::{run_on_engine, Needs};
@@ -27,78 +25,6 @@ use serde_json::{json, Value};
 /// Longest the whole test may take, the image build included.
 const LIMIT: Duration = Duration::from_secs(180);
 
-const IMAGE: &str = "lb-app:pooltest";
-const IMAGE_V2: &str = "lb-app:pooltest-v2";
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("docker {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Builds (once per run) a scratch image with the debug `app` and its
-/// libraries at their paths, plus a second tag for the rollout.
-fn image() -> &'static str {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let ctx = tempfile::tempdir().unwrap();
-        let root = ctx.path().join("rootfs");
-        let app = app_bin();
-        let put = |src: &std::path::Path, dst: &str| {
-            let to = root.join(dst.trim_start_matches('/'));
-            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-            std::fs::copy(src, &to).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-        };
-        put(&app, "/usr/local/bin/app");
-        let ldd = Command::new("ldd").arg(&app).output().expect("ldd");
-        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
-            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
-            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
-            let path = line
-                .split_whitespace()
-                .find(|w| w.starts_with('/'))
-                .map(std::path::PathBuf::from);
-            if let Some(p) = path {
-                let real = std::fs::canonicalize(&p).unwrap_or(p.clone());
-                put(&real, p.to_str().unwrap());
-            }
-        }
-        std::fs::write(
-            ctx.path().join("Dockerfile"),
-            "FROM scratch\nCOPY rootfs/ /\nUSER 65532:65532\nENV PORT=3000\n\
-             ENTRYPOINT [\"/usr/local/bin/app\"]\n",
-        )
-        .unwrap();
-        docker(&["build", "-q", "-t", IMAGE, ctx.path().to_str().unwrap()]);
-        docker(&["tag", IMAGE, IMAGE_V2]);
-    });
-    IMAGE
-}
-
-/// Containers labelled `lb.pool=<name>`, running or not.
-fn containers(name: &str) -> Vec<String> {
-    let out = docker(&["ps", "-aq", "--filter", &format!("label=lb.pool={name}")]);
-    out.lines().map(String::from).collect()
-}
-
-/// Removes the pool's containers on drop, also when the test fails.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for id in containers(&self.0) {
-            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
-        }
-    }
-}
-
 fn body(name: &str) -> String {
     format!(
         "[health]\ninterval = \"100ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n\n\
@@ -106,7 +32,7 @@ fn body(name: &str) -> String {
          network = \"bridge\"\npublish = \"127.0.0.1\"\ncontainer_port = 3000\ncpus = 0.5\n\
          memory = \"128m\"\nenv = {{ PERFORMANCE_MODE = \"normal\" }}\n\
          check_interval = \"300ms\"\ndrain_timeout = \"2s\"\nstart_timeout = \"20s\"\n",
-        image()
+        app_image()
     )
 }
 
@@ -119,12 +45,12 @@ fn ready(v: &Value) -> Vec<String> {
 async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
     run_on_engine("docker pool test", Needs::Engine, LIMIT, async {
         let (name, _, _) = unique_pool();
-        let _cleanup = Cleanup(name.clone());
+        let _cleanup = ContainerCleanup(name.clone());
         let mut lb = Lb::start(&body(&name)).await;
         let v = lb.pool().await;
         assert_eq!(v["provider"], "docker");
         assert_eq!(ready(&v), [format!("{name}-1"), format!("{name}-2")]);
-        let ids = containers(&name);
+        let ids = pool_containers(&name);
         assert_eq!(ids.len(), 2);
         let inspect = docker(&["inspect", "-f", "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{index .Config.Labels \"lb.member\"}}", &format!("lb-pool-{name}-1")]);
         assert_eq!(inspect, format!("500000000 134217728 {name}-1"));
@@ -148,7 +74,7 @@ async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
 
         // Rollout to another image, one member at a time.
         let r = lb
-            .admin_call(reqwest::Method::POST, "/admin/pool/rollout", Some(&json!({"image": IMAGE_V2})))
+            .admin_call(reqwest::Method::POST, "/admin/pool/rollout", Some(&json!({"image": POOL_IMAGE_V2})))
             .await;
         assert_eq!(r.status, 202, "{}", r.text);
         let done = lb
@@ -164,7 +90,7 @@ async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
         let images = || docker(&["ps", "--filter", &format!("label=lb.pool={name}"), "--format", "{{.Image}}"]);
         let only_v2 = eventually(Duration::from_secs(10), || {
             let i = images();
-            i.lines().count() == 2 && i.lines().all(|i| i == IMAGE_V2)
+            i.lines().count() == 2 && i.lines().all(|i| i == POOL_IMAGE_V2)
         });
         assert!(only_v2.await, "{}", images());
 
@@ -183,20 +109,20 @@ async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
             .expect("rollout by reload done");
         assert_eq!(done["rollout"]["total"], 2);
         let inspect = docker(&["inspect", "-f", "{{.Config.Image}} {{.HostConfig.NanoCpus}} {{range .Config.Env}}{{.}} {{end}}", &format!("lb-pool-{name}-6")]);
-        assert!(inspect.starts_with(&format!("{IMAGE_V2} 250000000 ")), "{inspect}");
+        assert!(inspect.starts_with(&format!("{POOL_IMAGE_V2} 250000000 ")), "{inspect}");
         assert!(inspect.contains("PERFORMANCE_MODE=high"), "{inspect}");
 
         // SIGTERM: every container stopped and removed.
         assert_eq!(lb.stop().await.code(), Some(0));
-        assert_eq!(containers(&name), Vec::<String>::new());
+        assert_eq!(pool_containers(&name), Vec::<String>::new());
 
         // kill -9: the containers stay (no parent-death signal for them)…
         lb.restart().await;
-        let left = containers(&name);
+        let left = pool_containers(&name);
         assert_eq!(left.len(), 2);
         lb.signal(libc::SIGKILL);
         let _ = tokio::task::block_in_place(|| lb.wait_exit(Duration::from_secs(5)));
-        assert_eq!(containers(&name), left);
+        assert_eq!(pool_containers(&name), left);
         // …until the next start removes them by label. That lb checks only
         // every minute and health-checks every 5 s, so a kill noticed within
         // a second was noticed by the engine's event stream.
@@ -206,7 +132,7 @@ async fn docker_pool_replaces_a_killed_container_rolls_out_and_cleans_up() {
                 .replace("check_interval = \"300ms\"", "check_interval = \"60s\""),
         );
         lb.restart().await;
-        let now = containers(&name);
+        let now = pool_containers(&name);
         assert_eq!(now.len(), 2);
         assert!(now.iter().all(|id| !left.contains(id)), "{left:?} still there: {now:?}");
         assert!(lb.log_text().contains("removing a container left by an earlier lb"));

@@ -99,13 +99,44 @@ struct Fleet {
     admin: SocketAddr,
     /// `tls.listen` and a client trusting its certificate, with `[tls]`.
     https: Option<(SocketAddr, Arc<rustls::ClientConfig>)>,
+    /// What the load GETs and POSTs to.
+    paths: Paths,
+    /// `$NOTIFY_SOCKET` of every lb started: what lb tells systemd.
+    notify: std::os::unix::net::UnixDatagram,
     pids: Vec<u32>,
 }
+
+/// The load's GET and POST paths: [`Backend`]'s, or the demo app's.
+#[derive(Clone, Copy)]
+struct Paths {
+    get: &'static str,
+    post: &'static str,
+}
+
+const BACKEND_PATHS: Paths = Paths {
+    get: "/api/get",
+    post: "/api/post",
+};
+const APP_PATHS: Paths = Paths {
+    get: "/api/whoami",
+    post: "/api/echo",
+};
 
 impl Fleet {
     /// lb in front of `backends` (named a and b), with a `[tls]` listener
     /// when `tls`.
     fn new(backends: &[Backend], tls: bool) -> Fleet {
+        let names = ["a", "b"];
+        let backends: String = backends
+            .iter()
+            .zip(names)
+            .map(|(b, n)| format!("[[backends]]\nname = \"{n}\"\naddr = \"{}\"\n", b.addr))
+            .collect();
+        Fleet::with(&backends, tls, BACKEND_PATHS)
+    }
+
+    /// lb with `upstreams` (backends or a `[pool]`) after its own sections.
+    fn with(upstreams: &str, tls: bool, paths: Paths) -> Fleet {
         // SAFETY: prctl(2) on this process; orphans are reparented here.
         assert_eq!(
             unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) },
@@ -116,19 +147,15 @@ impl Fleet {
         let addr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut fleet = Fleet {
-            dir,
             addr,
             admin,
             https: None,
+            paths,
+            notify: std::os::unix::net::UnixDatagram::bind(dir.path().join("notify.sock")).unwrap(),
             pids: Vec::new(),
+            dir,
         };
         fleet.install_binary();
-        let names = ["a", "b"];
-        let backends: String = backends
-            .iter()
-            .zip(names)
-            .map(|(b, n)| format!("[[backends]]\nname = \"{n}\"\naddr = \"{}\"\n", b.addr))
-            .collect();
         let mut tls_section = String::new();
         if tls {
             let ca = Ca::new();
@@ -139,13 +166,19 @@ impl Fleet {
             fleet.https = Some((listen, ca.client(&["http/1.1"], &versions)));
         }
         let d = fleet.dir.path().display();
+        // Fast health checks, unless `upstreams` brings its own.
+        let health = if upstreams.contains("[health]") {
+            ""
+        } else {
+            "[health]\ninterval = \"200ms\"\n"
+        };
         std::fs::write(
             fleet.config(),
             format!(
                 "[server]\nlisten = \"{addr}\"\nthreads = 2\ngrace_period = \"5s\"\n\
                  upgrade_sock = \"{d}/up.sock\"\n{MAX_CONNECTIONS}\n\
                  [admin]\nlisten = \"{admin}\"\nstate_file = \"{d}/state.json\"\n\n\
-                 [health]\ninterval = \"200ms\"\n\n{tls_section}\n{backends}"
+                 {health}\n{tls_section}\n{upstreams}"
             ),
         )
         .unwrap();
@@ -156,6 +189,7 @@ impl Fleet {
         Target {
             addr: self.addr,
             https: self.https.clone(),
+            paths: self.paths,
         }
     }
 
@@ -198,6 +232,7 @@ impl Fleet {
             .arg(self.config())
             .env("RUST_LOG", "info,access=off")
             .env("LB_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -205,6 +240,26 @@ impl Fleet {
             .expect("spawn lb");
         self.pids.push(child.id());
         child.id()
+    }
+
+    /// The next message lb sent to `$NOTIFY_SOCKET` within `timeout`, its
+    /// lines sorted (systemd reads them as a set).
+    async fn notified(&self, timeout: Duration) -> Option<Vec<String>> {
+        self.notify.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 512];
+        loop {
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let mut lines: Vec<String> = text.lines().map(String::from).collect();
+                lines.sort();
+                return Some(lines);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Polls the log (from byte `from`) for a line with every needle.
@@ -312,6 +367,7 @@ enum Outcome {
 struct Target {
     addr: SocketAddr,
     https: Option<(SocketAddr, Arc<rustls::ClientConfig>)>,
+    paths: Paths,
 }
 
 /// `RATE` requests a second until stopped, each on a new connection; every
@@ -370,12 +426,16 @@ async fn request(target: &Target, id: u64, is_post: bool) -> Outcome {
     let req = if is_post {
         let body = format!("post {id}");
         format!(
-            "POST /api/post HTTP/1.1\r\nhost: lb\r\nx-post-id: {id}\r\ncontent-type: text/plain\r\n\
+            "POST {} HTTP/1.1\r\nhost: lb\r\nx-post-id: {id}\r\ncontent-type: text/plain\r\n\
              content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            target.paths.post,
             body.len()
         )
     } else {
-        "GET /api/get HTTP/1.1\r\nhost: lb\r\nconnection: close\r\n\r\n".to_string()
+        format!(
+            "GET {} HTTP/1.1\r\nhost: lb\r\nconnection: close\r\n\r\n",
+            target.paths.get
+        )
     };
     match &target.https {
         Some((_, config)) if over_tls(target, id) => {
@@ -404,7 +464,7 @@ where
     };
     let got = timeout(Duration::from_secs(10), exchange).await;
     let text = String::from_utf8_lossy(&answer[..answer.len().min(120)]).into_owned();
-    let whole = answer.starts_with(b"HTTP/1.1 200 ") && answer.ends_with(b"ok");
+    let whole = whole_200(&answer);
     match got {
         Ok(Ok(_)) if whole => Outcome::Ok,
         // A TLS peer that closed without close_notify, after the whole answer.
@@ -413,6 +473,19 @@ where
         Ok(Err(e)) => Outcome::Failed(format!("port {local}: {e} after {text:?}")),
         Err(_) => Outcome::Failed(format!("port {local}: no end within 10 s after {text:?}")),
     }
+}
+
+/// A `200` whose body is all there (as long as its `content-length`).
+fn whole_200(answer: &[u8]) -> bool {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    head.starts_with("http/1.1 200 ") && length == Some(answer.len() - end - 4)
 }
 
 /// Starts lb, waits until both ports accept; its pid.
@@ -605,6 +678,14 @@ async fn rewrite(fleet: &Fleet, reload: bool, f: impl FnOnce(&str) -> String) {
 /// SIGUSR2 to `pid`, expecting the upgrade to fail with `why` in the log
 /// line and `pid` to go on serving.
 async fn failed_upgrade(fleet: &Fleet, pid: u32, why: &str) -> String {
+    let line = failed_upgrade_keeps(fleet, pid, why).await;
+    assert_weights(fleet, pid).await;
+    line
+}
+
+/// [`failed_upgrade`] without the weights (an lb with no backends of its
+/// own).
+async fn failed_upgrade_keeps(fleet: &Fleet, pid: u32, why: &str) -> String {
     let from = fleet.log().len();
     signal(pid, libc::SIGUSR2);
     let line = fleet
@@ -618,7 +699,6 @@ async fn failed_upgrade(fleet: &Fleet, pid: u32, why: &str) -> String {
     assert!(alive(pid), "the old lb {pid} exited");
     let r = request(&fleet.target(), u64::MAX - 1, false).await;
     assert_eq!(r, Outcome::Ok, "the old lb serves");
-    assert_weights(fleet, pid).await;
     line
 }
 
@@ -628,6 +708,9 @@ async fn a_failed_successor_leaves_the_old_one_serving() {
         let backends = [Backend::start().await, Backend::start().await];
         let mut fleet = Fleet::new(&backends, false);
         let pid = start_lb(&mut fleet).await;
+        // Under systemd (`Type=notify`): ready once serving.
+        let sd = fleet.notified(Duration::from_secs(5)).await;
+        assert_eq!(sd, Some(vec!["READY=1".to_string()]), "lb's first notification");
         set_weights(&fleet).await;
         let good = std::fs::read_to_string(fleet.config()).unwrap();
         let load = Load::start(fleet.target());
@@ -651,9 +734,16 @@ async fn a_failed_successor_leaves_the_old_one_serving() {
         let line = failed_upgrade(&fleet, pid, "cannot create").await;
         println!("upgrade_sock: {line}");
 
+        // The failed successors told systemd nothing.
+        assert_eq!(fleet.notified(Duration::ZERO).await, None);
+
         // Fixed: the next upgrade goes through.
         rewrite(&fleet, true, |_| good.clone()).await;
         let (new, confirmed, exited) = upgrade(&mut fleet, pid, false).await;
+        // systemd follows the new process; the old one's exit is no stop.
+        let sd = fleet.notified(Duration::from_secs(5)).await;
+        assert_eq!(sd, Some(vec![format!("MAINPID={new}"), "READY=1".to_string()]));
+        assert_eq!(fleet.notified(Duration::ZERO).await, None, "STOPPING=1 at a hand-over");
         assert_weights(&fleet, new).await;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let results = load.stop().await;
@@ -664,6 +754,11 @@ async fn a_failed_successor_leaves_the_old_one_serving() {
             bad.len()
         );
         assert!(bad.is_empty(), "{bad:?}");
+        // A stop is one: STOPPING=1.
+        signal(new, libc::SIGTERM);
+        let sd = fleet.notified(Duration::from_secs(5)).await;
+        assert_eq!(sd, Some(vec!["STOPPING=1".to_string()]));
+        assert_eq!(exit_code(new, Duration::from_secs(15)).await, Some(0));
     })
     .await;
 }
@@ -677,4 +772,156 @@ fn line_pid(log: &str, what: &str) -> u32 {
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no {what:?} line"))
+}
+
+/// `GET /admin/pool` of the serving lb.
+async fn pool_view(fleet: &Fleet) -> serde_json::Value {
+    let (status, v) = fleet.admin(reqwest::Method::GET, "/admin/pool", None).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+/// Runs the load across `upgrades` (`true`: by hand) of `pid`, 700 ms
+/// apart; the last successor's pid, once every request was answered `200`.
+async fn upgrades_answer_everything(fleet: &mut Fleet, mut pid: u32, upgrades: &[bool]) -> u32 {
+    let load = Load::start(fleet.target());
+    for &by_hand in upgrades {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        pid = upgrade(fleet, pid, by_hand).await.0;
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let results = load.stop().await;
+    let bad: Vec<_> = results.iter().filter(|r| r.2 != Outcome::Ok).collect();
+    println!(
+        "{} upgrades: {} requests ({} POST), not ok: {}",
+        upgrades.len(),
+        results.len(),
+        results.iter().filter(|r| r.1).count(),
+        bad.len()
+    );
+    // 700 ms at RATE before, between and after the upgrades, at least.
+    let least = RATE as usize * 7 * (upgrades.len() + 1) / 10;
+    assert!(results.len() >= least, "too little load: {}", results.len());
+    assert!(bad.is_empty(), "{:?}", &bad[..bad.len().min(5)]);
+    pid
+}
+
+/// The parent pid of `pid`.
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A process pool across upgrades (SPEC: "process members are replaced as
+/// in a rollout"): every request answered; after each upgrade the members
+/// are new processes, children of the new lb, and the old ones are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_pool_is_replaced_across_upgrades() {
+    serial("process pool upgrade", LIMIT, async {
+        let (name, lo, hi) = common::unique_pool();
+        let _guard = common::PoolGuard(name.clone());
+        let pool = common::pool_toml(&name, (lo, hi), "size = 2\n", &[]);
+        let mut fleet = Fleet::with(&pool, false, APP_PATHS);
+        let mut pid = start_lb(&mut fleet).await;
+        let mut members = common::pool_pids(&name);
+        assert_eq!(members.len(), 2, "{members:?}");
+        for by_hand in [false, true] {
+            let new = upgrades_answer_everything(&mut fleet, pid, &[by_hand]).await;
+            // The old lb stopped its members before it exited.
+            assert!(
+                members.iter().all(|&m| !common::alive(m)),
+                "old members {members:?} live on"
+            );
+            let now = common::pool_pids(&name);
+            assert_eq!(now.len(), 2, "{now:?}");
+            for m in &now {
+                assert_eq!(parent(*m), Some(new), "member {m} is the new lb's child");
+            }
+            let v = pool_view(&fleet).await;
+            assert_eq!(common::members_in(&v, "ready").len(), 2, "{v}");
+            (pid, members) = (new, now);
+        }
+    })
+    .await;
+}
+
+/// A docker pool across upgrades (SPEC: "docker pool members are adopted by
+/// label"): every request answered, the same two containers serving under
+/// the same names throughout, none started or removed; a failed upgrade
+/// releases the pool to the old process (it replaces a killed member); the
+/// last lb's SIGTERM removes them. Needs a Docker engine: `make test` runs it
+/// with `--ignored` when `docker info` works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Docker engine; `make test` runs it when `docker info` works"]
+async fn a_docker_pool_is_adopted_across_upgrades() {
+    use common::compose::{run_on_engine, Needs};
+    run_on_engine("docker pool upgrade", Needs::Engine, LIMIT, async {
+        let image = common::app_image();
+        let (name, _, _) = common::unique_pool();
+        let _cleanup = common::ContainerCleanup(name.clone());
+        let pool = format!(
+            "[pool]\nprovider = \"docker\"\nname = \"{name}\"\nimage = \"{image}\"\nsize = 2\n\
+             network = \"bridge\"\npublish = \"127.0.0.1\"\ncontainer_port = 3000\n\
+             check_interval = \"300ms\"\ndrain_timeout = \"2s\"\nstart_timeout = \"20s\"\n"
+        );
+        let mut fleet = Fleet::with(&pool, false, APP_PATHS);
+        let pid = start_lb(&mut fleet).await;
+        let names = vec![format!("{name}-1"), format!("{name}-2")];
+        assert_eq!(common::members_in(&pool_view(&fleet).await, "ready"), names);
+        let mut ids = common::pool_containers(&name);
+        ids.sort();
+        assert_eq!(ids.len(), 2, "{ids:?}");
+
+        let from = fleet.log().len();
+        let pid = upgrades_answer_everything(&mut fleet, pid, &[false, true]).await;
+        let log = fleet.log()[from..].to_string();
+        let adopted = log.matches("pool: container adopted").count();
+        let left = log
+            .matches("pool: members left running for the new lb process")
+            .count();
+        println!("docker pool: {adopted} adoptions, {left} hand-overs");
+        // Two containers adopted at each of the two upgrades.
+        assert_eq!((adopted, left), (4, 2), "{log}");
+        assert!(
+            !log.contains("pool: container started"),
+            "a container was started: {log}"
+        );
+        let mut now = common::pool_containers(&name);
+        now.sort();
+        assert_eq!(now, ids, "the same containers");
+        let v = pool_view(&fleet).await;
+        assert_eq!(common::members_in(&v, "ready"), names, "{v}");
+
+        // A failed upgrade (the new process cannot read its config) gives
+        // the pool back to the old process: a killed member is replaced.
+        rewrite(&fleet, false, |t| t.replace("threads = 2", "threads = 0")).await;
+        failed_upgrade_keeps(
+            &fleet,
+            pid,
+            "exited (exit status: 2) before taking the sockets",
+        )
+        .await;
+        common::docker(&["kill", &format!("lb-pool-{name}-1")]);
+        let replaced = format!("{name}-3");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !common::members_in(&pool_view(&fleet).await, "ready").contains(&replaced) {
+            assert!(
+                Instant::now() < deadline,
+                "{replaced} never ready: {}",
+                pool_view(&fleet).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // SIGTERM: the last lb stops and removes its members.
+        signal(pid, libc::SIGTERM);
+        assert_eq!(exit_code(pid, Duration::from_secs(20)).await, Some(0));
+        assert_eq!(common::pool_containers(&name), Vec::<String>::new());
+    })
+    .await;
 }

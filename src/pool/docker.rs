@@ -40,7 +40,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 
 use super::own_container::{self, OWN_NETWORK};
-use super::provider::{Container, Provider, ProviderError, Spec};
+use super::provider::{Adopted, Container, Provider, ProviderError, Spec};
 use crate::config::DockerConfig;
 
 /// The label every member carries.
@@ -239,6 +239,14 @@ async fn follow(docker: &Docker, pool: &str, shared: &Shared, up: impl FnOnce())
     }
 }
 
+/// The `<n>` of member `<pool>-<n>` (0 if it has none).
+fn member_number(name: &str) -> u64 {
+    name.rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -381,6 +389,47 @@ impl DockerProvider {
         Ok(SocketAddr::new(ip, self.cfg.container_port))
     }
 
+    /// Records running container `id` as member `name`; its address and
+    /// the spec it was created from (its image, `env` without the two lb
+    /// sets, `cpus` and `memory`).
+    async fn take(&self, name: &str, id: &str) -> Result<(SocketAddr, Spec), ProviderError> {
+        let info = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(err("inspect"))?;
+        let config = info.config.unwrap_or_default();
+        let host = info.host_config.unwrap_or_default();
+        let env = config
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| {
+                let (k, v) = kv.split_once('=')?;
+                (k != "CONTAINER_ID" && k != "PORT").then(|| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let spec = Spec::Container(Container {
+            image: config.image.unwrap_or_default(),
+            env,
+            cpus: host.nano_cpus.unwrap_or(0) as f64 / 1e9,
+            memory: host.memory.unwrap_or(0).max(0) as u64,
+        });
+        let member = Member {
+            id: id.to_string(),
+            exit: None,
+            oom: false,
+        };
+        lock(&self.shared.members).insert(name.to_string(), member);
+        match self.address(id).await {
+            Ok(addr) => Ok((addr, spec)),
+            Err(e) => {
+                lock(&self.shared.members).remove(name);
+                Err(e)
+            }
+        }
+    }
+
     async fn remove(&self, id: &str) {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
         if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
@@ -408,6 +457,48 @@ impl Provider for DockerProvider {
             self.remove(id).await;
         }
         Ok(list.len())
+    }
+
+    async fn adopt(&self) -> Result<Vec<Adopted>, ProviderError> {
+        let filters = HashMap::from([("label", vec![format!("{POOL_LABEL}={}", self.pool)])]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err("list containers"))?;
+        let mut adopted = Vec::new();
+        for c in &list {
+            let Some(id) = &c.id else { continue };
+            let member = c.labels.as_ref().and_then(|l| l.get(MEMBER_LABEL)).cloned();
+            let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+            let taken = match member {
+                Some(name) if running => {
+                    self.take(&name, id)
+                        .await
+                        .map(|(addr, spec)| Adopted { name, addr, spec })
+                }
+                _ => Err(ProviderError("not running".into())),
+            };
+            match taken {
+                Ok(a) => {
+                    tracing::info!(member = %a.name, container = %id, addr = %a.addr, "pool: container adopted");
+                    adopted.push(a);
+                }
+                Err(e) => {
+                    tracing::info!(container = %id, names = ?c.names, why = %e,
+                        "pool: removing a container of the old lb process that cannot be adopted");
+                    lock(&self.shared.members).retain(|_, m| &m.id != id);
+                    self.remove(id).await;
+                }
+            }
+        }
+        // Oldest first: member numbers grow with every start.
+        adopted.sort_by_key(|a| member_number(&a.name));
+        Ok(adopted)
     }
 
     async fn start(&self, name: &str, spec: &Spec) -> Result<SocketAddr, ProviderError> {

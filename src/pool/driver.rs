@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::core::{Action, Core, Sample};
-use super::provider::{Provider, ProviderError};
+use super::provider::{Adopted, Provider, ProviderError};
 use super::view::MemberState;
 use super::{docker, lock, process, Pool};
 use crate::config::{PoolConfig, PoolProvider};
@@ -40,6 +40,7 @@ pub(super) fn run_thread(
     pool: Arc<Pool>,
     state: Arc<State>,
     cfg: PoolConfig,
+    adopt: bool,
     boot: std::sync::mpsc::Sender<Result<(), ProviderError>>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -65,10 +66,21 @@ pub(super) fn run_thread(
                 }
             },
         };
-        match provider.clean_leftovers().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, pool = %cfg.name, "pool: removed members left by an earlier lb"),
-            Err(e) => tracing::warn!(error = %e, "pool: cannot look for leftovers of an earlier lb"),
+        if adopt {
+            // An upgrade: the old process's members serve on, now as ours.
+            match provider.adopt().await {
+                Ok(list) => take_over(&pool, list),
+                Err(e) => {
+                    let _ = boot.send(Err(ProviderError::new("adopting the old process's members", e)));
+                    return;
+                }
+            }
+        } else {
+            match provider.clean_leftovers().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, pool = %cfg.name, "pool: removed members left by an earlier lb"),
+                Err(e) => tracing::warn!(error = %e, "pool: cannot look for leftovers of an earlier lb"),
+            }
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let mut d = Driver {
@@ -91,6 +103,24 @@ pub(super) fn run_thread(
     });
 }
 
+/// Adopted members into the core, each under the generation of the spec it
+/// runs (the config's, or one added for what the old process rolled out).
+fn take_over(pool: &Pool, adopted: Vec<Adopted>) {
+    let mut specs = lock(&pool.specs);
+    let mut core = lock(&pool.core);
+    let now = Instant::now();
+    for a in adopted {
+        let generation = match specs.iter().position(|s| *s == a.spec) {
+            Some(g) => g,
+            None => {
+                specs.push(a.spec);
+                specs.len() - 1
+            }
+        };
+        core.adopt(&a.name, a.addr, generation as u32, now);
+    }
+}
+
 struct Driver {
     pool: Arc<Pool>,
     provider: Arc<dyn Provider>,
@@ -110,6 +140,15 @@ impl Driver {
         let mut stop = self.pool.stop.subscribe();
         let mut pending = Vec::new();
         loop {
+            if self.pool.held.load(Ordering::Acquire) {
+                // An upgrade under way: the members are the successor's to
+                // run; nothing started, stopped or recycled meanwhile.
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = stop.changed() => break,
+                }
+                continue;
+            }
             let now = Instant::now();
             let snap = self.state.load_full();
             let pool = self.pool.clone();
@@ -146,6 +185,14 @@ impl Driver {
             while let Ok(ev) = rx.try_recv() {
                 pending.push(ev);
             }
+        }
+        if self.pool.held.load(Ordering::Acquire) {
+            let n = lock(&self.pool.core).members.len();
+            tracing::info!(
+                members = n,
+                "pool: members left running for the new lb process"
+            );
+            return;
         }
         self.stop_everything().await;
     }

@@ -23,14 +23,15 @@ pub mod provider;
 pub mod reload;
 pub mod view;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, PoolProvider};
 use crate::state::State;
 
 pub use self::core::{Core, Counters, PoolError};
-pub use provider::{Container, Provider, ProviderError, Spec};
+pub use provider::{Adopted, Container, Provider, ProviderError, Spec};
 pub use view::{MemberState, PoolView, Reason};
 
 /// What [`Pool::shutdown_time`] allows beyond `drain_timeout`: the SIGKILL
@@ -94,6 +95,8 @@ pub struct Pool {
     stop: tokio::sync::watch::Sender<bool>,
     /// Becomes true once the driver stopped every member.
     stopped: (Mutex<bool>, Condvar),
+    /// An upgrade hands the members to the new process ([`Pool::hold`]).
+    held: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -101,11 +104,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Pool {
-    /// Starts the pool's thread: cleans up leftovers of a killed lb, starts
-    /// `size` members, and returns once they are all ready (or after
-    /// `start_timeout`, with a warning: lb serves what is ready and the pool
-    /// keeps trying). Fails if the provider cannot be reached at all.
-    pub fn start(state: Arc<State>) -> Result<Arc<Pool>, ProviderError> {
+    /// Starts the pool's thread: cleans up leftovers of a killed lb (or,
+    /// when `adopt`, an upgrade's new process, takes over the members of
+    /// the old one: [`Provider::adopt`]), starts members up to `size`, and
+    /// returns once they are all ready (or after `start_timeout`, with a
+    /// warning: lb serves what is ready and the pool keeps trying). Fails if
+    /// the provider cannot be reached at all.
+    pub fn start(state: Arc<State>, adopt: bool) -> Result<Arc<Pool>, ProviderError> {
         let snap = state.load_full();
         let cfg = snap
             .config
@@ -120,12 +125,13 @@ impl Pool {
             wake: tokio::sync::Notify::new(),
             stop,
             stopped: (Mutex::new(false), Condvar::new()),
+            held: AtomicBool::new(false),
         });
         let (boot_tx, boot_rx) = std::sync::mpsc::channel();
         let p = pool.clone();
         std::thread::Builder::new()
             .name("lb-pool".into())
-            .spawn(move || driver::run_thread(p, state, cfg, boot_tx))
+            .spawn(move || driver::run_thread(p, state, cfg, adopt, boot_tx))
             .map_err(|e| ProviderError::new("cannot start the pool thread", e))?;
         let wait = pool.config().start_timeout + Duration::from_secs(1);
         match boot_rx.recv_timeout(wait) {
@@ -218,6 +224,27 @@ impl Pool {
         drop((core, specs));
         self.wake.notify_one();
         plan
+    }
+
+    /// Whether an upgrade's new process takes the members over (docker
+    /// containers outlive lb; process members are lb's children).
+    pub fn hands_over(&self) -> bool {
+        matches!(self.config().provider, PoolProvider::Docker(_))
+    }
+
+    /// An upgrade under way (`true`), or failed (`false`). While held, the
+    /// pool changes nothing (the new process adopts the members as they
+    /// are) and [`Pool::shutdown`] leaves them running. No-op unless
+    /// [`Pool::hands_over`].
+    pub fn hold(&self, on: bool) {
+        if self.hands_over() && self.held.swap(on, Ordering::AcqRel) != on {
+            if on {
+                tracing::info!("pool: held for the upgrade; members go to the new process");
+            } else {
+                tracing::info!("pool: no hand-over after all; the members stay this process's");
+            }
+            self.wake.notify_one();
+        }
     }
 
     /// Stops every member (graceful stop, kill after `drain_timeout`) and

@@ -51,6 +51,17 @@ impl Spec {
     }
 }
 
+/// A member taken over from the old lb process ([`Provider::adopt`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Adopted {
+    /// Its member name (`<pool>-<n>`).
+    pub name: String,
+    /// Where lb reaches it.
+    pub addr: SocketAddr,
+    /// What it runs.
+    pub spec: Spec,
+}
+
 /// A provider's failure, as one line for the log.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -70,6 +81,15 @@ pub trait Provider: Send + Sync + 'static {
     /// Removes members that an earlier lb with this pool name left running
     /// (it was killed before it could stop them); how many it removed.
     async fn clean_leftovers(&self) -> Result<usize, ProviderError>;
+
+    /// An upgrade: takes over the members the old lb process runs (they
+    /// outlive it), oldest first, each with its address and what it runs,
+    /// and removes what of them no longer runs. The process provider's
+    /// members are the old process's children and end with it: it adopts
+    /// none, and the new process starts its own.
+    async fn adopt(&self) -> Result<Vec<Adopted>, ProviderError> {
+        Ok(Vec::new())
+    }
 
     /// Starts member `name` from `spec`; the address lb reaches it at. The
     /// member may still be booting: the pool probes it before serving.

@@ -19,6 +19,13 @@
 //! 4. The old process stops accepting (Pingora's graceful shutdown), lets
 //!    its in-flight requests finish within `server.grace_period` and exits 0.
 //!
+//! A docker `[pool]` is held from the hand-over's start (nothing started,
+//! stopped or recycled; released if the hand-over fails) and its containers
+//! outlive the old process: the successor adopts them by label
+//! ([`crate::pool::Provider::adopt`]) and they serve on. A process pool's
+//! members are the old process's children: the successor starts its own,
+//! the old one stops its own after its requests drained.
+//!
 //! Both processes accept from the same sockets between 2 and 4, and a socket
 //! lives while either holds it: a connection is never refused, at worst it
 //! waits in the shared backlog. Anything failing before 4 (the successor
@@ -30,6 +37,7 @@ mod admin;
 mod handover;
 mod signals;
 mod successor;
+mod systemd;
 
 pub use admin::AdminService;
 pub use successor::prepare;
@@ -61,6 +69,9 @@ pub struct Upgrade {
     fds: OnceLock<ListenFds>,
     /// The admin API accepts (a successor confirms after it).
     admin_listening: AtomicBool,
+    /// The `[pool]`, held while a hand-over runs (its docker members go to
+    /// the successor, which adopts them).
+    pool: OnceLock<Arc<crate::pool::Pool>>,
 }
 
 impl Upgrade {
@@ -71,6 +82,7 @@ impl Upgrade {
             state,
             fds: OnceLock::new(),
             admin_listening: AtomicBool::new(false),
+            pool: OnceLock::new(),
         })
     }
 
@@ -82,6 +94,18 @@ impl Upgrade {
     /// `server.upgrade_sock` of the running config.
     fn sock(&self) -> PathBuf {
         self.state.load().config.server.upgrade_sock.clone()
+    }
+
+    /// The running `[pool]`, set once it started.
+    pub fn set_pool(&self, pool: Arc<crate::pool::Pool>) {
+        let _ = self.pool.set(pool);
+    }
+
+    /// Holds the pool while a hand-over runs, releases it if it failed.
+    fn hold_pool(&self, on: bool) {
+        if let Some(p) = self.pool.get() {
+            p.hold(on);
+        }
     }
 
     fn set_fds(&self, fds: ListenFds) {

@@ -26,15 +26,20 @@ impl Upgrade {
             tracing::error!("cannot install signal handlers; stop with SIGKILL");
             return std::future::pending().await;
         };
+        let me = self.clone();
         if self.successor {
-            let me = self.clone();
             tokio::task::spawn_blocking(move || me.confirm());
+        } else {
+            tokio::task::spawn_blocking(move || {
+                me.wait_admin();
+                super::systemd::ready(false);
+            });
         }
         let mut running: Option<(Trigger, JoinHandle<Outcome>)> = None;
         loop {
             let trigger = tokio::select! {
-                _ = term.recv() => return "SIGTERM".into(),
-                _ = int.recv() => return "SIGINT".into(),
+                _ = term.recv() => return stopping("SIGTERM"),
+                _ = int.recv() => return stopping("SIGINT"),
                 _ = quit.recv() => Trigger::Quit,
                 _ = usr2.recv() => Trigger::Usr2,
                 done = async { (&mut running.as_mut().expect("guarded").1).await }, if running.is_some() => {
@@ -42,11 +47,14 @@ impl Upgrade {
                     match done.unwrap_or_else(|e| Outcome::Failed(format!("the hand-over panicked: {e}"))) {
                         Outcome::TookOver(pid) => return format!("{}: successor {pid} took over", name(trigger)),
                         Outcome::NoSuccessor => {
+                            self.hold_pool(false);
                             tracing::info!(sock = %self.sock().display(), "SIGQUIT: no successor waiting");
-                            return "SIGQUIT".into();
+                            return stopping("SIGQUIT");
                         }
-                        Outcome::Failed(why) => tracing::error!(why = %why,
-                            "{}: upgrade failed; still serving", name(trigger)),
+                        Outcome::Failed(why) => {
+                            self.hold_pool(false);
+                            tracing::error!(why = %why, "{}: upgrade failed; still serving", name(trigger));
+                        }
                     }
                     continue;
                 }
@@ -65,11 +73,12 @@ impl Upgrade {
                     if trigger == Trigger::Usr2 {
                         tracing::info!(sock = %sock.display(), "SIGUSR2: upgrading");
                     }
+                    self.hold_pool(true);
                     let task =
                         tokio::task::spawn_blocking(move || handover::run(trigger, &sock, &fds));
                     running = Some((trigger, task));
                 }
-                None if trigger == Trigger::Quit => return "SIGQUIT".into(),
+                None if trigger == Trigger::Quit => return stopping("SIGQUIT"),
                 None => {
                     tracing::error!("SIGUSR2: upgrade failed; still serving: lb is still starting")
                 }
@@ -83,4 +92,10 @@ fn name(t: Trigger) -> &'static str {
         Trigger::Usr2 => "SIGUSR2",
         Trigger::Quit => "SIGQUIT",
     }
+}
+
+/// A stop that is not a hand-over: systemd hears `STOPPING=1`.
+fn stopping(signal: &str) -> String {
+    super::systemd::stopping();
+    signal.to_string()
 }

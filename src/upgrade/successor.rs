@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::{ready_path, Upgrade};
-use crate::config::{Config, PoolProvider};
+use crate::config::Config;
 
 /// How long the successor waits for its admin API before confirming anyway.
 const ADMIN_LIMIT: Duration = Duration::from_secs(5);
@@ -18,17 +18,8 @@ const CONFIRM_TRIES: Duration = Duration::from_secs(2);
 
 /// Checks, before anything is started, that a process started with
 /// `--upgrade` can take over: Pingora's bootstrap can create
-/// `server.upgrade_sock` (it panics otherwise), and no docker `[pool]`,
-/// whose start would remove the old process's containers (members are
-/// not adopted across an upgrade yet).
+/// `server.upgrade_sock` (it panics otherwise).
 pub fn prepare(config: &Config) -> Result<(), String> {
-    if let Some(pool) = &config.pool {
-        if matches!(pool.provider, PoolProvider::Docker(_)) {
-            return Err("--upgrade: a docker [pool] cannot be handed over yet \
-                 (its members would be removed); restart lb instead"
-                .into());
-        }
-    }
     let sock = &config.server.upgrade_sock;
     match sock.parent() {
         Some(dir) if dir.is_dir() => Ok(()),
@@ -44,16 +35,27 @@ impl Upgrade {
     /// (the last service to take its socket), its pid on
     /// `<upgrade_sock>.ready`. Blocking; run on a thread of its own.
     pub(super) fn confirm(&self) {
-        let deadline = Instant::now() + ADMIN_LIMIT;
-        while !self.admin_listening() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.wait_admin();
         let sock = self.sock();
         let pid = std::process::id();
         match send_pid(&ready_path(&sock), pid) {
-            Ok(()) => tracing::info!(pid, "upgrade: took over the listening sockets; serving"),
+            Ok(()) => {
+                tracing::info!(pid, "upgrade: took over the listening sockets; serving");
+                super::systemd::ready(true);
+            }
             Err(e) => tracing::error!(pid, error = %e,
                 "upgrade: cannot confirm to the old process; it will stop this one and keep serving"),
+        }
+    }
+}
+
+impl Upgrade {
+    /// Waits (at most 5 s) until the admin API accepts: the last service
+    /// to take its socket, so everything serves.
+    pub(super) fn wait_admin(&self) {
+        let deadline = Instant::now() + ADMIN_LIMIT;
+        while !self.admin_listening() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

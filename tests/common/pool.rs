@@ -3,7 +3,9 @@
 //! `GET /admin/pool`, and a guard that kills every process of the pool on
 //! drop, so even a failed test leaves nothing running.
 
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -154,4 +156,87 @@ pub fn member_addr(view: &Value, name: &str) -> Option<std::net::SocketAddr> {
         .as_str()?
         .parse()
         .ok()
+}
+
+// The docker provider's tests (tests/pool_docker.rs, tests/upgrade.rs).
+
+/// The image the docker pool tests run (built by [`app_image`]).
+pub const POOL_IMAGE: &str = "lb-app:pooltest";
+/// A second tag of it, for rollouts.
+pub const POOL_IMAGE_V2: &str = "lb-app:pooltest-v2";
+
+/// `docker args...`; its stdout, trimmed. Panics on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("docker {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds (once per test binary) a scratch image with the debug `app` and its
+/// libraries at their paths, plus a second tag for the rollout.
+pub fn app_image() -> &'static str {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let ctx = tempfile::tempdir().unwrap();
+        let root = ctx.path().join("rootfs");
+        let app = app_bin();
+        let put = |src: &std::path::Path, dst: &str| {
+            let to = root.join(dst.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(src, &to).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+        };
+        put(&app, "/usr/local/bin/app");
+        let ldd = Command::new("ldd").arg(&app).output().expect("ldd");
+        for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or
+            // "/lib64/ld-linux-x86-64.so.2 (0x...)"
+            let path = line
+                .split_whitespace()
+                .find(|w| w.starts_with('/'))
+                .map(std::path::PathBuf::from);
+            if let Some(p) = path {
+                let real = std::fs::canonicalize(&p).unwrap_or(p.clone());
+                put(&real, p.to_str().unwrap());
+            }
+        }
+        std::fs::write(
+            ctx.path().join("Dockerfile"),
+            "FROM scratch\nCOPY rootfs/ /\nUSER 65532:65532\nENV PORT=3000\n\
+             ENTRYPOINT [\"/usr/local/bin/app\"]\n",
+        )
+        .unwrap();
+        docker(&[
+            "build",
+            "-q",
+            "-t",
+            POOL_IMAGE,
+            ctx.path().to_str().unwrap(),
+        ]);
+        docker(&["tag", POOL_IMAGE, POOL_IMAGE_V2]);
+    });
+    POOL_IMAGE
+}
+
+/// Containers labelled `lb.pool=<name>`, running or not.
+pub fn pool_containers(name: &str) -> Vec<String> {
+    let out = docker(&["ps", "-aq", "--filter", &format!("label=lb.pool={name}")]);
+    out.lines().map(String::from).collect()
+}
+
+/// Removes the pool's containers on drop, also when the test fails.
+pub struct ContainerCleanup(pub String);
+
+impl Drop for ContainerCleanup {
+    fn drop(&mut self) {
+        for id in pool_containers(&self.0) {
+            let _ = Command::new("docker").args(["rm", "-f", &id]).output();
+        }
+    }
 }

@@ -221,6 +221,47 @@ impl Core {
         self.members.iter().filter(|m| m.ready_keeper()).count()
     }
 
+    /// Takes over `name`, already running at `addr` from `generation`'s
+    /// spec (an upgrade: the old lb process started it; members are adopted
+    /// in start order). It is probed as a
+    /// starting member is, and serves once ready; new members are numbered
+    /// after it. Several adopted raise the target to their number (what the
+    /// old process had scaled to), within `min_size..=max_size`.
+    pub fn adopt(&mut self, name: &str, addr: SocketAddr, generation: u32, now: Instant) {
+        if self.members.iter().any(|m| &*m.name == name) {
+            return;
+        }
+        if let Some(n) = name
+            .strip_prefix(self.cfg.name.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            self.next_number = self.next_number.max(n + 1);
+        }
+        // Adopted oldest first: the newest member's spec is what the old
+        // process started last (a rollout's, if it ran one).
+        self.generation = generation;
+        self.members.push(Member {
+            name: name.into(),
+            generation,
+            state: MemberState::Starting,
+            addr: Some(addr),
+            started: now,
+            retiring: None,
+            draining_since: None,
+            last_used: now,
+            sample: Sample::default(),
+            memory: None,
+            probes: Tracker::new(false),
+        });
+        let adopted = self.members.len() as u32;
+        self.target = self
+            .target
+            .max(adopted)
+            .clamp(self.cfg.min_size, self.cfg.max_size);
+        tracing::info!(member = %name, %addr, generation, "pool: member adopted from the old lb process");
+    }
+
     /// The provider started `name`, listening at `addr` (probes begin).
     pub fn started(&mut self, name: &str, addr: SocketAddr) {
         if let Some(m) = self.member_mut(name) {

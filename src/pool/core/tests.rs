@@ -381,3 +381,30 @@ fn failed_starts_back_off() {
 }
 
 mod reconfigure;
+
+#[test]
+fn adopted_members_serve_without_a_start_and_new_ones_number_after_them() {
+    let mut s = Sim::new("");
+    for n in ["app-5", "app-7", "app-8", "app-9"] {
+        s.core.adopt(n, Sim::addr(n), 0, s.now);
+        s.booting.push((n.into(), s.now, 0));
+    }
+    assert_eq!(s.core.target, 4, "what the old process had scaled to");
+    s.run(Duration::from_secs(1));
+    assert_eq!(s.names(), ["app-5", "app-7", "app-8", "app-9"]);
+    assert_eq!(s.when(|a| matches!(a, Action::Start { .. })), None);
+    let a = s.core.exited("app-7", "container died", s.now);
+    s.apply(a.into_iter().collect());
+    s.run(Duration::from_secs(1));
+    assert_eq!(s.names(), ["app-10", "app-5", "app-8", "app-9"]);
+}
+
+#[test]
+fn fewer_adopted_than_size_are_topped_up_after_them() {
+    let mut s = Sim::new("");
+    s.core.adopt("app-4", Sim::addr("app-4"), 0, s.now);
+    s.booting.push(("app-4".into(), s.now, 0));
+    s.run(Duration::from_secs(1));
+    assert_eq!(s.core.target, 3);
+    assert_eq!(s.names(), ["app-4", "app-5", "app-6"]);
+}

@@ -430,6 +430,21 @@ impl DockerProvider {
         }
     }
 
+    /// Every container with the pool's label, running or not.
+    async fn containers(&self) -> Result<Vec<bollard::models::ContainerSummary>, ProviderError> {
+        let filters = HashMap::from([("label", vec![format!("{POOL_LABEL}={}", self.pool)])]);
+        let opts = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(err("list containers"))?;
+        Ok(list)
+    }
+
     async fn remove(&self, id: &str) {
         let opts = RemoveContainerOptionsBuilder::default().force(true).build();
         if let Err(e) = self.docker.remove_container(id, Some(opts)).await {
@@ -441,16 +456,7 @@ impl DockerProvider {
 #[async_trait]
 impl Provider for DockerProvider {
     async fn clean_leftovers(&self) -> Result<usize, ProviderError> {
-        let filters = HashMap::from([("label", vec![format!("{POOL_LABEL}={}", self.pool)])]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(err("list containers"))?;
+        let list = self.containers().await?;
         for c in &list {
             let Some(id) = &c.id else { continue };
             tracing::info!(container = %id, names = ?c.names, "pool: removing a container left by an earlier lb");
@@ -460,16 +466,7 @@ impl Provider for DockerProvider {
     }
 
     async fn adopt(&self) -> Result<Vec<Adopted>, ProviderError> {
-        let filters = HashMap::from([("label", vec![format!("{POOL_LABEL}={}", self.pool)])]);
-        let opts = ListContainersOptionsBuilder::default()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .docker
-            .list_containers(Some(opts))
-            .await
-            .map_err(err("list containers"))?;
+        let list = self.containers().await?;
         let mut adopted = Vec::new();
         for c in &list {
             let Some(id) = &c.id else { continue };

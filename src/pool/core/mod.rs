@@ -93,6 +93,23 @@ pub struct Member {
 }
 
 impl Member {
+    /// A member whose start was just asked for (or that was adopted).
+    fn starting(name: Arc<str>, generation: u32, now: Instant) -> Member {
+        Member {
+            name,
+            generation,
+            state: MemberState::Starting,
+            addr: None,
+            started: now,
+            retiring: None,
+            draining_since: None,
+            last_used: now,
+            sample: Sample::default(),
+            memory: None,
+            probes: Tracker::new(false),
+        }
+    }
+
     fn keeper(&self) -> bool {
         self.retiring.is_none() && matches!(self.state, MemberState::Starting | MemberState::Ready)
     }
@@ -241,19 +258,9 @@ impl Core {
         // Adopted oldest first: the newest member's spec is what the old
         // process started last (a rollout's, if it ran one).
         self.generation = generation;
-        self.members.push(Member {
-            name: name.into(),
-            generation,
-            state: MemberState::Starting,
-            addr: Some(addr),
-            started: now,
-            retiring: None,
-            draining_since: None,
-            last_used: now,
-            sample: Sample::default(),
-            memory: None,
-            probes: Tracker::new(false),
-        });
+        let mut member = Member::starting(name.into(), generation, now);
+        member.addr = Some(addr);
+        self.members.push(member);
         let adopted = self.members.len() as u32;
         self.target = self
             .target

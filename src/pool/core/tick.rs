@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::{Action, Core, Member, MemberState, Reason, RolloutState, Sample};
-use crate::health::Tracker;
 
 impl Core {
     /// Looks at every member at `now` (with `sample` giving the load of those
@@ -263,19 +262,8 @@ impl Core {
             let name: Arc<str> = format!("{}-{}", self.cfg.name, self.next_number).into();
             self.next_number += 1;
             tracing::info!(member = %name, generation = self.generation, "pool: member starting");
-            self.members.push(Member {
-                name: name.clone(),
-                generation: self.generation,
-                state: MemberState::Starting,
-                addr: None,
-                started: now,
-                retiring: None,
-                draining_since: None,
-                last_used: now,
-                sample: Sample::default(),
-                memory: None,
-                probes: Tracker::new(false),
-            });
+            self.members
+                .push(Member::starting(name.clone(), self.generation, now));
             out.push(Action::Start {
                 name,
                 generation: self.generation,

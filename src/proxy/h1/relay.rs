@@ -1,7 +1,8 @@
 //! Relaying a response body to the client as it arrives: the head and the
 //! first body bytes in one write, then each read from the backend written on
-//! at once through one 16 KiB buffer, in the framing the client needs (see
-//! [`super::response`]).
+//! at once, in the framing the client needs (see [`super::response`]). A body
+//! passed on as it is (a length, or until close) is written straight from the
+//! read buffer; a long one is read 64 KiB at a time.
 
 use std::time::Duration;
 
@@ -11,6 +12,20 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::response::{Chunked, Framing, RespHead};
+
+/// Body bytes one connection relays (a response, or an upload) before it
+/// lets the thread's other connections run. Tokio's budget (128 I/O operations per task poll, ~1 MiB
+/// here) lets each of 200 slow readers whose send buffers are filling copy a
+/// megabyte before a normal request gets a turn: their onset stalled normal
+/// clients for 0.4 s (docs/performance.md, abuse benchmark B). 64 KiB keeps
+/// a turn to tens of microseconds and costs one scheduler round trip per
+/// 64 KiB of a bulk transfer.
+pub(super) const FAIR_SHARE: usize = 64 * 1024;
+
+/// Read size once a body has more than this to come (the first reads share
+/// the head's 16 KiB buffer): a quarter of the syscalls per GiB of a 16 KiB
+/// loop, and the buffer lives only while the response does.
+const LONG_READ: usize = 64 * 1024;
 
 /// How relaying a body ended.
 pub enum Relay {
@@ -40,15 +55,22 @@ pub async fn relay(
     };
     let mut start = resp.len;
     let mut first = true;
+    let mut since_yield = 0usize;
     loop {
-        // Move this read's body bytes into `out` (after the head on the first
-        // round) and note whether the body ended.
+        // This read's body bytes: after the head in `out` on the first round,
+        // re-framed into `out` when chunked, else written as they are from
+        // `rbuf` (`direct`). And whether the body ended.
         let avail = &rbuf[start..];
+        let mut direct: &[u8] = &[];
         let (done, extra) = match resp.upstream {
             Framing::Empty => (true, !avail.is_empty()),
             Framing::Length(_) => {
                 let n = (avail.len() as u64).min(remaining) as usize;
-                out.extend_from_slice(&avail[..n]);
+                if first {
+                    out.extend_from_slice(&avail[..n]);
+                } else {
+                    direct = &avail[..n];
+                }
                 *bytes += n as u64;
                 remaining -= n as u64;
                 (remaining == 0, avail.len() > n)
@@ -69,7 +91,11 @@ pub async fn relay(
                 (done, avail.len() > n)
             }
             Framing::Close => {
-                out.extend_from_slice(avail);
+                if first {
+                    out.extend_from_slice(avail);
+                } else {
+                    direct = avail;
+                }
                 *bytes += avail.len() as u64;
                 (false, false)
             }
@@ -82,7 +108,15 @@ pub async fn relay(
                 Ok(Ok(())) => {}
                 _ => return Relay::Broken,
             }
+            since_yield += out.len();
             out.clear();
+        }
+        if !direct.is_empty() {
+            match timeout(send_timeout, client.write_all(direct)).await {
+                Ok(Ok(())) => {}
+                _ => return Relay::Broken,
+            }
+            since_yield += direct.len();
         }
         first = false;
         if done {
@@ -91,8 +125,19 @@ pub async fn relay(
                 upstream_clean: !extra,
             };
         }
+        if since_yield >= FAIR_SHARE {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         rbuf.clear();
         start = 0;
+        let long = match resp.upstream {
+            Framing::Length(_) => remaining > LONG_READ as u64 / 2,
+            _ => true,
+        };
+        if long && rbuf.capacity() < LONG_READ {
+            rbuf.reserve(LONG_READ);
+        }
         match timeout(read_timeout, upc.read_buf(rbuf)).await {
             Ok(Ok(n)) if n > 0 => {}
             // Until-close bodies end here.

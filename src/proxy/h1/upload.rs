@@ -1,6 +1,7 @@
 //! Streaming a request body too large to buffer (or chunked) from the client
-//! to the backend through one 16 KiB buffer: memory stays bounded whatever
-//! the body's size. The body's end is found by its framing (the length, or
+//! to the backend through one buffer of 16 KiB, 64 KiB once a read filled it
+//! (a fast client): memory stays bounded whatever the body's size, and a
+//! slow client never gets the larger one. The body's end is found by its framing (the length, or
 //! [`Chunked`]'s last chunk); bytes after it (a pipelined next request) stay
 //! in the connection's buffer. Chunk framing is validated and passed on as
 //! the client sent it.
@@ -17,6 +18,9 @@ use crate::http1::Chunked;
 
 /// Read size while streaming a body.
 const CHUNK: usize = 16 * 1024;
+
+/// Read size once a read filled [`CHUNK`].
+const FAST_CHUNK: usize = 64 * 1024;
 
 /// How streaming a body ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +71,22 @@ pub async fn stream(
         return Upload::Done;
     }
     let mut chunk = Vec::with_capacity(CHUNK);
+    let mut since_yield = 0usize;
     loop {
+        // A fast upload lets the thread's other connections run too.
+        if since_yield >= super::relay::FAIR_SHARE {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         chunk.clear();
         // Bytes read past the body's end are the next request's: kept below.
         match timeout(limits.body, client.read_buf(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Upload::ClientFailed,
             Err(_) => return Upload::ClientTimedOut,
+            Ok(Ok(n)) if n == chunk.capacity() && n < FAST_CHUNK => {
+                // Filled: the client sends fast; larger reads from now on.
+                chunk.reserve(FAST_CHUNK - n);
+            }
             Ok(Ok(_)) => {}
         }
         let Ok((n, done)) = framing.take(&chunk) else {
@@ -81,6 +95,7 @@ pub async fn stream(
         if let Err(up) = forward(upc, &chunk[..n], limits, sent).await {
             return up;
         }
+        since_yield += n;
         if done {
             // A pipelined next request's first bytes.
             buf.extend_from_slice(&chunk[n..]);

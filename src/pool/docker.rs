@@ -39,6 +39,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use super::core::member_number;
 use super::own_container::{self, OWN_NETWORK};
 use super::provider::{Adopted, Container, Provider, ProviderError, Spec};
 use crate::config::DockerConfig;
@@ -239,14 +240,6 @@ async fn follow(docker: &Docker, pool: &str, shared: &Shared, up: impl FnOnce())
     }
 }
 
-/// The `<n>` of member `<pool>-<n>` (0 if it has none).
-fn member_number(name: &str) -> u64 {
-    name.rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -368,7 +361,14 @@ impl DockerProvider {
             .inspect_container(id, None)
             .await
             .map_err(err("inspect"))?;
-        let net = info.network_settings.unwrap_or_default();
+        self.address_in(info.network_settings.unwrap_or_default())
+    }
+
+    /// [`DockerProvider::address`] from an inspection's network settings.
+    fn address_in(
+        &self,
+        net: bollard::models::NetworkSettings,
+    ) -> Result<SocketAddr, ProviderError> {
         if let Some(ip) = self.cfg.publish {
             let key = format!("{}/tcp", self.cfg.container_port);
             let port = net
@@ -398,6 +398,7 @@ impl DockerProvider {
             .inspect_container(id, None)
             .await
             .map_err(err("inspect"))?;
+        let addr = self.address_in(info.network_settings.unwrap_or_default())?;
         let config = info.config.unwrap_or_default();
         let host = info.host_config.unwrap_or_default();
         let env = config
@@ -421,13 +422,7 @@ impl DockerProvider {
             oom: false,
         };
         lock(&self.shared.members).insert(name.to_string(), member);
-        match self.address(id).await {
-            Ok(addr) => Ok((addr, spec)),
-            Err(e) => {
-                lock(&self.shared.members).remove(name);
-                Err(e)
-            }
-        }
+        Ok((addr, spec))
     }
 
     /// Every container with the pool's label, running or not.
@@ -494,7 +489,7 @@ impl Provider for DockerProvider {
             }
         }
         // Oldest first: member numbers grow with every start.
-        adopted.sort_by_key(|a| member_number(&a.name));
+        adopted.sort_by_key(|a| member_number(&self.pool, &a.name));
         Ok(adopted)
     }
 

@@ -197,6 +197,11 @@ pub struct Core {
     rise: u32,
 }
 
+/// The `<n>` of member `<pool>-<n>`, as [`Core`] names members.
+pub fn member_number(pool: &str, name: &str) -> Option<u64> {
+    name.strip_prefix(pool)?.strip_prefix('-')?.parse().ok()
+}
+
 /// Longest pause between start attempts after failures in a row.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -248,11 +253,7 @@ impl Core {
         if self.members.iter().any(|m| &*m.name == name) {
             return;
         }
-        if let Some(n) = name
-            .strip_prefix(self.cfg.name.as_str())
-            .and_then(|rest| rest.strip_prefix('-'))
-            .and_then(|n| n.parse::<u64>().ok())
-        {
+        if let Some(n) = member_number(&self.cfg.name, name) {
             self.next_number = self.next_number.max(n + 1);
         }
         // Adopted oldest first: the newest member's spec is what the old

@@ -103,20 +103,15 @@ pub async fn relay(
         // A client that takes no bytes for `send_timeout` is cut off: it
         // would hold the backend connection and its slot for as long as TCP
         // keeps it alive.
-        if !out.is_empty() || first {
-            match timeout(send_timeout, client.write_all(out)).await {
+        // One of the two holds this round's bytes.
+        let send: &[u8] = if direct.is_empty() { out } else { direct };
+        if !send.is_empty() || first {
+            match timeout(send_timeout, client.write_all(send)).await {
                 Ok(Ok(())) => {}
                 _ => return Relay::Broken,
             }
-            since_yield += out.len();
+            since_yield += send.len();
             out.clear();
-        }
-        if !direct.is_empty() {
-            match timeout(send_timeout, client.write_all(direct)).await {
-                Ok(Ok(())) => {}
-                _ => return Relay::Broken,
-            }
-            since_yield += direct.len();
         }
         first = false;
         if done {

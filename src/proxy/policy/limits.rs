@@ -174,8 +174,11 @@ impl Connections {
     }
 
     /// Takes a place for a new connection from `ip` under `max` in all and
-    /// `per_ip` (0 = no limit) per client.
-    pub fn admit(
+    /// `per_ip` (0 = no limit) per client: [`Connections::enter`] then
+    /// [`Connections::count_client`], as the front door does them (apart,
+    /// with the PROXY header read between).
+    #[cfg(test)]
+    fn admit(
         self: &Arc<Self>,
         ip: Option<IpAddr>,
         max: usize,

@@ -1,5 +1,6 @@
 //! A process-wide time origin so lock-free state can store instants as integers.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,19 @@ fn epoch() -> Instant {
         let now = Instant::now();
         now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
     })
+}
+
+/// A log line rate-limited to one a second across threads: true for the
+/// caller whose turn it is, `last` holding when the last one was allowed
+/// (ms since the process epoch; start it at 0).
+pub fn once_a_second(last: &AtomicU64) -> bool {
+    // +1: the first call is allowed even within the epoch's first second.
+    let now = ms(Instant::now()) + 1_000;
+    let prev = last.load(Ordering::Relaxed);
+    now.saturating_sub(prev) >= 1_000
+        && last
+            .compare_exchange(prev, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
 }
 
 /// Milliseconds from the process epoch to `now` (0 for instants before it).

@@ -30,12 +30,11 @@ use crate::discovery::Discovery;
 use crate::health::HealthChecker;
 use crate::history::{History, Sampler};
 use crate::pool::Pool;
+use crate::proxy::listen::Listening;
 use crate::proxy::FrontDoor;
 use crate::proxy::Proxy;
 use crate::reweigh::DynamicWeights;
 use crate::state::State;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
-use pingora::services::listening::Service;
 
 /// Why lb could not start.
 #[derive(Debug, thiserror::Error)]
@@ -218,26 +217,19 @@ impl Lb {
             Proxy::new(state.clone(), active.clone()),
         );
         fallback.h2_options = Some(h2_options(&config.server));
-        let door = FrontDoor::new(state.clone(), active.clone(), Arc::new(fallback));
-        // Both listeners' accept loops pause at `server.max_connections`.
-        let accept_hook = door.accept_hook();
-        // HTTPS: the same front door after a TLS handshake (`[tls]`).
+        let door = Arc::new(FrontDoor::new(
+            state.clone(),
+            active.clone(),
+            Arc::new(fallback),
+        ));
+        let mut doors = vec![(config.server.listen, door.clone())];
+        // HTTPS: the same front door after a TLS handshake (`[tls]`); both
+        // count their connections together (`server.max_connections`).
         if let Some(tls) = &config.tls {
-            let mut https = Service::new("lb-tls".to_string(), FrontDoor::tls(&door));
-            https.set_connection_filter(accept_hook.clone());
-            https.add_listener(
-                ListenerConfig::tcp(tls.listen.to_string())
-                    .l4_buffer(L4BufferSettings::unbuffered()),
-            );
-            server.add_service(https);
+            doors.push((tls.listen, Arc::new(FrontDoor::tls(&door))));
         }
-        let mut proxy = Service::new("lb".to_string(), door);
-        proxy.set_connection_filter(accept_hook);
-        proxy.add_listener(
-            ListenerConfig::tcp(config.server.listen.to_string())
-                .l4_buffer(L4BufferSettings::unbuffered()),
-        );
-        server.add_service(proxy);
+        // `server.threads` workers, each accepting on both listeners.
+        server.add_service(Listening::new(config.server.threads, doors));
         server.add_service(background_service(
             "certificates",
             crate::tls::watch::CertWatch::new(control.clone()),

@@ -318,6 +318,10 @@ async fn at_max_connections_accepting_pauses_until_one_closes() {
         scrape.value("lb_limited_total", &[("reason", "connections")]),
         0.0
     );
+    // Each pause logs, at most one line a second for all accept loops: the
+    // first when the cap was reached, and at most one more when the cap is
+    // reached again after the close (the third and a held one), ~1 s later.
     let log = lb.log_text();
-    assert_eq!(log.matches("accepting paused").count(), 1, "{log}");
+    let lines = log.matches("accepting paused").count();
+    assert!((1..=2).contains(&lines), "{lines} lines:\n{log}");
 }

@@ -336,6 +336,59 @@ async fn refused_handshakes_are_counted_closed_and_never_logged_above_debug() {
     }
 }
 
+/// SPEC: `server.max_connections` counts both listeners' connections, and at
+/// it both stop accepting: a TLS client over the cap gets no handshake (it
+/// waits in the backlog, not refused) until a plain connection closes.
+#[tokio::test]
+async fn at_max_connections_the_tls_listener_pauses_too() {
+    let apps = Apps::plain(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf = ca.leaf(dir.path(), "localhost", &["localhost"], Key::EcdsaP256, 30);
+    let addr = tls_addr();
+    let body = format!(
+        "{}{}",
+        tls_toml(addr, &[&leaf], ""),
+        apps.backends_toml(&[1])
+    );
+    let lb = start_tls("max_connections = 1\n", &body, QUIET_LOG, addr).await;
+    // The one place: a plain keep-alive connection, answered (so it holds
+    // the place; start-up's probe connections are gone by then).
+    let mut plain = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    plain
+        .write_all(b"GET /api/echo HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_response(&mut plain).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Over the cap: the TLS handshake does not happen. One second is four of
+    // lb's rechecks and far beyond a handshake here.
+    let client = ca.client(&[], &[&TLS13]);
+    let waiting = tokio::spawn(connect(client, addr, "localhost"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a TLS handshake over max_connections"
+    );
+    // The plain one closes: the TLS client is served.
+    drop(plain);
+    let mut tls = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("no handshake after a connection closed")
+        .unwrap()
+        .expect("handshake");
+    tls.write_all(b"GET /api/echo HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_response(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        metric(&lb, "lb_limited_total", &[("reason", "connections")]).await,
+        0,
+        "waiting is not refusing"
+    );
+}
+
 #[tokio::test]
 async fn certificates_reload_on_change_and_a_bad_one_is_refused() {
     let apps = Apps::plain(1).await;

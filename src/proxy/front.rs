@@ -7,7 +7,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::tls::ALPN;
 use pingora::protocols::{Ssl, Stream};
@@ -25,9 +24,6 @@ pub struct FrontDoor {
     state: Arc<State>,
     active: Arc<AtomicUsize>,
     fallback: Arc<HttpProxy<Proxy>>,
-    /// More than one worker thread: accepted sockets are moved to the reactor
-    /// of the thread that serves them.
-    rehome: bool,
     /// `LB_PATH=pingora`: every request goes to the Pingora path once its head
     /// is validated (so `make test` runs the integration suite through both).
     pingora_only: bool,
@@ -45,7 +41,6 @@ impl FrontDoor {
         active: Arc<AtomicUsize>,
         fallback: Arc<HttpProxy<Proxy>>,
     ) -> Self {
-        let rehome = state.load().config.server.threads > 1;
         let pingora_only = std::env::var("LB_PATH").is_ok_and(|p| p == "pingora");
         if pingora_only {
             tracing::info!("LB_PATH=pingora: every request is served by the Pingora path");
@@ -54,7 +49,6 @@ impl FrontDoor {
             state,
             active,
             fallback,
-            rehome,
             pingora_only,
             conns: Arc::default(),
             tls: false,
@@ -69,7 +63,6 @@ impl FrontDoor {
             state: plain.state.clone(),
             active: plain.active.clone(),
             fallback: plain.fallback.clone(),
-            rehome: plain.rehome,
             pingora_only: plain.pingora_only,
             conns: plain.conns.clone(),
             tls: true,
@@ -77,33 +70,37 @@ impl FrontDoor {
     }
 }
 
-#[async_trait]
-impl ServerApp for FrontDoor {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        // Counted at once (the accept loop paused at the cap: see `Accept`).
-        let mut place = self.enter()?;
-        let stream = if self.rehome { rehome(stream)? } else { stream };
+impl FrontDoor {
+    /// Serves one connection accepted on this door's listener
+    /// ([`super::listen`]), holding `place` under `server.max_connections`
+    /// until it closes.
+    pub async fn serve(&self, stream: Stream, mut place: ConnGuard, shutdown: &ShutdownWatch) {
         // The PROXY header (from a trusted balancer) says who the client is,
         // for the per-client limit below and everything after.
         // Boxed, as the TLS handshake below: their state lives only while
         // they run, not in every idle connection's future.
-        let stream = Box::pin(self.proxy_header(stream)).await?;
+        let Some(stream) = Box::pin(self.proxy_header(stream)).await else {
+            return;
+        };
         // Beyond it the connection is closed at once.
-        self.count_client(&mut place, &stream)?;
+        if self.count_client(&mut place, &stream).is_none() {
+            return;
+        }
         let stream: Stream = if self.tls {
             let snap = self.state.load_full();
             // A reload that removed `[tls]` closes new connections here.
-            let tls = snap.config.tls.as_ref()?;
-            let stream = Box::pin(crate::tls::accept(stream, tls, &self.state.counters)).await?;
+            let Some(tls) = snap.config.tls.as_ref() else {
+                return;
+            };
+            let accepted = Box::pin(crate::tls::accept(stream, tls, &self.state.counters)).await;
+            let Some(stream) = accepted else {
+                return;
+            };
             if stream.selected_alpn_proto() == Some(ALPN::H2) {
                 // HTTP/2: Pingora's server, every stream through the Pingora
                 // path's policy (the same as lb's HTTP/1 path's).
                 self.fallback.process_new(Box::new(stream), shutdown).await;
-                return None;
+                return;
             }
             Box::new(stream)
         } else {
@@ -115,7 +112,33 @@ impl ServerApp for FrontDoor {
         while let Some(stream) = next {
             next = self.fallback.process_new(stream, shutdown).await;
         }
-        None
+    }
+
+    /// Returns when there is room for one more connection under
+    /// `server.max_connections` (an accept loop waits here before accepting).
+    pub async fn room(&self) {
+        let state = &self.state;
+        self.conns
+            .room(|| state.load().config.server.max_connections)
+            .await;
+    }
+
+    /// A place for a connection just accepted; waits for one when another
+    /// accept loop took the last (the connection is never closed for it).
+    pub async fn place(&self) -> ConnGuard {
+        loop {
+            let max = self.state.load().config.server.max_connections;
+            if let Ok(place) = self.conns.enter(max) {
+                return place;
+            }
+            self.room().await;
+        }
+    }
+
+    /// Waits until a client connection closes (a descriptor frees),
+    /// `at_most` long.
+    pub async fn until_a_close(&self, at_most: std::time::Duration) {
+        self.conns.until_a_close(at_most).await;
     }
 }
 
@@ -168,17 +191,6 @@ impl FrontDoor {
         Some(l4)
     }
 
-    /// A place for a new connection under `server.max_connections`; `None`
-    /// (counted) when there is none: only when connections came faster than
-    /// the paused accept loop could see them counted.
-    fn enter(&self) -> Option<ConnGuard> {
-        let max = self.state.load().config.server.max_connections;
-        match self.conns.enter(max) {
-            Ok(place) => Some(place),
-            Err(why) => self.refused(None, why),
-        }
-    }
-
     /// Counts `place`'s connection against its client under
     /// `limits.per_ip_connections`; `None` (counted) when over it.
     fn count_client(&self, place: &mut ConnGuard, stream: &Stream) -> Option<()> {
@@ -195,41 +207,6 @@ impl FrontDoor {
         tracing::debug!(client = ?ip, reason = ?why, "connection refused by limits");
         None
     }
-
-    /// The accept hook of this door's listener (both doors share the counts).
-    pub fn accept_hook(&self) -> Arc<Accept> {
-        Arc::new(Accept {
-            conns: self.conns.clone(),
-            state: self.state.clone(),
-        })
-    }
-}
-
-/// Pingora's accept hook (`connection_filter`), awaited after each accept:
-/// at `server.max_connections` it waits for a connection to close, so the
-/// listener stops accepting and new clients wait in the kernel's backlog.
-pub struct Accept {
-    conns: Arc<Connections>,
-    state: Arc<State>,
-}
-
-impl std::fmt::Debug for Accept {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Accept")
-            .field("open", &self.conns.open())
-            .finish()
-    }
-}
-
-#[async_trait]
-impl pingora::listeners::ConnectionFilter for Accept {
-    async fn should_accept(&self, _peer: Option<&std::net::SocketAddr>) -> bool {
-        let state = &self.state;
-        self.conns
-            .make_room(|| state.load().config.server.max_connections)
-            .await;
-        true
-    }
 }
 
 /// The connection's peer IP (after a PROXY header).
@@ -237,43 +214,6 @@ fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
     stream
         .get_socket_digest()
         .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-}
-
-/// Moves an accepted socket onto the current thread's reactor.
-///
-/// Pingora accepts on one runtime and spawns each connection's task on a
-/// random one (`work_stealing = false`), so without this every read and write
-/// of the client socket is woken through the accepting thread's reactor: a
-/// cross-thread wake-up per I/O. The descriptor is duplicated and registered
-/// here; the original (and its registration) is dropped.
-fn rehome(stream: Stream) -> Option<Stream> {
-    use pingora::protocols::l4::stream::Stream as L4Stream;
-    use pingora::protocols::{GetSocketDigest, SocketDigest};
-    use std::os::fd::{AsRawFd, FromRawFd};
-
-    let old = stream.into_any().downcast::<L4Stream>().ok()?;
-    // Close-on-exec, as the accepted original: a child lb starts (a pool
-    // member, the successor of an upgrade) must not hold the client socket
-    // open, or the client never sees the close after a `Connection: close`.
-    // SAFETY: `F_DUPFD_CLOEXEC` of a descriptor we own; the new one is owned by `std`.
-    let fd = unsafe { libc::fcntl(old.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        // Out of descriptors (EMFILE): serve the client on the accepting
-        // thread's reactor rather than drop it; only slower, never lost.
-        return Some(old);
-    }
-    // SAFETY: `fd` is a fresh, valid descriptor of a connected TCP socket.
-    let std = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    if std.set_nonblocking(true).is_err() {
-        return Some(old);
-    }
-    let Ok(tcp) = tokio::net::TcpStream::from_std(std) else {
-        return Some(old);
-    };
-    drop(old);
-    let mut new = L4Stream::from(tcp);
-    new.set_socket_digest(SocketDigest::from_raw_fd(fd));
-    Some(Box::new(new))
 }
 
 #[cfg(test)]
@@ -302,11 +242,9 @@ mod tests {
         let (accepted, _) = front.accept().await.unwrap();
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let stream: Stream = Box::new(L4Stream::from(accepted));
-        let fut = door.process_new(stream, &shutdown);
-        let size = std::mem::size_of_val(&*fut);
-        assert!(
-            size <= 1024,
-            "FrontDoor::process_new's future is {size} bytes"
-        );
+        let place = door.place().await;
+        let fut = door.serve(stream, place, &shutdown);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 1024, "FrontDoor::serve's future is {size} bytes");
     }
 }

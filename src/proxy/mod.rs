@@ -12,6 +12,7 @@
 
 pub mod front;
 pub mod h1;
+pub mod listen;
 pub mod pingora;
 pub mod policy;
 pub mod proxy_header;

@@ -5,7 +5,6 @@
 //! also gives [`Upgrade`] the table (what a hand-over sends).
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -31,24 +30,6 @@ impl AdminService {
             upgrade,
         }
     }
-
-    /// The inherited socket for `listen`, else a new one (added to the table).
-    async fn listener(&self, fds: &ListenFds) -> std::io::Result<tokio::net::TcpListener> {
-        let key = self.listen.to_string();
-        let inherited = fds.lock().get(&key).copied();
-        if let Some(fd) = inherited {
-            // SAFETY: the fd arrived from the old process over SCM_RIGHTS and
-            // nothing else in this process owns it; the table only records
-            // its number (for the next upgrade), as for Pingora's listeners.
-            let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-            l.set_nonblocking(true)?;
-            tracing::info!(listen = %self.listen, "admin: listening on the socket handed over");
-            return tokio::net::TcpListener::from_std(l);
-        }
-        let l = tokio::net::TcpListener::bind(self.listen).await?;
-        fds.lock().add(key, l.as_raw_fd());
-        Ok(l)
-    }
 }
 
 #[async_trait]
@@ -61,13 +42,14 @@ impl ServiceWithDependents for AdminService {
         ready: ServiceReadyNotifier,
     ) {
         ready.notify_ready();
-        let listener = match fds {
-            Some(fds) => {
-                self.upgrade.set_fds(fds.clone());
-                self.listener(&fds).await
-            }
-            None => tokio::net::TcpListener::bind(self.listen).await,
-        };
+        if let Some(fds) = &fds {
+            self.upgrade.set_fds(fds.clone());
+        }
+        // The inherited socket, else a new one (added to the table).
+        let listener = crate::proxy::listen::listener(self.listen, fds.as_ref()).and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        });
         match listener {
             Ok(l) => {
                 self.upgrade.set_admin_listening();

@@ -45,12 +45,9 @@ const SHARDS: usize = 16;
 #[derive(Default)]
 pub struct Connections {
     total: AtomicUsize,
-    /// Accepted by Pingora's accept loop ([`Connections::make_room`]) and
-    /// not yet counted in `total` (their task has not started).
-    pending: AtomicUsize,
-    /// Accept loops paused at `server.max_connections`.
+    /// Accept loops waiting for a connection to close.
     paused: AtomicUsize,
-    /// Woken when a connection closes while an accept loop is paused.
+    /// Woken when a connection closes while an accept loop waits.
     freed: tokio::sync::Notify,
     per_ip: [Mutex<HashMap<u128, u32>>; SHARDS],
 }
@@ -59,8 +56,8 @@ pub struct Connections {
 /// missed (a reload raising `max_connections` wakes nobody).
 const PAUSE_RECHECK: Duration = Duration::from_millis(250);
 
-/// When an accept loop last logged its pause (ms since the Unix epoch): at
-/// most one line per second for all of them.
+/// When an accept loop last logged its pause: at most one line per second
+/// for all of them ([`crate::clock::once_a_second`]).
 static PAUSE_LOGGED: AtomicU64 = AtomicU64::new(0);
 
 /// One open connection's place; given back when dropped.
@@ -93,22 +90,20 @@ impl Connections {
         self.per_ip[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Awaited in Pingora's accept loop after each accept, before the next:
-    /// returns at once while the open connections (and those accepted but
-    /// not yet counted) are under `max()`, else waits for one to close.
+    /// Awaited by each accept loop before it accepts: returns at once while
+    /// the open connections are under `max()`, else waits for one to close.
     /// So at `server.max_connections` accepting pauses and new connections
     /// wait in the listen backlog, as HAProxy's `maxconn` does, instead of
     /// being accepted and closed. One log line per second at most.
-    pub async fn make_room(&self, max: impl Fn() -> usize) {
+    pub async fn room(&self, max: impl Fn() -> usize) {
         let mut since: Option<std::time::Instant> = None;
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             // Registered before the look: a close right after it wakes us.
             freed.as_mut().enable();
-            let open = self.total.load(Ordering::Acquire) + self.pending.load(Ordering::Acquire);
+            let open = self.total.load(Ordering::Acquire);
             if open < max() {
-                self.pending.fetch_add(1, Ordering::AcqRel);
                 if let Some(t) = since {
                     self.paused.fetch_sub(1, Ordering::AcqRel);
                     tracing::debug!(
@@ -121,13 +116,7 @@ impl Connections {
             if since.is_none() {
                 since = Some(std::time::Instant::now());
                 self.paused.fetch_add(1, Ordering::AcqRel);
-                let now = crate::history::unix_ms();
-                let last = PAUSE_LOGGED.load(Ordering::Relaxed);
-                if now.saturating_sub(last) >= 1_000
-                    && PAUSE_LOGGED
-                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                        .is_ok()
-                {
+                if crate::clock::once_a_second(&PAUSE_LOGGED) {
                     tracing::warn!(open, max = max(),
                         "server.max_connections reached: accepting paused until a connection closes");
                 }
@@ -136,12 +125,18 @@ impl Connections {
         }
     }
 
-    /// Takes a place for a new connection under `max` in all (one that
-    /// [`Connections::make_room`] let through, if it did).
+    /// Waits until a connection closes, `at_most` long.
+    pub async fn until_a_close(&self, at_most: Duration) {
+        let freed = self.freed.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        self.paused.fetch_add(1, Ordering::AcqRel);
+        let _ = tokio::time::timeout(at_most, freed).await;
+        self.paused.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Takes a place for a new connection under `max` in all.
     pub fn enter(self: &Arc<Self>, max: usize) -> Result<ConnGuard, ConnRefusal> {
-        let _ = self
-            .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1));
         if self.total.fetch_add(1, Ordering::AcqRel) >= max {
             self.total.fetch_sub(1, Ordering::AcqRel);
             return Err(ConnRefusal::Total);
@@ -289,18 +284,18 @@ mod tests {
     #[tokio::test]
     async fn accepting_waits_at_the_cap_until_a_connection_closes() {
         let c = Arc::new(Connections::default());
-        c.make_room(|| 2).await;
+        c.room(|| 2).await;
         let a = c.enter(2).unwrap();
-        c.make_room(|| 2).await;
-        // Let through but not yet entered: it counts.
+        c.room(|| 2).await;
+        let b = c.enter(2).unwrap();
         let waiting = tokio::spawn({
             let c = c.clone();
-            async move { c.make_room(|| 2).await }
+            async move { c.room(|| 2).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiting.is_finished(), "two open (one pending): paused");
-        let b = c.enter(2).unwrap();
+        assert!(!waiting.is_finished(), "two open: paused");
         assert_eq!(c.open(), 2);
+        assert_eq!(c.enter(2).err(), Some(ConnRefusal::Total));
         drop(a);
         // Woken by the close, well before the 250 ms recheck.
         tokio::time::timeout(Duration::from_millis(200), waiting)
@@ -310,5 +305,26 @@ mod tests {
         let _c = c.enter(2).unwrap();
         assert_eq!(c.enter(2).err(), Some(ConnRefusal::Total));
         drop(b);
+    }
+
+    #[tokio::test]
+    async fn a_shortage_waits_for_a_close_or_its_bound() {
+        let c = Arc::new(Connections::default());
+        let a = c.enter(1).unwrap();
+        // Nothing closes: back after the bound.
+        let t = std::time::Instant::now();
+        c.until_a_close(Duration::from_millis(50)).await;
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        // A close ends the wait at once (the bound is 10 s).
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move { c.until_a_close(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken by the close")
+            .unwrap();
     }
 }

@@ -1,0 +1,280 @@
+//! lb's listeners: `server.listen` and `[tls] listen`, accepted on every
+//! worker thread.
+//!
+//! Each of the `server.threads` workers is a single-threaded tokio runtime
+//! that accepts from every listening socket (each through its own
+//! duplicate of the descriptor, registered with its own reactor) and serves
+//! what it accepted, start to end, on itself: a connection never changes
+//! thread and its I/O is never woken through another thread's reactor. An
+//! idle worker is the one that returns to `accept` first, so new
+//! connections go where there is time for them (nginx's model without
+//! `reuseport`; no socket per thread, so nothing waiting in a closed
+//! socket's queue is lost at an upgrade).
+//!
+//! The accept loop is lb's own rather than Pingora's so that:
+//! - at `server.max_connections` it stops accepting (new clients wait in the
+//!   kernel's backlog, as with HAProxy's `maxconn`) instead of accepting and
+//!   closing;
+//! - out of descriptors or kernel memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) it
+//!   pauses until a connection closes (100 ms at most), logging at most one
+//!   line per second; Pingora's loop sleeps on EMFILE only and spins,
+//!   logging every turn, on ENFILE.
+//!
+//! The sockets are kept in Pingora's table of listening descriptors, bound
+//! here or taken from it when this process is an upgrade's successor, so an
+//! upgrade hands them over as it does the admin API's
+//! ([`crate::upgrade::AdminService`]).
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora::server::{ListenFds, ShutdownWatch};
+use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+
+use super::FrontDoor;
+
+/// Pingora's listen backlog (`LISTENER_BACKLOG`), kept: connections that
+/// arrive while accepting is paused wait here.
+const BACKLOG: i32 = 65535;
+
+/// How long an accept loop out of descriptors waits at most for a
+/// connection to close before it tries again (descriptors also free when
+/// upstream connections close, which wakes nobody).
+const SHORTAGE_RECHECK: Duration = Duration::from_millis(100);
+
+/// One listening address and the door its connections enter by.
+struct Door {
+    addr: SocketAddr,
+    door: Arc<FrontDoor>,
+}
+
+/// The proxy's listeners as a Pingora service: started by Pingora's server
+/// (so they are in its table of listening fds), served by lb's workers.
+pub struct Listening {
+    doors: Vec<Door>,
+    threads: usize,
+}
+
+impl Listening {
+    /// `server.threads` workers, each accepting on every `(addr, door)`.
+    pub fn new(threads: usize, doors: Vec<(SocketAddr, Arc<FrontDoor>)>) -> Self {
+        Listening {
+            doors: doors
+                .into_iter()
+                .map(|(addr, door)| Door { addr, door })
+                .collect(),
+            threads: threads.max(1),
+        }
+    }
+}
+
+#[async_trait]
+impl ServiceWithDependents for Listening {
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+        ready: ServiceReadyNotifier,
+    ) {
+        let mut sockets = Vec::with_capacity(self.doors.len());
+        for d in &self.doors {
+            match listener(d.addr, fds.as_ref()) {
+                Ok(l) => sockets.push((l, d.door.clone())),
+                Err(e) => {
+                    // Checked free at start (`check_free`): another process
+                    // took the port since. Nothing to serve without it.
+                    tracing::error!(listen = %d.addr, error = %e, "cannot listen");
+                    std::process::exit(1);
+                }
+            }
+        }
+        ready.notify_ready();
+        // Workers 1.. on threads of their own; worker 0 is this one, the
+        // service's own runtime thread.
+        for i in 1..self.threads {
+            let sockets = match dup_all(&sockets) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, workers = i, "cannot start every worker thread");
+                    break;
+                }
+            };
+            let shutdown = shutdown.clone();
+            let spawned = std::thread::Builder::new()
+                .name("lb".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a worker's runtime");
+                    rt.block_on(async {
+                        worker(sockets, shutdown).await;
+                        // What this thread accepted is served until the
+                        // drain (`GracefulOnSignal`) ends the process.
+                        std::future::pending::<()>().await
+                    });
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, workers = i, "cannot start every worker thread");
+                break;
+            }
+        }
+        match dup_all(&sockets) {
+            Ok(mine) => worker(mine, shutdown).await,
+            Err(e) => tracing::error!(error = %e, "worker 0 cannot listen"),
+        }
+        // Accepting has stopped (a successor holds its own copies of the
+        // sockets): closing them now refuses new connections at once.
+        drop(sockets);
+    }
+
+    fn name(&self) -> &str {
+        "lb"
+    }
+
+    /// Worker 0 runs on the service's thread; the others on their own.
+    fn threads(&self) -> Option<usize> {
+        Some(1)
+    }
+
+    /// Their keys in the table: Pingora closes inherited sockets no service claims.
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(self.doors.iter().map(|d| d.addr.to_string()).collect())
+    }
+}
+
+/// The socket listening on `addr`: the one handed over by the old process
+/// (in `fds`), else a new one, added to `fds` for the next upgrade.
+pub(crate) fn listener(
+    addr: SocketAddr,
+    fds: Option<&ListenFds>,
+) -> std::io::Result<std::net::TcpListener> {
+    let key = addr.to_string();
+    if let Some(fd) = fds.and_then(|f| f.lock().get(&key).copied()) {
+        // SAFETY: the fd arrived from the old process over SCM_RIGHTS and
+        // nothing else in this process owns it; the table only records its
+        // number (for the next upgrade), as for Pingora's listeners.
+        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        // On Linux `listen` again updates the backlog, as Pingora does.
+        // SAFETY: a valid listening socket.
+        unsafe { libc::listen(l.as_raw_fd(), BACKLOG) };
+        tracing::info!(listen = %addr, "listening on the socket handed over");
+        return Ok(l);
+    }
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As Pingora's (and std's) listeners: a restart can bind while the old
+    // process's connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let l = socket.listen(BACKLOG as u32)?.into_std()?;
+    if let Some(fds) = fds {
+        fds.lock().add(key, l.as_raw_fd());
+    }
+    Ok(l)
+}
+
+/// A duplicate of each socket, for one worker's reactor.
+fn dup_all(
+    sockets: &[(std::net::TcpListener, Arc<FrontDoor>)],
+) -> std::io::Result<Vec<(std::net::TcpListener, Arc<FrontDoor>)>> {
+    sockets
+        .iter()
+        .map(|(l, door)| Ok((l.try_clone()?, door.clone())))
+        .collect()
+}
+
+/// One worker: an accept loop per listening socket, each serving what it
+/// accepts on this thread; returns when accepting stops (shutdown).
+async fn worker(sockets: Vec<(std::net::TcpListener, Arc<FrontDoor>)>, shutdown: ShutdownWatch) {
+    let mut loops = tokio::task::JoinSet::new();
+    for (l, door) in sockets {
+        let l = l
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(l));
+        match l {
+            Ok(l) => {
+                loops.spawn(accept_loop(l, door, shutdown.clone()));
+            }
+            Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
+        }
+    }
+    // Until shutdown: then accepting stops.
+    while loops.join_next().await.is_some() {}
+}
+
+/// Accepts on `l` until shutdown, serving each connection through `door` on
+/// this thread.
+async fn accept_loop(
+    l: tokio::net::TcpListener,
+    door: Arc<FrontDoor>,
+    mut shutdown: ShutdownWatch,
+) {
+    loop {
+        // At `server.max_connections`: new clients wait in the backlog.
+        door.room().await;
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() { return }
+                continue;
+            }
+            a = l.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                // Another worker may have taken the last place meanwhile:
+                // this connection waits for one (never closed for it).
+                let place = door.place().await;
+                let stream = stream(tcp, peer);
+                let door = door.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move { door.serve(stream, place, &shutdown).await });
+            }
+            Err(e) => accept_failed(&door, &e).await,
+        }
+    }
+}
+
+/// When an accept loop last logged a failure: at most one line per second
+/// for all of them ([`crate::clock::once_a_second`]).
+static FAILURE_LOGGED: AtomicU64 = AtomicU64::new(0);
+
+/// After a failed `accept`: a connection that died in the backlog
+/// (ECONNABORTED, EPROTO…) is skipped; anything else (out of descriptors or
+/// kernel memory, above all) pauses until a connection closes or
+/// [`SHORTAGE_RECHECK`] passes, so a failure that repeats is never a busy
+/// loop.
+async fn accept_failed(door: &FrontDoor, e: &std::io::Error) {
+    if matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM | libc::EINTR)
+    ) {
+        return;
+    }
+    if crate::clock::once_a_second(&FAILURE_LOGGED) {
+        tracing::warn!(error = %e, "accept failed: accepting paused until a descriptor frees");
+    }
+    door.until_a_close(SHORTAGE_RECHECK).await;
+}
+
+/// The accepted socket as Pingora's stream, unbuffered (lb's paths read
+/// into buffers of their own), its peer known without a syscall.
+fn stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
+    // As Pingora's listener: responses leave as soon as they are written.
+    let _ = tcp.set_nodelay(true);
+    let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    let mut s = L4Stream::from(tcp);
+    s.set_socket_digest(digest);
+    Box::new(s)
+}

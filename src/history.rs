@@ -24,7 +24,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use prometheus::core::Metric;
 use serde::Serialize;
 
 use crate::metrics::DURATION_BUCKETS;
@@ -52,22 +51,13 @@ struct Reading {
 impl Reading {
     fn of(b: &Backend, at_ms: u64) -> Reading {
         let m = &b.stats.metrics;
-        let codes: Vec<u64> = m.codes.iter().map(|c| c.load(Ordering::Relaxed)).collect();
-        let mut r = Reading {
+        let codes = m.codes();
+        Reading {
             at_ms,
             answered: codes.iter().sum(),
             errors: codes[4],
-            buckets: [0; BUCKETS],
-        };
-        let h = m.duration.metric();
-        let h = h.get_histogram();
-        let mut below = 0;
-        for (i, bucket) in h.get_bucket().iter().take(BUCKETS - 1).enumerate() {
-            r.buckets[i] = bucket.cumulative_count().saturating_sub(below);
-            below = bucket.cumulative_count();
+            buckets: m.durations(),
         }
-        r.buckets[BUCKETS - 1] = h.get_sample_count().saturating_sub(below);
-        r
     }
 }
 

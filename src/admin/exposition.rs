@@ -7,8 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use prometheus::core::Collector;
-use prometheus::proto::{LabelPair, MetricFamily, MetricType};
+use prometheus::proto::{Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::circuit::CircuitState;
@@ -86,14 +85,14 @@ fn pool_families(r: &Registry, (c, counts): (Counters, [usize; 4])) {
 
 /// Every per-backend family, one sample set per backend in `snap`; returns
 /// each backend's request-duration histogram for [`histogram_family`].
-fn backends<'a>(r: &Registry, snap: &'a Snapshot) -> Vec<(&'a str, Vec<MetricFamily>)> {
+fn backends<'a>(r: &Registry, snap: &'a Snapshot) -> Vec<(&'a str, Histogram)> {
     let families = BackendFamilies::register(r);
     let now = Instant::now();
     snap.backends
         .iter()
         .map(|b| {
             families.record(b, snap, now);
-            (&*b.stats.name, b.stats.metrics.duration.collect())
+            (&*b.stats.name, b.stats.metrics.histogram())
         })
         .collect()
 }
@@ -210,10 +209,11 @@ impl BackendFamilies {
     fn record(&self, b: &Backend, snap: &Snapshot, now: Instant) {
         let s = &b.stats;
         let name: &str = &s.name;
+        let codes = s.metrics.codes();
         for (i, code) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
             self.requests
                 .with_label_values(&[name, code])
-                .inc_by(s.metrics.codes[i].load(Ordering::Relaxed));
+                .inc_by(codes[i]);
         }
         self.in_flight.with_label_values(&[name]).set(s.in_flight());
         self.max_in_flight
@@ -416,7 +416,7 @@ fn build_and_process(r: &Registry) {
 
 /// Every family in `r` plus the merged duration histogram, sorted by name, in
 /// the text format.
-fn encode(r: &Registry, histograms: Vec<(&str, Vec<MetricFamily>)>) -> String {
+fn encode(r: &Registry, histograms: Vec<(&str, Histogram)>) -> String {
     let mut families = r.gather();
     // No backends yet (a pool before its first member joins): no histogram.
     // The encoder stops at a family without samples, losing every later one.
@@ -454,24 +454,18 @@ fn queue(r: &Registry, state: &State) {
 
 /// Merges each backend's histogram into one `lb_request_duration_seconds`
 /// family labelled by backend.
-fn histogram_family(per_backend: Vec<(&str, Vec<MetricFamily>)>) -> MetricFamily {
+fn histogram_family(per_backend: Vec<(&str, Histogram)>) -> MetricFamily {
     let mut fam = MetricFamily::default();
     fam.set_name("lb_request_duration_seconds".into());
     fam.set_help("Request duration as the client saw it, by final backend".into());
     fam.set_field_type(MetricType::HISTOGRAM);
-    for (name, mut families) in per_backend {
-        let Some(mut f) = families.pop() else {
-            continue;
-        };
-        for mut m in f.take_metric() {
-            let mut l = LabelPair::default();
-            l.set_name("backend".into());
-            l.set_value(name.into());
-            let mut labels = m.take_label();
-            labels.push(l);
-            m.set_label(labels);
-            fam.mut_metric().push(m);
-        }
+    for (name, h) in per_backend {
+        let mut l = LabelPair::default();
+        l.set_name("backend".into());
+        l.set_value(name.into());
+        let mut m = Metric::from_label(vec![l]);
+        m.set_histogram(h);
+        fam.mut_metric().push(m);
     }
     fam
 }

@@ -110,6 +110,7 @@ impl ServiceWithDependents for Listening {
             let spawned = std::thread::Builder::new()
                 .name("lb".into())
                 .spawn(move || {
+                    crate::metrics::set_worker(i);
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -126,6 +127,7 @@ impl ServiceWithDependents for Listening {
                 break;
             }
         }
+        crate::metrics::set_worker(0);
         match dup_all(&sockets) {
             Ok(mine) => worker(mine, shutdown).await,
             Err(e) => tracing::error!(error = %e, "worker 0 cannot listen"),

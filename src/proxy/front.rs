@@ -135,6 +135,11 @@ impl FrontDoor {
         }
     }
 
+    /// Client connections open now, on both doors.
+    pub fn open(&self) -> usize {
+        self.conns.open()
+    }
+
     /// Waits until a client connection closes (a descriptor frees),
     /// `at_most` long.
     pub async fn until_a_close(&self, at_most: std::time::Duration) {

@@ -25,6 +25,7 @@
 //! upgrade hands them over as it does the admin API's
 //! ([`crate::upgrade::AdminService`]).
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::AtomicU64;
@@ -107,6 +108,7 @@ impl ServiceWithDependents for Listening {
                 }
             };
             let shutdown = shutdown.clone();
+            let workers = self.threads;
             let spawned = std::thread::Builder::new()
                 .name("lb".into())
                 .spawn(move || {
@@ -116,7 +118,7 @@ impl ServiceWithDependents for Listening {
                         .build()
                         .expect("a worker's runtime");
                     rt.block_on(async {
-                        worker(sockets, shutdown).await;
+                        worker(sockets, workers, shutdown).await;
                         // What this thread accepted is served until the
                         // drain (`GracefulOnSignal`) ends the process.
                         std::future::pending::<()>().await
@@ -129,7 +131,7 @@ impl ServiceWithDependents for Listening {
         }
         crate::metrics::set_worker(0);
         match dup_all(&sockets) {
-            Ok(mine) => worker(mine, shutdown).await,
+            Ok(mine) => worker(mine, self.threads, shutdown).await,
             Err(e) => tracing::error!(error = %e, "worker 0 cannot listen"),
         }
         // Accepting has stopped (a successor holds its own copies of the
@@ -197,7 +199,11 @@ fn dup_all(
 
 /// One worker: an accept loop per listening socket, each serving what it
 /// accepts on this thread; returns when accepting stops (shutdown).
-async fn worker(sockets: Vec<(std::net::TcpListener, Arc<FrontDoor>)>, shutdown: ShutdownWatch) {
+async fn worker(
+    sockets: Vec<(std::net::TcpListener, Arc<FrontDoor>)>,
+    workers: usize,
+    shutdown: ShutdownWatch,
+) {
     let mut loops = tokio::task::JoinSet::new();
     for (l, door) in sockets {
         let l = l
@@ -205,7 +211,7 @@ async fn worker(sockets: Vec<(std::net::TcpListener, Arc<FrontDoor>)>, shutdown:
             .and_then(|()| tokio::net::TcpListener::from_std(l));
         match l {
             Ok(l) => {
-                loops.spawn(accept_loop(l, door, shutdown.clone()));
+                loops.spawn(accept_loop(l, door, workers, shutdown.clone()));
             }
             Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
         }
@@ -219,11 +225,23 @@ async fn worker(sockets: Vec<(std::net::TcpListener, Arc<FrontDoor>)>, shutdown:
 async fn accept_loop(
     l: tokio::net::TcpListener,
     door: Arc<FrontDoor>,
+    workers: usize,
     mut shutdown: ShutdownWatch,
 ) {
     loop {
         // At `server.max_connections`: new clients wait in the backlog.
         door.room().await;
+        // Every worker is woken for each new connection and the first to
+        // accept takes it, so a burst can land mostly on one. A worker more
+        // than one connection past its share leaves new ones to the others
+        // (one of them is always under its share) and looks again shortly.
+        if over_share(SERVING.with(Cell::get), door.open(), workers) {
+            tokio::select! {
+                _ = tokio::time::sleep(BALANCE_RECHECK) => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
         let accepted = tokio::select! {
             biased;
             _ = shutdown.changed() => {
@@ -237,14 +255,51 @@ async fn accept_loop(
                 // Another worker may have taken the last place meanwhile:
                 // this connection waits for one (never closed for it).
                 let place = door.place().await;
+                let serving = Serving::start();
                 let stream = stream(tcp, peer);
                 let door = door.clone();
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move { door.serve(stream, place, &shutdown).await });
+                tokio::spawn(async move {
+                    door.serve(stream, place, &shutdown).await;
+                    drop(serving);
+                });
             }
             Err(e) => accept_failed(&door, &e).await,
         }
     }
+}
+
+/// How often a worker past its share of connections looks again.
+const BALANCE_RECHECK: Duration = Duration::from_millis(10);
+
+thread_local! {
+    /// Connections this worker serves now (both listeners): they never
+    /// leave the thread, so a plain cell counts them.
+    static SERVING: Cell<usize> = const { Cell::new(0) };
+}
+
+/// One connection of this worker's, counted in [`SERVING`] while it lives.
+struct Serving;
+
+impl Serving {
+    fn start() -> Serving {
+        SERVING.with(|s| s.set(s.get() + 1));
+        Serving
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        SERVING.with(|s| s.set(s.get().saturating_sub(1)));
+    }
+}
+
+/// Whether a worker serving `mine` of the `open` connections of `workers`
+/// is more than one past its share. Not all of them can be: summed,
+/// `mine × workers > open + workers` would give `open × workers > open ×
+/// workers + workers²`.
+fn over_share(mine: usize, open: usize, workers: usize) -> bool {
+    workers > 1 && mine * workers > open + workers
 }
 
 /// When an accept loop last logged a failure: at most one line per second
@@ -279,4 +334,35 @@ fn stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
     let mut s = L4Stream::from(tcp);
     s.set_socket_digest(digest);
     Box::new(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_past_its_share_by_more_than_one_leaves_connections_to_others() {
+        // One worker: always accepts.
+        assert!(!over_share(100, 100, 1));
+        // 2 workers, 64 connections: a share of 32, 33 is within one.
+        assert!(!over_share(33, 64, 2));
+        assert!(over_share(34, 64, 2));
+        // Small counts: 2 of 2 is one past a share of 1.
+        assert!(!over_share(2, 2, 2));
+        assert!(over_share(3, 3, 2));
+        // 4 workers, 10 connections: 2.5 each; 3 is within one, 4 is past.
+        assert!(!over_share(3, 10, 4));
+        assert!(over_share(4, 10, 4));
+        // Never all of them: for every split of 0..=40 connections over 3
+        // workers, one worker at least may accept.
+        for a in 0..=40usize {
+            for b in 0..=(40 - a) {
+                let c = 40 - a - b;
+                assert!(
+                    [a, b, c].iter().any(|&m| !over_share(m, 40, 3)),
+                    "{a} {b} {c}"
+                );
+            }
+        }
+    }
 }

@@ -74,7 +74,13 @@ impl FrontDoor {
     /// Serves one connection accepted on this door's listener
     /// ([`super::listen`]), holding `place` under `server.max_connections`
     /// until it closes.
-    pub async fn serve(&self, stream: Stream, mut place: ConnGuard, shutdown: &ShutdownWatch) {
+    pub async fn serve(
+        &self,
+        stream: Stream,
+        fd: std::os::fd::RawFd,
+        mut place: ConnGuard,
+        shutdown: &ShutdownWatch,
+    ) {
         // The PROXY header (from a trusted balancer) says who the client is,
         // for the per-client limit below and everything after.
         // Boxed, as the TLS handshake below: their state lives only while
@@ -107,6 +113,8 @@ impl FrontDoor {
             stream
         };
         let conn = Conn::new(stream, &self.state, &self.active, self.pingora_only);
+        // Plain TCP (not TLS): `fd` is the client's socket, its stream's own.
+        let conn = if self.tls { conn } else { conn.plain(fd) };
         let mut next = conn.serve(shutdown).await;
         // Handed over: Pingora serves the rest of this connection.
         while let Some(stream) = next {
@@ -248,7 +256,7 @@ mod tests {
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let stream: Stream = Box::new(L4Stream::from(accepted));
         let place = door.place().await;
-        let fut = door.serve(stream, place, &shutdown);
+        let fut = door.serve(stream, -1, place, &shutdown);
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 1024, "FrontDoor::serve's future is {size} bytes");
     }

@@ -256,11 +256,12 @@ async fn accept_loop(
                 // this connection waits for one (never closed for it).
                 let place = door.place().await;
                 let serving = Serving::start();
+                let fd = tcp.as_raw_fd();
                 let stream = stream(tcp, peer);
                 let door = door.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    door.serve(stream, place, &shutdown).await;
+                    door.serve(stream, fd, place, &shutdown).await;
                     drop(serving);
                 });
             }

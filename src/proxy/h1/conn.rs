@@ -49,6 +49,9 @@ pub struct Conn<'a> {
     pingora_only: bool,
     /// The connection is TLS (lb terminated it).
     pub(super) https: bool,
+    /// The client's socket when the connection is plain TCP with nothing
+    /// between lb and it: long response bodies are spliced to it.
+    pub(super) plain_fd: Option<std::os::fd::RawFd>,
 }
 
 impl<'a> Conn<'a> {
@@ -73,7 +76,17 @@ impl<'a> Conn<'a> {
             served: 0,
             pingora_only,
             https,
+            plain_fd: None,
         }
+    }
+
+    /// The connection is plain TCP on socket `fd` (owned by its stream):
+    /// long response bodies go to it with `splice(2)`.
+    pub fn plain(mut self, fd: std::os::fd::RawFd) -> Self {
+        if !self.https {
+            self.plain_fd = Some(fd);
+        }
+        self
     }
 
     /// Serves requests until the connection ends; returns the stream (with

@@ -27,6 +27,7 @@ pub mod pool;
 mod relay;
 pub mod request;
 pub mod response;
+mod splice;
 mod upload;
 
 pub use conn::Conn;

@@ -4,6 +4,7 @@
 //! passed on as it is (a length, or until close) is written straight from the
 //! read buffer; a long one is read 64 KiB at a time.
 
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use pingora::protocols::Stream;
@@ -12,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::response::{Chunked, Framing, RespHead};
+use super::splice::{self, Spliced, SPLICE_MIN};
 
 /// Body bytes one connection relays (a response, or an upload) before it
 /// lets the thread's other connections run. Tokio's budget (128 I/O operations per task poll, ~1 MiB
@@ -40,6 +42,7 @@ pub enum Relay {
 #[allow(clippy::too_many_arguments)]
 pub async fn relay(
     client: &mut Stream,
+    client_fd: Option<RawFd>,
     upc: &mut TcpStream,
     rbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -56,6 +59,7 @@ pub async fn relay(
     let mut start = resp.len;
     let mut first = true;
     let mut since_yield = 0usize;
+    let mut splice_to = client_fd;
     loop {
         // This read's body bytes: after the head in `out` on the first round,
         // re-framed into `out` when chunked, else written as they are from
@@ -114,6 +118,28 @@ pub async fn relay(
             out.clear();
         }
         first = false;
+        // A long body of known length to a plain-TCP client: the rest goes
+        // socket to socket through a pipe (`super::splice`).
+        // Tried once: declined (no pipe to be had), the body is copied.
+        if let (Some(fd), Framing::Length(_)) = (splice_to.take().filter(|_| !done), resp.upstream)
+        {
+            if remaining >= SPLICE_MIN {
+                let _ = timeout(send_timeout, client.flush()).await;
+                let spliced =
+                    splice::body(upc, fd, remaining, read_timeout, send_timeout, bytes).await;
+                match spliced {
+                    // The pool checks a connection before reuse: bytes the
+                    // backend sent beyond the body would show there.
+                    Spliced::Done => {
+                        return Relay::Done {
+                            upstream_clean: true,
+                        }
+                    }
+                    Spliced::Broken => return Relay::Broken,
+                    Spliced::Declined => {}
+                }
+            }
+        }
         if done {
             let _ = timeout(send_timeout, client.flush()).await;
             return Relay::Done {

@@ -4,12 +4,15 @@
 //! Each of the `server.threads` workers is a single-threaded tokio runtime
 //! that accepts from every listening socket (each through its own
 //! duplicate of the descriptor, registered with its own reactor) and serves
-//! what it accepted, start to end, on itself: a connection never changes
-//! thread and its I/O is never woken through another thread's reactor. An
-//! idle worker is the one that returns to `accept` first, so new
-//! connections go where there is time for them (nginx's model without
-//! `reuseport`; no socket per thread, so nothing waiting in a closed
-//! socket's queue is lost at an upgrade).
+//! what it accepted, start to end, on itself: its I/O is never woken
+//! through another thread's reactor. An idle worker is the one that returns
+//! to `accept` first, so new connections go where there is time for them
+//! (nginx's model without `reuseport`; no socket per thread, so nothing
+//! waiting in a closed socket's queue is lost at an upgrade). Every worker
+//! is woken for each new connection and the first to accept takes it, so a
+//! burst can land mostly on one: a worker more than one connection past its
+//! share hands what it accepts to the lightest worker instead, the one time
+//! a connection changes thread.
 //!
 //! The accept loop is lb's own rather than Pingora's so that:
 //! - at `server.max_connections` it stops accepting (new clients wait in the
@@ -25,10 +28,9 @@
 //! upgrade hands them over as it does the admin API's
 //! ([`crate::upgrade::AdminService`]).
 
-use std::cell::Cell;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +39,9 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
+use tokio::sync::mpsc;
 
+use super::policy::limits::ConnGuard;
 use super::FrontDoor;
 
 /// Pingora's listen backlog (`LISTENER_BACKLOG`), kept: connections that
@@ -97,9 +101,11 @@ impl ServiceWithDependents for Listening {
             }
         }
         ready.notify_ready();
+        let (crew, mut inboxes) = Crew::new(self.threads);
+        let inbox0 = inboxes.remove(0);
         // Workers 1.. on threads of their own; worker 0 is this one, the
         // service's own runtime thread.
-        for i in 1..self.threads {
+        for (i, inbox) in (1..self.threads).zip(inboxes) {
             let sockets = match dup_all(&sockets) {
                 Ok(s) => s,
                 Err(e) => {
@@ -108,7 +114,7 @@ impl ServiceWithDependents for Listening {
                 }
             };
             let shutdown = shutdown.clone();
-            let workers = self.threads;
+            let crew = crew.clone();
             let spawned = std::thread::Builder::new()
                 .name("lb".into())
                 .spawn(move || {
@@ -118,7 +124,7 @@ impl ServiceWithDependents for Listening {
                         .build()
                         .expect("a worker's runtime");
                     rt.block_on(async {
-                        worker(sockets, workers, shutdown).await;
+                        worker(i, sockets, crew, inbox, shutdown).await;
                         // What this thread accepted is served until the
                         // drain (`GracefulOnSignal`) ends the process.
                         std::future::pending::<()>().await
@@ -131,7 +137,7 @@ impl ServiceWithDependents for Listening {
         }
         crate::metrics::set_worker(0);
         match dup_all(&sockets) {
-            Ok(mine) => worker(mine, self.threads, shutdown).await,
+            Ok(mine) => worker(0, mine, crew, inbox0, shutdown).await,
             Err(e) => tracing::error!(error = %e, "worker 0 cannot listen"),
         }
         // Accepting has stopped (a successor holds its own copies of the
@@ -197,11 +203,54 @@ fn dup_all(
         .collect()
 }
 
-/// One worker: an accept loop per listening socket, each serving what it
-/// accepts on this thread; returns when accepting stops (shutdown).
+/// The workers as each sees the others: how many connections each serves,
+/// and where to hand one a connection.
+struct Crew {
+    serving: Box<[Count]>,
+    inboxes: Box<[mpsc::UnboundedSender<HandOff>]>,
+}
+
+/// One worker's connection count, on a cache line of its own (only its
+/// worker writes it).
+#[repr(align(128))]
+#[derive(Default)]
+struct Count(AtomicUsize);
+
+/// An accepted connection handed to another worker, its place taken.
+struct HandOff {
+    tcp: std::net::TcpStream,
+    peer: SocketAddr,
+    door: Arc<FrontDoor>,
+    place: ConnGuard,
+}
+
+impl Crew {
+    /// `n` workers, and each one's inbox.
+    fn new(n: usize) -> (Arc<Crew>, Vec<mpsc::UnboundedReceiver<HandOff>>) {
+        let (inboxes, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        let crew = Crew {
+            serving: (0..n).map(|_| Count::default()).collect(),
+            inboxes: inboxes.into(),
+        };
+        (Arc::new(crew), rxs)
+    }
+
+    /// The worker serving the fewest connections.
+    fn lightest(&self) -> usize {
+        (0..self.serving.len())
+            .min_by_key(|&i| self.serving[i].0.load(Ordering::Relaxed))
+            .unwrap_or(0)
+    }
+}
+
+/// Worker `me`: an accept loop per listening socket, and its inbox of
+/// connections other workers hand it; returns when accepting stops
+/// (shutdown).
 async fn worker(
+    me: usize,
     sockets: Vec<(std::net::TcpListener, Arc<FrontDoor>)>,
-    workers: usize,
+    crew: Arc<Crew>,
+    mut inbox: mpsc::UnboundedReceiver<HandOff>,
     shutdown: ShutdownWatch,
 ) {
     let mut loops = tokio::task::JoinSet::new();
@@ -211,87 +260,117 @@ async fn worker(
             .and_then(|()| tokio::net::TcpListener::from_std(l));
         match l {
             Ok(l) => {
-                loops.spawn(accept_loop(l, door, workers, shutdown.clone()));
+                loops.spawn(accept_loop(me, l, door, crew.clone(), shutdown.clone()));
             }
             Err(e) => tracing::error!(error = %e, "a worker cannot listen"),
         }
     }
+    let mut stop = shutdown.clone();
+    let handed = crew.clone();
+    loops.spawn(async move {
+        loop {
+            let h = tokio::select! {
+                h = inbox.recv() => h,
+                changed = stop.changed() => {
+                    if changed.is_ok() && !*stop.borrow() { continue }
+                    // Those already handed over are served, then no more.
+                    inbox.close();
+                    inbox.recv().await
+                }
+            };
+            let Some(h) = h else { return };
+            // Registered with this worker's reactor.
+            match tokio::net::TcpStream::from_std(h.tcp) {
+                Ok(tcp) => serve_here(me, &handed, tcp, h.peer, h.door, h.place, &stop),
+                Err(e) => tracing::debug!(error = %e, "a handed-over connection lost"),
+            }
+        }
+    });
     // Until shutdown: then accepting stops.
     while loops.join_next().await.is_some() {}
 }
 
-/// Accepts on `l` until shutdown, serving each connection through `door` on
-/// this thread.
+/// Serves a connection on this worker, counted in its share while it lives.
+fn serve_here(
+    me: usize,
+    crew: &Arc<Crew>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    door: Arc<FrontDoor>,
+    place: ConnGuard,
+    shutdown: &ShutdownWatch,
+) {
+    crew.serving[me].0.fetch_add(1, Ordering::Relaxed);
+    let fd = tcp.as_raw_fd();
+    let stream = stream(tcp, peer);
+    let crew = crew.clone();
+    let shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        door.serve(stream, fd, place, &shutdown).await;
+        crew.serving[me].0.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+/// Accepts on `l` until shutdown, serving each connection through `door`:
+/// on this worker, unless it is more than one connection past its share
+/// (every worker is woken for each new connection and the first to accept
+/// takes it, so a burst can land mostly on one). Then the connection goes
+/// to the lightest worker, the only time one changes thread.
 async fn accept_loop(
+    me: usize,
     l: tokio::net::TcpListener,
     door: Arc<FrontDoor>,
-    workers: usize,
+    crew: Arc<Crew>,
     mut shutdown: ShutdownWatch,
 ) {
+    let workers = crew.serving.len();
     loop {
         // At `server.max_connections`: new clients wait in the backlog.
         door.room().await;
-        // Every worker is woken for each new connection and the first to
-        // accept takes it, so a burst can land mostly on one. A worker more
-        // than one connection past its share leaves new ones to the others
-        // (one of them is always under its share) and looks again shortly.
-        if over_share(SERVING.with(Cell::get), door.open(), workers) {
-            tokio::select! {
-                _ = tokio::time::sleep(BALANCE_RECHECK) => {}
-                _ = shutdown.changed() => {}
-            }
-            continue;
-        }
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.changed() => {
-                if *shutdown.borrow() { return }
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() { return }
                 continue;
             }
             a = l.accept() => a,
         };
-        match accepted {
-            Ok((tcp, peer)) => {
-                // Another worker may have taken the last place meanwhile:
-                // this connection waits for one (never closed for it).
-                let place = door.place().await;
-                let serving = Serving::start();
-                let fd = tcp.as_raw_fd();
-                let stream = stream(tcp, peer);
-                let door = door.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    door.serve(stream, fd, place, &shutdown).await;
-                    drop(serving);
-                });
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                accept_failed(&door, &e).await;
+                continue;
             }
-            Err(e) => accept_failed(&door, &e).await,
+        };
+        // Another worker may have taken the last place meanwhile: this
+        // connection waits for one (never closed for it).
+        let place = door.place().await;
+        let mine = crew.serving[me].0.load(Ordering::Relaxed);
+        if over_share(mine, door.open(), workers) {
+            let to = crew.lightest();
+            if to != me {
+                // Out of this reactor, into the other's.
+                match tcp.into_std() {
+                    Ok(tcp) => {
+                        let h = HandOff {
+                            tcp,
+                            peer,
+                            door: door.clone(),
+                            place,
+                        };
+                        if let Err(mpsc::error::SendError(h)) = crew.inboxes[to].send(h) {
+                            // That worker is gone: served here after all.
+                            if let Ok(tcp) = tokio::net::TcpStream::from_std(h.tcp) {
+                                serve_here(me, &crew, tcp, peer, h.door, h.place, &shutdown);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "a connection lost handing it over"),
+                }
+                continue;
+            }
         }
-    }
-}
-
-/// How often a worker past its share of connections looks again.
-const BALANCE_RECHECK: Duration = Duration::from_millis(10);
-
-thread_local! {
-    /// Connections this worker serves now (both listeners): they never
-    /// leave the thread, so a plain cell counts them.
-    static SERVING: Cell<usize> = const { Cell::new(0) };
-}
-
-/// One connection of this worker's, counted in [`SERVING`] while it lives.
-struct Serving;
-
-impl Serving {
-    fn start() -> Serving {
-        SERVING.with(|s| s.set(s.get() + 1));
-        Serving
-    }
-}
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        SERVING.with(|s| s.set(s.get().saturating_sub(1)));
+        serve_here(me, &crew, tcp, peer, door.clone(), place, &shutdown);
     }
 }
 
@@ -340,6 +419,19 @@ fn stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hand_off_goes_to_the_lightest_worker() {
+        let (crew, _inboxes) = Crew::new(3);
+        for (i, n) in [5, 2, 4].into_iter().enumerate() {
+            crew.serving[i].0.store(n, Ordering::Relaxed);
+        }
+        assert_eq!(crew.lightest(), 1);
+        crew.serving[2].0.store(0, Ordering::Relaxed);
+        assert_eq!(crew.lightest(), 2);
+        // Each count on a cache line of its own.
+        assert_eq!(std::mem::align_of::<Count>(), 128);
+    }
 
     #[test]
     fn a_worker_past_its_share_by_more_than_one_leaves_connections_to_others() {

@@ -1,5 +1,5 @@
 # lb — the two commands that matter: `make run` and `make test`.
-.PHONY: run run-pool run-acme test lint deps build images test-images certs bench bench-peers bench-instructions bench-abuse bench-queue tls-audit scenarios clean
+.PHONY: run run-pool run-acme test lint deps build images test-images certs bench bench-peers bench-instructions bench-wakeups bench-abuse bench-queue tls-audit scenarios clean
 
 CARGO ?= cargo
 
@@ -125,6 +125,13 @@ bench-peers: build
 ## target/bench-instructions.md. BENCH_INSTR_REQUESTS, BENCH_INSTR_RUNS.
 bench-instructions: build
 	@scripts/bench-instructions.sh
+
+## Cross-thread wake-ups per request (issue 22): lb with 2 threads under wrk,
+## keep-alive and a new connection per request, wake-ups recorded with
+## perf sched:sched_wakeup; target/bench-wakeups.md. BENCH_WAKE_SECONDS,
+## BENCH_WAKE_THREADS.
+bench-wakeups: build
+	@scripts/bench-wakeups.sh
 
 ## lb, nginx and HAProxy under abuse (SPEC): normal clients' p50/p99, errors and
 ## req/s with 2,000 slowloris connections, with 200 slow readers and at 10x a

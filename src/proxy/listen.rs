@@ -279,10 +279,14 @@ async fn worker(
                 }
             };
             let Some(h) = h else { return };
-            // Registered with this worker's reactor.
+            // Registered with this worker's reactor; counted in its share
+            // by the worker that handed it over.
             match tokio::net::TcpStream::from_std(h.tcp) {
-                Ok(tcp) => serve_here(me, &handed, tcp, h.peer, h.door, h.place, &stop),
-                Err(e) => tracing::debug!(error = %e, "a handed-over connection lost"),
+                Ok(tcp) => serve_counted(me, &handed, tcp, h.peer, h.door, h.place, &stop),
+                Err(e) => {
+                    handed.serving[me].0.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "a handed-over connection lost");
+                }
             }
         }
     });
@@ -301,6 +305,19 @@ fn serve_here(
     shutdown: &ShutdownWatch,
 ) {
     crew.serving[me].0.fetch_add(1, Ordering::Relaxed);
+    serve_counted(me, crew, tcp, peer, door, place, shutdown);
+}
+
+/// [`serve_here`] for a connection already counted in this worker's share.
+fn serve_counted(
+    me: usize,
+    crew: &Arc<Crew>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    door: Arc<FrontDoor>,
+    place: ConnGuard,
+    shutdown: &ShutdownWatch,
+) {
     let fd = tcp.as_raw_fd();
     let stream = stream(tcp, peer);
     let crew = crew.clone();
@@ -358,7 +375,12 @@ async fn accept_loop(
                             door: door.clone(),
                             place,
                         };
+                        // Counted in its share from now: a burst handed
+                        // over before that worker runs spreads, instead of
+                        // all going to the one that looked lightest.
+                        crew.serving[to].0.fetch_add(1, Ordering::Relaxed);
                         if let Err(mpsc::error::SendError(h)) = crew.inboxes[to].send(h) {
+                            crew.serving[to].0.fetch_sub(1, Ordering::Relaxed);
                             // That worker is gone: served here after all.
                             if let Ok(tcp) = tokio::net::TcpStream::from_std(h.tcp) {
                                 serve_here(me, &crew, tcp, peer, h.door, h.place, &shutdown);

@@ -174,7 +174,8 @@ pub struct GlobalCounters {
     pub local_errors: [AtomicU64; 5],
     /// Retries skipped because `retry.budget` was spent.
     pub retries_skipped_budget: AtomicU64,
-    /// Clients refused by `[limits]`/`max_connections`, by [`LIMITED_REASONS`] index.
+    /// Clients refused by `[limits]` (per-IP connections, rate), by [`LIMITED_REASONS`] index;
+    /// `server.max_connections` refuses nobody (accepting pauses).
     pub limited: [AtomicU64; 2],
     /// TLS handshakes completed, by `version × alpn`
     /// ([`crate::tls::VERSIONS`] × [`crate::tls::ALPNS`]).

@@ -4,20 +4,32 @@
 //! the connection. Neither path knows the other: this is the one place that
 //! holds both.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use pingora::apps::ServerApp;
 use pingora::protocols::tls::ALPN;
-use pingora::protocols::{Ssl, Stream};
+use pingora::protocols::Ssl;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
+use tokio::net::TcpStream;
 
-use super::h1::Conn;
+use super::client::Client;
+use super::h1::{Conn, Served};
 use super::pingora::Proxy;
 use super::policy::limits::{ConnGuard, ConnRefusal, Connections};
 use super::proxy_header;
 use crate::state::State;
+
+/// A connection an accept loop took, for [`FrontDoor::serve`].
+pub struct Accepted {
+    pub tcp: TcpStream,
+    /// The client's address, from `accept`.
+    pub peer: SocketAddr,
+    /// Its place under `server.max_connections`.
+    pub place: ConnGuard,
+}
 
 /// The front door: lb's HTTP/1 path with the Pingora proxy as its fallback.
 pub struct FrontDoor {
@@ -72,54 +84,64 @@ impl FrontDoor {
 
 impl FrontDoor {
     /// Serves one connection accepted on this door's listener
-    /// ([`super::listen`]), holding `place` under `server.max_connections`
-    /// until it closes.
-    pub async fn serve(
+    /// ([`super::listen`]) to its end, holding its place under
+    /// `server.max_connections` until then.
+    ///
+    /// An idle kept-alive connection is this future and little else
+    /// (memory per idle connection): the connection arrives boxed (one
+    /// pointer here, not the socket, address and place), everything before
+    /// the first request runs boxed in [`FrontDoor::begin`], and lb's HTTP/1
+    /// path borrows the connection rather than holding a second copy.
+    pub async fn serve(&self, accepted: Box<Accepted>, shutdown: &ShutdownWatch) {
+        let Some((client, read, place)) = Box::pin(self.begin(accepted, shutdown)).await else {
+            return;
+        };
+        let mut conn = Conn::new(client, read, &self.state, &self.active, self.pingora_only);
+        if conn.serve(shutdown).await == Served::HandOver {
+            // Pingora serves the rest of this connection.
+            let mut next = conn.hand_over();
+            while let Some(stream) = next {
+                next = self.fallback.process_new(stream, shutdown).await;
+            }
+        }
+        drop(place);
+    }
+
+    /// Everything before a connection's first request: its PROXY header,
+    /// the per-client limit, the TLS handshake. Returns the connection, the
+    /// bytes already read from it and its place; `None` when it is closed
+    /// (or was served here whole: HTTP/2 over TLS goes to Pingora's server).
+    async fn begin(
         &self,
-        stream: Stream,
-        fd: std::os::fd::RawFd,
-        mut place: ConnGuard,
+        accepted: Box<Accepted>,
         shutdown: &ShutdownWatch,
-    ) {
+    ) -> Option<(Client, Vec<u8>, ConnGuard)> {
+        let Accepted {
+            tcp,
+            peer,
+            mut place,
+        } = *accepted;
         // The PROXY header (from a trusted balancer) says who the client is,
         // for the per-client limit below and everything after.
-        // Boxed, as the TLS handshake below: their state lives only while
-        // they run, not in every idle connection's future.
-        let Some(stream) = Box::pin(self.proxy_header(stream)).await else {
-            return;
-        };
+        let (tcp, peer, read) = self.proxy_header(tcp, peer).await?;
         // Beyond it the connection is closed at once.
-        if self.count_client(&mut place, &stream).is_none() {
-            return;
+        self.count_client(&mut place, peer.ip())?;
+        let client = Client::Tcp { tcp, peer };
+        if !self.tls {
+            return Some((client, read, place));
         }
-        let stream: Stream = if self.tls {
-            let snap = self.state.load_full();
-            // A reload that removed `[tls]` closes new connections here.
-            let Some(tls) = snap.config.tls.as_ref() else {
-                return;
-            };
-            let accepted = Box::pin(crate::tls::accept(stream, tls, &self.state.counters)).await;
-            let Some(stream) = accepted else {
-                return;
-            };
-            if stream.selected_alpn_proto() == Some(ALPN::H2) {
-                // HTTP/2: Pingora's server, every stream through the Pingora
-                // path's policy (the same as lb's HTTP/1 path's).
-                self.fallback.process_new(Box::new(stream), shutdown).await;
-                return;
-            }
-            Box::new(stream)
-        } else {
-            stream
-        };
-        let conn = Conn::new(stream, &self.state, &self.active, self.pingora_only);
-        // Plain TCP (not TLS): `fd` is the client's socket, its stream's own.
-        let conn = if self.tls { conn } else { conn.plain(fd) };
-        let mut next = conn.serve(shutdown).await;
-        // Handed over: Pingora serves the rest of this connection.
-        while let Some(stream) = next {
-            next = self.fallback.process_new(stream, shutdown).await;
+        let snap = self.state.load_full();
+        // A reload that removed `[tls]` closes new connections here.
+        let tls = snap.config.tls.as_ref()?;
+        let stream = client.into_stream(&read)?;
+        let stream = crate::tls::accept(stream, tls, &self.state.counters).await?;
+        if stream.selected_alpn_proto() == Some(ALPN::H2) {
+            // HTTP/2: Pingora's server, every stream through the Pingora
+            // path's policy (the same as lb's HTTP/1 path's).
+            self.fallback.process_new(Box::new(stream), shutdown).await;
+            return None;
         }
+        Some((Client::Stream(Box::new(stream)), Vec::new(), place))
     }
 
     /// Returns when there is room for one more connection under
@@ -157,19 +179,26 @@ impl FrontDoor {
 
 impl FrontDoor {
     /// Reads the PROXY header a trusted source must send and makes its
-    /// source the connection's peer; `None` (closed) when it is missing,
-    /// malformed, of a version not accepted, or late (`server.header_timeout`).
-    async fn proxy_header(&self, stream: Stream) -> Option<Stream> {
-        use pingora::protocols::l4::stream::Stream as L4Stream;
+    /// source the connection's peer; returns the socket, its peer and the
+    /// bytes read after the header (the first request's start). `None`
+    /// (closed) when the header is missing, malformed, of a version not
+    /// accepted, or late (`server.header_timeout`).
+    async fn proxy_header(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<(TcpStream, SocketAddr, Vec<u8>)> {
         use tokio::io::AsyncReadExt;
 
         let snap = self.state.load();
         let server = &snap.config.server;
-        let peer = peer_ip(&stream);
-        if !proxy_header::required(server.proxy_protocol, &server.proxy_protocol_from, peer) {
-            return Some(stream);
+        if !proxy_header::required(
+            server.proxy_protocol,
+            &server.proxy_protocol_from,
+            Some(peer.ip()),
+        ) {
+            return Some((tcp, peer, Vec::new()));
         }
-        let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
         let deadline = tokio::time::Instant::now() + server.header_timeout;
         let mut buf = Vec::with_capacity(256);
         let parsed = loop {
@@ -177,37 +206,27 @@ impl FrontDoor {
                 Ok(Some(parsed)) => break parsed,
                 Ok(None) => {}
                 Err(why) => {
-                    tracing::debug!(client = ?peer, reason = ?why, "PROXY header refused");
+                    tracing::debug!(client = %peer, reason = ?why, "PROXY header refused");
                     return None;
                 }
             }
-            match tokio::time::timeout_at(deadline, l4.read_buf(&mut buf)).await {
+            match tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return None,
             }
         };
-        if let Some(source) = parsed.source {
-            use pingora::protocols::{GetSocketDigest, SocketDigest};
-            use std::os::fd::AsRawFd;
-            let digest = SocketDigest::from_raw_fd(l4.as_raw_fd());
-            let _ = digest
-                .peer_addr
-                .set(Some(pingora::protocols::l4::socket::SocketAddr::Inet(
-                    source,
-                )));
-            l4.set_socket_digest(digest);
-        }
         // What followed the header is the first request's start.
-        if buf.len() > parsed.len {
-            l4.rewind(&buf[parsed.len..]);
+        buf.drain(..parsed.len);
+        if buf.is_empty() {
+            buf = Vec::new();
         }
-        Some(l4)
+        Some((tcp, parsed.source.unwrap_or(peer), buf))
     }
 
     /// Counts `place`'s connection against its client under
     /// `limits.per_ip_connections`; `None` (counted) when over it.
-    fn count_client(&self, place: &mut ConnGuard, stream: &Stream) -> Option<()> {
-        let ip = peer_ip(stream);
+    fn count_client(&self, place: &mut ConnGuard, ip: IpAddr) -> Option<()> {
+        let ip = Some(ip);
         let per_ip = self.state.load().config.limits.per_ip_connections;
         match self.conns.count_client(place, ip, per_ip) {
             Ok(()) => Some(()),
@@ -222,23 +241,18 @@ impl FrontDoor {
     }
 }
 
-/// The connection's peer IP (after a PROXY header).
-fn peer_ip(stream: &Stream) -> Option<std::net::IpAddr> {
-    stream
-        .get_socket_digest()
-        .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
-    use pingora::protocols::l4::stream::Stream as L4Stream;
 
     /// Every connection's task carries the front door's future for its whole
     /// life: with the PROXY header and TLS handshake futures inline it was
-    /// 3,136 bytes (rustc 1.95), boxed 784 (mostly `Conn::serve`'s). The
-    /// bound leaves room for layout changes and catches them coming back.
+    /// 3,136 bytes (rustc 1.95), boxed 784 (mostly `Conn::serve`'s), and 704
+    /// since the connection arrives boxed and `Conn::serve` borrows it (its
+    /// first version with lb's own socket type, which moved the connection
+    /// in, was 1,136). The bound leaves room for layout changes and catches
+    /// them coming back.
     #[tokio::test]
     async fn a_connections_future_stays_small() {
         let state = Arc::new(State::new(Arc::new(
@@ -254,10 +268,15 @@ mod tests {
             .unwrap();
         let (accepted, _) = front.accept().await.unwrap();
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
-        let stream: Stream = Box::new(L4Stream::from(accepted));
+        let peer = accepted.peer_addr().unwrap();
         let place = door.place().await;
-        let fut = door.serve(stream, -1, place, &shutdown);
+        let accepted = Box::new(Accepted {
+            tcp: accepted,
+            peer,
+            place,
+        });
+        let fut = door.serve(accepted, &shutdown);
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1024, "FrontDoor::serve's future is {size} bytes");
+        assert!(size <= 768, "FrontDoor::serve's future is {size} bytes");
     }
 }

@@ -35,12 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora::server::{ListenFds, ShutdownWatch};
 use pingora::services::{ServiceReadyNotifier, ServiceWithDependents};
 use tokio::sync::mpsc;
 
+use super::front::Accepted;
 use super::policy::limits::ConnGuard;
 use super::FrontDoor;
 
@@ -175,6 +174,7 @@ pub(crate) fn listener(
         // On Linux `listen` again updates the backlog, as Pingora does.
         // SAFETY: a valid listening socket.
         unsafe { libc::listen(l.as_raw_fd(), BACKLOG) };
+        nodelay(&l)?;
         tracing::info!(listen = %addr, "listening on the socket handed over");
         return Ok(l);
     }
@@ -187,10 +187,33 @@ pub(crate) fn listener(
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     let l = socket.listen(BACKLOG as u32)?.into_std()?;
+    nodelay(&l)?;
     if let Some(fds) = fds {
         fds.lock().add(key, l.as_raw_fd());
     }
     Ok(l)
+}
+
+/// `TCP_NODELAY` on a listening socket: Linux gives it to every connection
+/// accepted from it, so responses leave as soon as they are written (as from
+/// Pingora's listener) without a `setsockopt` per connection.
+fn nodelay(l: &std::net::TcpListener) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket, and a c_int option value of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// A duplicate of each socket, for one worker's reactor.
@@ -318,12 +341,11 @@ fn serve_counted(
     place: ConnGuard,
     shutdown: &ShutdownWatch,
 ) {
-    let fd = tcp.as_raw_fd();
-    let stream = stream(tcp, peer);
+    let accepted = Box::new(Accepted { tcp, peer, place });
     let crew = crew.clone();
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
-        door.serve(stream, fd, place, &shutdown).await;
+        door.serve(accepted, &shutdown).await;
         crew.serving[me].0.fetch_sub(1, Ordering::Relaxed);
     });
 }
@@ -426,21 +448,33 @@ async fn accept_failed(door: &FrontDoor, e: &std::io::Error) {
     door.until_a_close(SHORTAGE_RECHECK).await;
 }
 
-/// The accepted socket as Pingora's stream, unbuffered (lb's paths read
-/// into buffers of their own), its peer known without a syscall.
-fn stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> Stream {
-    // As Pingora's listener: responses leave as soon as they are written.
-    let _ = tcp.set_nodelay(true);
-    let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
-    let _ = digest.peer_addr.set(Some(peer.into()));
-    let mut s = L4Stream::from(tcp);
-    s.set_socket_digest(digest);
-    Box::new(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Accepted connections inherit `TCP_NODELAY` from the listening
+    /// socket (lb sets it nowhere else); a bound socket handed over by an
+    /// old process gets it too.
+    #[tokio::test]
+    async fn accepted_connections_send_without_delay() {
+        let accepted_nodelay = |l: &std::net::TcpListener| {
+            l.set_nonblocking(false).unwrap();
+            let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+            let (a, _) = l.accept().unwrap();
+            a.nodelay().unwrap()
+        };
+        let l = listener("127.0.0.1:0".parse().unwrap(), None).unwrap();
+        assert!(accepted_nodelay(&l));
+        // An inherited socket (from the table), bound without the option.
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = plain.local_addr().unwrap();
+        assert!(!accepted_nodelay(&plain));
+        let fds: ListenFds = Arc::new(pingora::server::Fds::new().into());
+        use std::os::fd::IntoRawFd;
+        fds.lock().add(addr.to_string(), plain.into_raw_fd());
+        let l = listener(addr, Some(&fds)).unwrap();
+        assert!(accepted_nodelay(&l));
+    }
 
     #[test]
     fn a_hand_off_goes_to_the_lightest_worker() {

@@ -3,13 +3,14 @@
 //! - [`policy`] makes every decision about a request (admission, retries,
 //!   the upstream head's fields, the response's decoration, error replies,
 //!   accounting); every path imports it and nothing else of another path.
-//! - [`h1`] is lb's own HTTP/1 path: bytes in, bytes out, on Pingora's
-//!   accepted stream.
+//! - [`h1`] is lb's own HTTP/1 path: bytes in, bytes out, on the accepted
+//!   socket ([`client`]).
 //! - [`pingora`] is the Pingora `ProxyHttp` path, which serves what the
 //!   HTTP/1 path hands over.
 //! - [`front`] is the front door that owns a connection and passes it from
 //!   one path to the other, after its [`proxy_header`] where that is on.
 
+pub mod client;
 pub mod front;
 pub mod h1;
 pub mod listen;

@@ -6,7 +6,6 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,6 +13,7 @@ use tokio::time::timeout;
 
 use super::request::{self, Head, Route};
 use crate::config::{ServerConfig, Sticky};
+use crate::proxy::client::Client;
 use crate::proxy::policy::forward::StickyField;
 use crate::proxy::policy::reply::ErrorReply;
 use crate::proxy::policy::{self, log_request, Ctx, HeadLimits};
@@ -37,7 +37,7 @@ enum End {
 
 /// A client connection.
 pub struct Conn<'a> {
-    pub(super) stream: Stream,
+    pub(super) stream: Client,
     pub(super) state: &'a Arc<State>,
     pub(super) active: &'a Arc<AtomicUsize>,
     /// Bytes read from the client not yet consumed: the current request, then
@@ -49,49 +49,62 @@ pub struct Conn<'a> {
     pingora_only: bool,
     /// The connection is TLS (lb terminated it).
     pub(super) https: bool,
-    /// The client's socket when the connection is plain TCP with nothing
-    /// between lb and it: long response bodies are spliced to it.
-    pub(super) plain_fd: Option<std::os::fd::RawFd>,
+    /// It opened with the HTTP/2 preface (h2c with prior knowledge).
+    h2c: bool,
+}
+
+/// How [`Conn::serve`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Served {
+    /// The connection is done with (closed when dropped).
+    Closed,
+    /// The rest of the connection goes to the Pingora path
+    /// ([`Conn::hand_over`]).
+    HandOver,
 }
 
 impl<'a> Conn<'a> {
-    /// A connection just accepted.
+    /// A connection just accepted; `read`: bytes already read from it (after
+    /// a PROXY header), the start of its first request.
     pub fn new(
-        stream: Stream,
+        stream: Client,
+        read: Vec<u8>,
         state: &'a Arc<State>,
         active: &'a Arc<AtomicUsize>,
         pingora_only: bool,
     ) -> Self {
-        let client_ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let https = stream.get_ssl_digest().is_some();
+        let client_ip = stream.peer().map(|a| a.ip());
+        let https = stream.is_tls();
         Conn {
             stream,
             state,
             active,
-            buf: Vec::new(),
+            buf: read,
             client_ip,
             accepted: Instant::now(),
             served: 0,
             pingora_only,
             https,
-            plain_fd: None,
+            h2c: false,
         }
     }
 
-    /// The connection is plain TCP on socket `fd` (owned by its stream):
-    /// long response bodies go to it with `splice(2)`.
-    pub fn plain(mut self, fd: std::os::fd::RawFd) -> Self {
-        if !self.https {
-            self.plain_fd = Some(fd);
+    /// The rest of the connection as Pingora's stream, after
+    /// [`Served::HandOver`]: every byte read and not consumed is put back,
+    /// so the Pingora path reads the request as if nothing had been.
+    pub fn hand_over(self) -> Option<Stream> {
+        if self.h2c {
+            let s = self.stream.into_stream(&[])?;
+            return Some(Box::new(ClientStream::h2c(s, &self.buf)));
         }
-        self
+        self.stream.into_stream(&self.buf)
     }
 
-    /// Serves requests until the connection ends; returns the stream (with
-    /// every unconsumed byte put back) when the rest goes to the Pingora path.
-    pub async fn serve(mut self, shutdown: &ShutdownWatch) -> Option<Stream> {
+    /// Serves requests until the connection ends or its rest goes to the
+    /// Pingora path. Borrowed, not consumed: the connection lives in the
+    /// caller's future, once (a future keeps its arguments apart from its
+    /// locals, so a `Conn` moved in would be carried twice).
+    pub async fn serve(&mut self, shutdown: &ShutdownWatch) -> Served {
         let mut shutdown = shutdown.clone();
         let mut up = Vec::new();
         loop {
@@ -112,11 +125,11 @@ impl<'a> Conn<'a> {
             if arrived.is_ok() && self.served == 0 && snap.config.server.h2c && !self.https {
                 match Box::pin(self.h2c_preface()).await {
                     Ok(true) => {
-                        let s = ClientStream::h2c(self.stream, &self.buf);
-                        return Some(Box::new(s));
+                        self.h2c = true;
+                        return Served::HandOver;
                     }
                     Ok(false) => {}
-                    Err(_) => return None,
+                    Err(_) => return Served::Closed,
                 }
             }
             let head = match arrived {
@@ -127,18 +140,18 @@ impl<'a> Conn<'a> {
             };
             let head = match head {
                 Ok(head) => head,
-                Err(End::Close) => return None,
+                Err(End::Close) => return Served::Closed,
                 Err(End::Reply(code, message)) => {
                     let rid = policy::new_request_id();
                     Box::pin(self.reply(code, message, &rid, false, false, 0)).await;
                     let ctx = Ctx::new(self.active);
                     log_request(&snap, &ctx, code, "-", "-", 0, Some(message));
-                    return None;
+                    return Served::Closed;
                 }
             };
             // h2c backends are reached by the Pingora path only.
             if head.route == Route::Fallback || self.pingora_only || snap.config.h2c_backends {
-                return rewound(self.stream, &self.buf);
+                return Served::HandOver;
             }
             // A change may also have landed while the head was arriving (a
             // slow client has up to `header_timeout`): route by the state of now.
@@ -151,7 +164,7 @@ impl<'a> Conn<'a> {
             // Boxed: its state (relay, upload, retries) is allocated per
             // request rather than carried by every idle connection's future.
             if !Box::pin(self.exchange(&head, snap, &mut up, shutting_down)).await {
-                return None;
+                return Served::Closed;
             }
             self.buf.drain(..head.len + head.body_len);
             self.served += 1;
@@ -380,33 +393,12 @@ impl<'a> Conn<'a> {
     }
 }
 
-/// `stream` with `data` put back in front of what is still to be read, so the
-/// Pingora path parses the request as if nothing had been read yet. (Pingora's
-/// TCP stream and lb's TLS stream support this; the front door makes nothing else.)
-fn rewound(stream: Stream, data: &[u8]) -> Option<Stream> {
-    let any = stream.into_any();
-    let any = match any.downcast::<L4Stream>() {
-        Ok(mut s) => {
-            s.rewind(data);
-            return Some(s);
-        }
-        Err(other) => other,
-    };
-    match any.downcast::<ClientStream>() {
-        Ok(mut s) => {
-            s.rewind(data);
-            Some(s)
-        }
-        Err(_) => None,
-    }
-}
-
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Writes `bytes` to the client and flushes, within `limit`
 /// (`server.send_timeout`); false when it failed or the client took too long.
-pub(super) async fn send(stream: &mut Stream, bytes: &[u8], limit: Duration) -> bool {
+pub(super) async fn send(stream: &mut Client, bytes: &[u8], limit: Duration) -> bool {
     let write = async { stream.write_all(bytes).await.is_ok() && stream.flush().await.is_ok() };
     timeout(limit, write).await.unwrap_or(false)
 }
@@ -431,7 +423,7 @@ thread_local! {
 
 /// Reads what the client sends next into the thread's scratch buffer and
 /// appends it to `buf` (allocated only now, at least [`CLIENT_BUF`]).
-async fn first_bytes(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn first_bytes(stream: &mut Client, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     use std::task::Poll;
     use tokio::io::{AsyncRead, ReadBuf};
     std::future::poll_fn(|cx| {
@@ -457,7 +449,7 @@ async fn first_bytes(stream: &mut Stream, buf: &mut Vec<u8>) -> std::io::Result<
 /// Resolves if the client closes its connection (or it fails) while its
 /// request waits in the queue. Pipelined bytes it sends meanwhile are kept
 /// (up to a bound, after which the client is no longer watched).
-pub(super) async fn client_gone(stream: &mut Stream, buf: &mut Vec<u8>) {
+pub(super) async fn client_gone(stream: &mut Client, buf: &mut Vec<u8>) {
     while buf.len() < 2 * MAX_RESPONSE_HEAD {
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(CLIENT_BUF);
@@ -544,6 +536,12 @@ mod tests {
         }
     }
 
+    /// An accepted socket as lb's front door makes it.
+    fn accepted_client(tcp: TcpStream) -> Client {
+        let peer = tcp.peer_addr().unwrap();
+        Client::Tcp { tcp, peer }
+    }
+
     /// A client connection to a fast-path `Conn` on `state`.
     async fn connect_to(state: &Arc<State>) -> TcpStream {
         let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -555,8 +553,8 @@ mod tests {
         tokio::spawn(async move {
             let (_stop, shutdown) = tokio::sync::watch::channel(false);
             let active = Arc::new(AtomicUsize::new(0));
-            let stream: Stream = Box::new(L4Stream::from(accepted));
-            Conn::new(stream, &s, &active, false).serve(&shutdown).await;
+            let mut conn = Conn::new(accepted_client(accepted), Vec::new(), &s, &active, false);
+            conn.serve(&shutdown).await;
         });
         client
     }
@@ -564,9 +562,12 @@ mod tests {
     /// An idle connection's memory is mostly its task's future: the
     /// exchange (relay, upload, retries), the head's reading and the error
     /// replies are boxed per request so an idle connection does not carry
-    /// their state. 640 bytes with rustc 1.95 (1,000 with the head's reading
-    /// inline, 2,152 with the exchange too); the bound leaves room for
-    /// compiler layout changes while catching them coming back inline.
+    /// their state, and the connection is borrowed, not moved in (a future
+    /// keeps its arguments apart from its locals: a `Conn` argument was
+    /// carried twice). 448 bytes with rustc 1.95 (752 with the `Conn` moved
+    /// in, 1,000 with the head's reading inline, 2,152 with the exchange
+    /// too); the bound leaves room for compiler layout changes while
+    /// catching them coming back.
     #[tokio::test]
     async fn an_idle_connections_future_stays_small() {
         let state = Arc::new(State::new(Arc::new(
@@ -579,11 +580,16 @@ mod tests {
         let (accepted, _) = front.accept().await.unwrap();
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let active = Arc::new(AtomicUsize::new(0));
-        let stream: Stream = Box::new(L4Stream::from(accepted));
-        let conn = Conn::new(stream, &state, &active, false);
+        let mut conn = Conn::new(
+            accepted_client(accepted),
+            Vec::new(),
+            &state,
+            &active,
+            false,
+        );
         let fut = conn.serve(&shutdown);
         let size = std::mem::size_of_val(&fut);
-        assert!(size <= 1024, "Conn::serve's future is {size} bytes");
+        assert!(size <= 512, "Conn::serve's future is {size} bytes");
     }
 
     #[test]

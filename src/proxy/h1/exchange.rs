@@ -318,7 +318,6 @@ impl Conn<'_> {
         ctx.final_status = resp.status;
         let relayed = relay(
             &mut self.stream,
-            self.plain_fd,
             &mut upc,
             &mut rbuf,
             &mut out,

@@ -3,8 +3,8 @@
 //! Pingora's generic proxy pipeline (two tasks joined by channels, a fresh
 //! session, header maps and buffers per request, a shared upstream pool with a
 //! watcher task per idle connection) cost lb ~2.7× nginx's CPU per request
-//! (PERF.md). This path serves the common case in straight-line code on
-//! Pingora's accepted [`Stream`]: read the head into a per-connection buffer →
+//! (PERF.md). This path serves the common case in straight-line code on the
+//! accepted socket itself ([`crate::proxy::client::Client`]): read the head into a per-connection buffer →
 //! parse and validate it ([`request`]) → choose a backend (the same selection,
 //! breaker and accounting as the Pingora path) → one write upstream on a
 //! per-thread pooled connection ([`pool`]) → read the response head
@@ -30,7 +30,7 @@ pub mod response;
 mod splice;
 mod upload;
 
-pub use conn::Conn;
+pub use conn::{Conn, Served};
 
 /// Writes one header field line, `name: value\r\n`, the value given in
 /// parts written one after the other (every head lb's HTTP/1 path encodes).

@@ -4,13 +4,13 @@
 //! passed on as it is (a length, or until close) is written straight from the
 //! read buffer; a long one is read 64 KiB at a time.
 
-use std::os::fd::RawFd;
 use std::time::Duration;
 
-use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+
+use crate::proxy::client::Client;
 
 use super::response::{Chunked, Framing, RespHead};
 use super::splice::{self, Spliced, SPLICE_MIN};
@@ -41,8 +41,7 @@ pub enum Relay {
 /// `resp.len`), then streams the rest of the body as it arrives.
 #[allow(clippy::too_many_arguments)]
 pub async fn relay(
-    client: &mut Stream,
-    client_fd: Option<RawFd>,
+    client: &mut Client,
     upc: &mut TcpStream,
     rbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
@@ -59,7 +58,7 @@ pub async fn relay(
     let mut start = resp.len;
     let mut first = true;
     let mut since_yield = 0usize;
-    let mut splice_to = client_fd;
+    let mut splice_to = client.tcp_fd();
     loop {
         // This read's body bytes: after the head in `out` on the first round,
         // re-framed into `out` when chunked, else written as they are from

@@ -8,13 +8,13 @@
 
 use std::time::Duration;
 
-use pingora::protocols::Stream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::request::Body;
 use crate::http1::Chunked;
+use crate::proxy::client::Client;
 
 /// Read size while streaming a body.
 const CHUNK: usize = 16 * 1024;
@@ -50,7 +50,7 @@ pub struct Limits {
 /// continues on `client` to `upc`. The body's bytes are removed from `buf`;
 /// what follows the body stays there, after `buf[..start]`.
 pub async fn stream(
-    client: &mut Stream,
+    client: &mut Client,
     buf: &mut Vec<u8>,
     start: usize,
     upc: &mut TcpStream,

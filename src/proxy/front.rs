@@ -103,6 +103,10 @@ impl FrontDoor {
             while let Some(stream) = next {
                 next = self.fallback.process_new(stream, shutdown).await;
             }
+        } else {
+            // Closed before its place frees: an accept loop woken by the
+            // place finds the descriptor free too.
+            drop(conn);
         }
         drop(place);
     }
@@ -135,6 +139,9 @@ impl FrontDoor {
         let tls = snap.config.tls.as_ref()?;
         let stream = client.into_stream(&read)?;
         let stream = crate::tls::accept(stream, tls, &self.state.counters).await?;
+        // Not held for the connection's life: each request takes the
+        // snapshot of its time.
+        drop(snap);
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
             // HTTP/2: Pingora's server, every stream through the Pingora
             // path's policy (the same as lb's HTTP/1 path's).

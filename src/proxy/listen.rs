@@ -174,7 +174,9 @@ pub(crate) fn listener(
         // On Linux `listen` again updates the backlog, as Pingora does.
         // SAFETY: a valid listening socket.
         unsafe { libc::listen(l.as_raw_fd(), BACKLOG) };
-        nodelay(&l)?;
+        // Connections already queued (an old binary's socket without it)
+        // keep Nagle: a one-off at that upgrade, bounded by the backlog.
+        nodelay(&l);
         tracing::info!(listen = %addr, "listening on the socket handed over");
         return Ok(l);
     }
@@ -185,9 +187,10 @@ pub(crate) fn listener(
     // As Pingora's (and std's) listeners: a restart can bind while the old
     // process's connections sit in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    // Before `listen`, so every connection accepted from it inherits it.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     let l = socket.listen(BACKLOG as u32)?.into_std()?;
-    nodelay(&l)?;
     if let Some(fds) = fds {
         fds.lock().add(key, l.as_raw_fd());
     }
@@ -196,8 +199,9 @@ pub(crate) fn listener(
 
 /// `TCP_NODELAY` on a listening socket: Linux gives it to every connection
 /// accepted from it, so responses leave as soon as they are written (as from
-/// Pingora's listener) without a `setsockopt` per connection.
-fn nodelay(l: &std::net::TcpListener) -> std::io::Result<()> {
+/// Pingora's listener) without a `setsockopt` per connection. Failing only
+/// costs latency: warned, not fatal (the socket is already this process's).
+fn nodelay(l: &std::net::TcpListener) {
     let on: libc::c_int = 1;
     // SAFETY: a valid socket, and a c_int option value of the size given.
     let r = unsafe {
@@ -209,10 +213,9 @@ fn nodelay(l: &std::net::TcpListener) -> std::io::Result<()> {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+    if r != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on a listening socket");
     }
 }
 

@@ -3,13 +3,13 @@
 //! Pingora's generic proxy pipeline (two tasks joined by channels, a fresh
 //! session, header maps and buffers per request, a shared upstream pool with a
 //! watcher task per idle connection) cost lb ~2.7× nginx's CPU per request
-//! (PERF.md). This path serves the common case in straight-line code on the
-//! accepted socket itself ([`crate::proxy::client::Client`]): read the head into a per-connection buffer →
-//! parse and validate it ([`request`]) → choose a backend (the same selection,
-//! breaker and accounting as the Pingora path) → one write upstream on a
-//! per-thread pooled connection ([`pool`]) → read the response head
-//! ([`response`]) → one write of head and first body bytes to the client →
-//! stream the rest without buffering.
+//! (PERF.md). This path serves the common case in straight-line code on
+//! the accepted socket itself ([`crate::proxy::client::Client`]): read the
+//! head into a per-connection buffer → parse and validate it ([`request`]) →
+//! choose a backend (the same selection, breaker and accounting as the
+//! Pingora path) → one write upstream on a per-thread pooled connection
+//! ([`pool`]) → read the response head ([`response`]) → one write of head and
+//! first body bytes to the client → stream the rest without buffering.
 //!
 //! Request bodies up to 64 KiB are buffered (a retry can replay them);
 //! larger and chunked ones are streamed ([`upload`]). Requests it does not

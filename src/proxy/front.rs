@@ -197,19 +197,20 @@ impl FrontDoor {
     ) -> Option<(TcpStream, SocketAddr, Vec<u8>)> {
         use tokio::io::AsyncReadExt;
 
-        let snap = self.state.load();
-        let server = &snap.config.server;
-        if !proxy_header::required(
-            server.proxy_protocol,
-            &server.proxy_protocol_from,
-            Some(peer.ip()),
-        ) {
-            return Some((tcp, peer, Vec::new()));
-        }
-        let deadline = tokio::time::Instant::now() + server.header_timeout;
+        // The settings, not the snapshot's guard, are kept across the reads.
+        let (versions, header_timeout) = {
+            let snap = self.state.load();
+            let server = &snap.config.server;
+            let trusted = &server.proxy_protocol_from;
+            if !proxy_header::required(server.proxy_protocol, trusted, Some(peer.ip())) {
+                return Some((tcp, peer, Vec::new()));
+            }
+            (server.proxy_protocol, server.header_timeout)
+        };
+        let deadline = tokio::time::Instant::now() + header_timeout;
         let mut buf = Vec::with_capacity(256);
         let parsed = loop {
-            match proxy_header::parse(&buf, server.proxy_protocol) {
+            match proxy_header::parse(&buf, versions) {
                 Ok(Some(parsed)) => break parsed,
                 Ok(None) => {}
                 Err(why) => {

@@ -29,39 +29,12 @@ tracepoints=$(perf list 'sched:*' 2>/dev/null || true)
 grep -q 'sched:sched_wakeup ' <<<"$tracepoints" ||
   { echo "bench-wakeups: perf cannot see the sched:sched_wakeup tracepoint here (tracefs, root)" >&2; exit 1; }
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/bench-wake.XXXXXX")
-declare -A pid=()
-cleanup() {
-  for k in "${!pid[@]}"; do kill -TERM -- "-${pid[$k]}" 2>/dev/null || true; done
-  sleep 0.3
-  for k in "${!pid[@]}"; do kill -KILL -- "-${pid[$k]}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ "${BENCH_KEEP:-0}" = 1 ] && echo "bench-wakeups: kept $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=bench/ok-backend.sh
+. scripts/bench/ok-backend.sh
+bench_work bench-wakeups
 
 read -r be p_lb a_lb <<<"$(python3 "$helper" ports 3)"
-mkdir -p "$work/be"
-cat >"$work/be/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/be/nginx.pid;
-error_log $work/be/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  client_body_temp_path $work/be/cb; proxy_temp_path $work/be/px;
-  fastcgi_temp_path $work/be/fc; uwsgi_temp_path $work/be/uw; scgi_temp_path $work/be/sc;
-  server { listen 127.0.0.1:$be; return 200 "ok"; }
-}
-NGINX
-setsid nginx -p "$work/be" -e "$work/be/error.log" -c "$work/be/nginx.conf" \
-  >"$work/be.log" 2>&1 </dev/null &
-pid[be]=$!
-python3 "$helper" wait "$be" 20 "${pid[be]}"
+ok_backend "$be"
 
 cat >"$work/lb.toml" <<TOML
 [server]

@@ -308,7 +308,14 @@ async fn worker(
             // Registered with this worker's reactor; counted in its share
             // by the worker that handed it over.
             match tokio::net::TcpStream::from_std(h.tcp) {
-                Ok(tcp) => serve_counted(me, &handed, tcp, h.peer, h.door, h.place, &stop),
+                Ok(tcp) => {
+                    let accepted = Accepted {
+                        tcp,
+                        peer: h.peer,
+                        place: h.place,
+                    };
+                    serve_counted(me, &handed, h.door, accepted, &stop);
+                }
                 Err(e) => {
                     handed.serving[me].0.fetch_sub(1, Ordering::Relaxed);
                     tracing::debug!(error = %e, "a handed-over connection lost");
@@ -324,27 +331,23 @@ async fn worker(
 fn serve_here(
     me: usize,
     crew: &Arc<Crew>,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
     door: Arc<FrontDoor>,
-    place: ConnGuard,
+    accepted: Accepted,
     shutdown: &ShutdownWatch,
 ) {
     crew.serving[me].0.fetch_add(1, Ordering::Relaxed);
-    serve_counted(me, crew, tcp, peer, door, place, shutdown);
+    serve_counted(me, crew, door, accepted, shutdown);
 }
 
 /// [`serve_here`] for a connection already counted in this worker's share.
 fn serve_counted(
     me: usize,
     crew: &Arc<Crew>,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
     door: Arc<FrontDoor>,
-    place: ConnGuard,
+    accepted: Accepted,
     shutdown: &ShutdownWatch,
 ) {
-    let accepted = Box::new(Accepted { tcp, peer, place });
+    let accepted = Box::new(accepted);
     let crew = crew.clone();
     let shutdown = shutdown.clone();
     tokio::spawn(async move {
@@ -408,7 +411,12 @@ async fn accept_loop(
                             crew.serving[to].0.fetch_sub(1, Ordering::Relaxed);
                             // That worker is gone: served here after all.
                             if let Ok(tcp) = tokio::net::TcpStream::from_std(h.tcp) {
-                                serve_here(me, &crew, tcp, peer, h.door, h.place, &shutdown);
+                                let accepted = Accepted {
+                                    tcp,
+                                    peer,
+                                    place: h.place,
+                                };
+                                serve_here(me, &crew, h.door, accepted, &shutdown);
                             }
                         }
                     }
@@ -417,7 +425,8 @@ async fn accept_loop(
                 continue;
             }
         }
-        serve_here(me, &crew, tcp, peer, door.clone(), place, &shutdown);
+        let accepted = Accepted { tcp, peer, place };
+        serve_here(me, &crew, door.clone(), accepted, &shutdown);
     }
 }
 

@@ -201,3 +201,69 @@ async fn empty_data_frame_flood_ends_the_connection_with_goaway() {
     assert_eq!(code, Some(ENHANCE_YOUR_CALM), "after {sent} bytes");
     still_serving(&lb).await;
 }
+
+#[tokio::test]
+async fn malformed_streams_end_the_connection_at_32() {
+    let (apps, lb) = start().await;
+    let mut s = open(&lb).await;
+    // A GET with neither `:authority` nor `Host` (RFC 9113 §8.3.1): refused
+    // with a 400 as the stream is accepted, never forwarded. (Conflicting
+    // Content-Lengths would be the h2 codec's own reset, counted apart.)
+    let malformed = |id: u32| {
+        let mut block = Vec::new();
+        for (name, value) in [
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"http"),
+            (b":path", b"/api/echo"),
+        ] {
+            block.push(0x00);
+            block.push(name.len() as u8);
+            block.extend_from_slice(name);
+            block.push(value.len() as u8);
+            block.extend_from_slice(value);
+        }
+        frame(HEADERS, END_HEADERS | END_STREAM, id, &block)
+    };
+    // 31 of them: the connection still answers a PING.
+    for i in 0..31u32 {
+        s.write_all(&malformed(2 * i + 1)).await.unwrap();
+    }
+    s.write_all(&frame(PING, 0, 0, b"12345678")).await.unwrap();
+    assert!(ping_acked(&mut s, Duration::from_secs(5)).await);
+    // The 32nd ends it (GOAWAY or a close).
+    s.write_all(&malformed(63)).await.unwrap();
+    let code = until_goaway(&mut s, Duration::from_secs(5)).await;
+    eprintln!("GOAWAY {code:?}");
+    assert_eq!(
+        apps.api_counts()[0],
+        0,
+        "a malformed request reached the app"
+    );
+    still_serving(&lb).await;
+}
+
+const PING: u8 = 0x6;
+
+/// Reads frames until a PING ACK (`true`) or a close (`false`).
+async fn ping_acked(s: &mut TcpStream, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        while buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            if buf[3] == PING && buf[4] & 1 == 1 {
+                return true;
+            }
+            buf.drain(..9 + len);
+        }
+        match tokio::time::timeout_at(deadline.into(), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return false,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no PING ACK within {limit:?}"),
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! The front door: each accepted connection is served by lb's HTTP/1 path
 //! ([`super::h1`]) until that path hands it over, with every byte already
 //! read put back, to the Pingora path ([`super::pingora`]) for the rest of
-//! the connection. Neither path knows the other: this is the one place that
-//! holds both.
+//! the connection; an HTTP/2 connection (ALPN `h2`, or h2c) goes to
+//! [`super::h2`], which serves each stream itself or through the Pingora
+//! path. Neither path knows the other: this is the one place that holds both.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use tokio::net::TcpStream;
 
 use super::client::Client;
 use super::h1::{Conn, Served};
+use super::h2;
 use super::pingora::Proxy;
 use super::policy::limits::{ConnGuard, ConnRefusal, Connections};
 use super::proxy_header;
@@ -33,12 +35,12 @@ pub struct Accepted {
 
 /// The front door: lb's HTTP/1 path with the Pingora proxy as its fallback.
 pub struct FrontDoor {
-    state: Arc<State>,
-    active: Arc<AtomicUsize>,
-    fallback: Arc<HttpProxy<Proxy>>,
+    pub(super) state: Arc<State>,
+    pub(super) active: Arc<AtomicUsize>,
+    pub(super) fallback: Arc<HttpProxy<Proxy>>,
     /// `LB_PATH=pingora`: every request goes to the Pingora path once its head
     /// is validated (so `make test` runs the integration suite through both).
-    pingora_only: bool,
+    pub(super) pingora_only: bool,
     /// Open client connections (`server.max_connections`, `[limits]`).
     conns: Arc<Connections>,
     /// This door is `[tls] listen`: connections complete a TLS handshake first.
@@ -92,16 +94,23 @@ impl FrontDoor {
     /// pointer here, not the socket, address and place), everything before
     /// the first request runs boxed in [`FrontDoor::begin`], and lb's HTTP/1
     /// path borrows the connection rather than holding a second copy.
-    pub async fn serve(&self, accepted: Box<Accepted>, shutdown: &ShutdownWatch) {
+    pub async fn serve(self: &Arc<Self>, accepted: Box<Accepted>, shutdown: &ShutdownWatch) {
         let Some((client, read, place)) = Box::pin(self.begin(accepted, shutdown)).await else {
             return;
         };
         let mut conn = Conn::new(client, read, &self.state, &self.active, self.pingora_only);
         if conn.serve(shutdown).await == Served::HandOver {
-            // Pingora serves the rest of this connection.
-            let mut next = conn.hand_over();
-            while let Some(stream) = next {
-                next = self.fallback.process_new(stream, shutdown).await;
+            match conn.hand_over() {
+                // h2c with prior knowledge.
+                Some(stream) if stream.selected_alpn_proto() == Some(ALPN::H2) => {
+                    Box::pin(h2::serve(self, stream, shutdown)).await;
+                }
+                // Pingora serves the rest of this connection.
+                mut next => {
+                    while let Some(stream) = next {
+                        next = self.fallback.process_new(stream, shutdown).await;
+                    }
+                }
             }
         } else {
             // Closed before its place frees: an accept loop woken by the
@@ -114,9 +123,9 @@ impl FrontDoor {
     /// Everything before a connection's first request: its PROXY header,
     /// the per-client limit, the TLS handshake. Returns the connection, the
     /// bytes already read from it and its place; `None` when it is closed
-    /// (or was served here whole: HTTP/2 over TLS goes to Pingora's server).
+    /// (or was served here whole: HTTP/2 over TLS, [`h2`]).
     async fn begin(
-        &self,
+        self: &Arc<Self>,
         accepted: Box<Accepted>,
         shutdown: &ShutdownWatch,
     ) -> Option<(Client, Vec<u8>, ConnGuard)> {
@@ -143,9 +152,7 @@ impl FrontDoor {
         // snapshot of its time.
         drop(snap);
         if stream.selected_alpn_proto() == Some(ALPN::H2) {
-            // HTTP/2: Pingora's server, every stream through the Pingora
-            // path's policy (the same as lb's HTTP/1 path's).
-            self.fallback.process_new(Box::new(stream), shutdown).await;
+            h2::serve(self, Box::new(stream), shutdown).await;
             return None;
         }
         Some((Client::Stream(Box::new(stream)), Vec::new(), place))

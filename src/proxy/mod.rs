@@ -7,12 +7,17 @@
 //!   socket ([`client`]).
 //! - [`pingora`] is the Pingora `ProxyHttp` path, which serves what the
 //!   HTTP/1 path hands over.
+//! - [`h2`] serves HTTP/2 connections: lb's own exchange for the common
+//!   stream, the Pingora path for the rest; [`heads`] is the policy on the
+//!   head types both share.
 //! - [`front`] is the front door that owns a connection and passes it from
 //!   one path to the other, after its [`proxy_header`] where that is on.
 
 pub mod client;
 pub mod front;
 pub mod h1;
+pub mod h2;
+pub mod heads;
 pub mod listen;
 pub mod pingora;
 pub mod policy;

@@ -234,7 +234,7 @@ impl Conn<'_> {
             ctx.reused = pooled.is_some();
             let upc = match pooled.take() {
                 Some(c) => c,
-                None => match connect(addr, t.connect).await {
+                None => match pool::connect(addr, t.connect).await {
                     Ok(c) => c,
                     Err(failure) => return Trip::Failed(failure),
                 },
@@ -424,17 +424,5 @@ impl Conn<'_> {
                 },
             }
         }
-    }
-}
-
-/// Opens a fresh upstream connection.
-async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Failure> {
-    match timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(c)) => {
-            let _ = c.set_nodelay(true);
-            Ok(c)
-        }
-        Ok(Err(e)) => Err(Failure::of_connect(&e)),
-        Err(_) => Err(Failure::ConnectTimeout),
     }
 }

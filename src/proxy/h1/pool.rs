@@ -1,4 +1,4 @@
-//! Idle upstream connections, one pool per proxy thread.
+//! Upstream connections: opened fresh, or idle ones kept per proxy thread.
 //!
 //! Each worker thread runs its own single-threaded runtime (`work_stealing =
 //! false`), so a connection parked here is only ever used by the thread whose
@@ -14,6 +14,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
+
+use crate::proxy::policy::Failure;
 
 /// Idle connections kept per backend per thread (nginx `keepalive 128`-like).
 pub const MAX_IDLE_PER_BACKEND: usize = 128;
@@ -90,6 +92,18 @@ async fn sweep(max_idle: Duration) {
             }
             p.idle.retain(|_, l| !l.is_empty());
         });
+    }
+}
+
+/// Opens a fresh upstream connection.
+pub async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, Failure> {
+    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(c)) => {
+            let _ = c.set_nodelay(true);
+            Ok(c)
+        }
+        Ok(Err(e)) => Err(Failure::of_connect(&e)),
+        Err(_) => Err(Failure::ConnectTimeout),
     }
 }
 

@@ -3,7 +3,6 @@
 //! reply's fields are all set here).
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, Session};
 
@@ -99,8 +98,16 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToP
             grpc: grpc(session),
         };
         let body = r.body();
-        if let Ok(resp) = header(&r, body.len()) {
-            if let Err(err) = session.write_error_response(resp, Bytes::from(body)).await {
+        if let Ok(resp) = crate::proxy::heads::error_header(&r, body.len()) {
+            // No body to a HEAD (Pingora's HTTP/1 server drops it; its
+            // HTTP/2 one would send it, and clients reset the stream).
+            let head = session.req_header().method == http::Method::HEAD;
+            let body = if head {
+                Bytes::new()
+            } else {
+                Bytes::from(body)
+            };
+            if let Err(err) = session.write_error_response(resp, body).await {
                 tracing::debug!(error = %err, "could not send error response");
             }
         }
@@ -115,18 +122,4 @@ pub async fn respond(session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToP
 pub fn grpc(session: &Session) -> bool {
     let ct = session.req_header().headers.get(http::header::CONTENT_TYPE);
     crate::proxy::policy::reply::is_grpc(ct.map(|v| v.as_bytes()))
-}
-
-/// The head of an error reply, with the policy's fields.
-pub fn header(r: &ErrorReply<'_>, len: usize) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(r.wire_status(), Some(5))?;
-    let mut result = Ok(());
-    r.each(len, |name, value| {
-        if result.is_ok() {
-            result = http::HeaderValue::from_bytes(value)
-                .map_err(|_| Error::explain(InternalError, "invalid reply field"))
-                .and_then(|v| resp.insert_header(name, v));
-        }
-    });
-    result.map(|()| resp)
 }

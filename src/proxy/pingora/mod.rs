@@ -24,10 +24,9 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::Sticky;
+use crate::proxy::heads;
 use crate::proxy::policy::redirect;
 use crate::proxy::policy::reply::{self, ErrorReply};
-use crate::proxy::policy::respond::{self, Decoration};
 use crate::proxy::policy::{self, admit, log_request, Ctx, Failure, Next, Outcome};
 use crate::state::{Snapshot, State};
 use crate::sticky::{self, Choice};
@@ -281,7 +280,8 @@ impl ProxyHttp for Proxy {
         if session.is_upgrade_req() && resp.status.as_u16() != 101 {
             session.set_keepalive(None);
         }
-        decorate(session, resp, ctx)
+        let http10 = session.req_header().version == http::Version::HTTP_10;
+        heads::decorate(resp, ctx, http10)
     }
 
     fn error_while_proxy(
@@ -464,7 +464,7 @@ async fn write_reply(session: &mut Session, r: ErrorReply<'_>, keep: bool) {
         session.set_keepalive(None);
     }
     let body = r.body();
-    let Ok(resp) = errors::header(&r, body.len()) else {
+    let Ok(resp) = heads::error_header(&r, body.len()) else {
         return;
     };
     let head = session.req_header().method == http::Method::HEAD;
@@ -476,65 +476,6 @@ async fn write_reply(session: &mut Session, r: ErrorReply<'_>, keep: bool) {
     {
         let _ = session.write_response_body(body, true).await;
     }
-}
-
-/// The policy's response head: hop-by-hop fields removed, lb's fields set,
-/// and for an HTTP/1.0 client a body without a length close-delimited
-/// rather than chunked.
-fn decorate(session: &Session, resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
-    let status = resp.status.as_u16();
-    // Hop-by-hop fields, and those the backend's `Connection` names.
-    let mut drop: Vec<Vec<u8>> = Vec::new();
-    for v in resp.headers.get_all(http::header::CONNECTION) {
-        respond::connection_named(v.as_bytes(), |n| drop.push(n.to_ascii_lowercase()));
-    }
-    for n in resp.headers.keys() {
-        if respond::hop_by_hop(n.as_str().as_bytes(), status) && n.as_str() != "connection" {
-            drop.push(n.as_str().as_bytes().to_vec());
-        }
-    }
-    for n in drop {
-        if let Ok(name) = http::HeaderName::from_bytes(&n) {
-            resp.remove_header(&name);
-        }
-    }
-    let http10 = session.req_header().version == http::Version::HTTP_10;
-    if http10 && !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
-        resp.remove_header(&http::header::TRANSFER_ENCODING);
-    }
-    let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.backend) else {
-        return resp.insert_header(policy::REQUEST_ID, &ctx.request_id);
-    };
-    let stats = &snap.backends[i].stats;
-    let cookie = match (&snap.sticky, ctx.set_cookie) {
-        (Sticky::Cookie(name), true) => Some(sticky::set_cookie(name, &stats.sticky_id)),
-        _ => None,
-    };
-    let decoration = Decoration {
-        request_id: &ctx.request_id,
-        backend: snap
-            .backend_header
-            .as_ref()
-            .map(|h| (h.as_str(), stats.name_header.as_bytes())),
-        set_cookie: cookie.as_deref(),
-        hsts: ctx
-            .https
-            .then(|| snap.config.tls.as_ref().and_then(|t| t.hsts.as_deref()))
-            .flatten(),
-    };
-    let mut result = Ok(());
-    decoration.each(|name, value, append| {
-        if result.is_ok() {
-            let value =
-                http::HeaderValue::from_bytes(value).unwrap_or(http::HeaderValue::from_static(""));
-            result = if append {
-                resp.append_header(name.to_string(), value).map(|_| ())
-            } else {
-                resp.insert_header(name.to_string(), value)
-            };
-        }
-    });
-    result
 }
 
 /// Resolves when the client closes its connection while the request waits in

@@ -8,9 +8,9 @@ use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 
-use crate::config::Sticky;
-use crate::proxy::policy::forward::{self, Forwarding, StickyField};
-use crate::proxy::policy::{self, HeadLimits};
+use crate::proxy::heads;
+use crate::proxy::policy;
+use crate::proxy::policy::forward::{self, Forwarding};
 use crate::state::Snapshot;
 
 /// The request's id: the client's if sane, else a new one.
@@ -32,31 +32,10 @@ pub fn client_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// Why the head is refused (status, reason), checked as lb's HTTP/1 path
-/// checks its parse: head limits (`431`), `Content-Length` beside
-/// `Transfer-Encoding` and `Connection` naming a field lb routes or frames
-/// by (`400`).
+/// Why the head is refused (status, reason): [`heads::refusal`], with
+/// Pingora's HTTP/1 parse's raw bytes for the framing check.
 pub fn refusal(session: &Session, snap: &Snapshot) -> Option<(u16, &'static str)> {
-    let req = session.req_header();
-    if too_large(req, HeadLimits::of(&snap.config.server)) {
-        return Some((431, "request header fields too large"));
-    }
-    if has_cl_and_te(session) {
-        return Some((400, "both Content-Length and Transfer-Encoding"));
-    }
-    let sticky = match &snap.sticky {
-        Sticky::None => StickyField::None,
-        Sticky::Cookie(name) => StickyField::Cookie(name),
-        Sticky::Header(name) => StickyField::Header(name.as_str()),
-    };
-    for v in req.headers.get_all(http::header::CONNECTION) {
-        for token in v.as_bytes().split(|&b| b == b',') {
-            if let Err(why) = forward::connection_token(token, sticky) {
-                return Some((400, why));
-            }
-        }
-    }
-    None
+    heads::refusal(session.req_header(), has_cl_and_te(session), snap)
 }
 
 /// Does the request carry both Content-Length and Transfer-Encoding?
@@ -86,18 +65,6 @@ pub fn raw_has_content_length(raw: &[u8]) -> bool {
             && line[..NAME.len()].eq_ignore_ascii_case(NAME)
             && line[NAME.len()..].trim_ascii_start().first() == Some(&b':')
     })
-}
-
-/// Is the request head beyond the limits (request line + fields, counted as
-/// on the wire)? Computed from the parsed header without copying.
-pub fn too_large(req: &RequestHeader, limits: HeadLimits) -> bool {
-    let line = req.method.as_str().len() + req.raw_path().len() + 12;
-    let fields: usize = req
-        .headers
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    limits.exceeded(req.headers.len(), line + fields)
 }
 
 /// Writes the policy's upstream head into Pingora's: an absolute-form target
@@ -157,24 +124,6 @@ mod tests {
         // The request line is not a header even if it looks like one.
         let raw = b"GET /content-length: HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(!raw_has_content_length(raw));
-    }
-
-    #[test]
-    fn header_limits() {
-        let mut req = RequestHeader::build("GET", b"/x", None).unwrap();
-        for i in 0..10 {
-            req.append_header(format!("x-h{i}"), "v".repeat(100))
-                .unwrap();
-        }
-        let limits = |max_headers, max_header_bytes| HeadLimits {
-            max_headers,
-            max_header_bytes,
-        };
-        assert!(!too_large(&req, limits(10, 2000)));
-        assert!(too_large(&req, limits(9, 2000)), "10 fields, 9 allowed");
-        // 10 fields of 5 + 100 + 4 bytes = 1090, plus the request line.
-        assert!(too_large(&req, limits(100, 1090)));
-        assert!(!too_large(&req, limits(100, 1200)));
     }
 
     #[test]

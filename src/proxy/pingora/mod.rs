@@ -224,10 +224,13 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if session.req_header().version == http::Version::HTTP_2 {
+            session::join_cookies(req)?;
+        }
         session::forwarding(req, ctx.client_ip, ctx.https, &ctx.request_id)?;
         if !req.headers.contains_key(http::header::HOST) {
             // HTTP/1.0 without Host reaches the backend with one, as HTTP/1.1.

@@ -67,6 +67,23 @@ pub fn raw_has_content_length(raw: &[u8]) -> bool {
     })
 }
 
+/// Joins an HTTP/2 request's `Cookie` crumbs into the one field HTTP/1.1
+/// allows (RFC 9113 §8.2.3), as lb's own HTTP/2 exchange writes it.
+pub fn join_cookies(req: &mut RequestHeader) -> Result<()> {
+    let mut crumbs = req.headers.get_all(http::header::COOKIE).iter();
+    let (Some(first), Some(_)) = (crumbs.next(), crumbs.next()) else {
+        return Ok(());
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for c in req.headers.get_all(http::header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(c.as_bytes());
+    }
+    let v = http::HeaderValue::from_bytes(&joined)
+        .map_err(|_| Error::explain(InternalError, "invalid cookie field"))?;
+    req.insert_header(http::header::COOKIE, v)
+}
+
 /// Writes the policy's upstream head into Pingora's: an absolute-form target
 /// in origin form with `Host` = its authority, then the forwarding fields.
 /// (Pingora itself removes the hop-by-hop fields and those `Connection`
@@ -124,6 +141,19 @@ mod tests {
         // The request line is not a header even if it looks like one.
         let raw = b"GET /content-length: HTTP/1.1\r\nHost: x\r\n\r\n";
         assert!(!raw_has_content_length(raw));
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("cookie", "a=1").unwrap();
+        join_cookies(&mut req).unwrap();
+        assert_eq!(req.headers["cookie"], "a=1");
+        req.append_header("cookie", "b=2").unwrap();
+        req.append_header("cookie", "c=3").unwrap();
+        join_cookies(&mut req).unwrap();
+        let all: Vec<_> = req.headers.get_all("cookie").iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 # a regression shows in one run.
 #
 # For each path (lb's own HTTP/1 path, and the Pingora path with
-# LB_PATH=pingora) lb runs twice under an instruction counter, one thread, in
+# LB_PATH=pingora; then HTTP/2 streams, h2c with prior knowledge, served by
+# lb's own exchange and with LB_PATH=pingora by the Pingora path, each
+# stream a GET sent by `h2load -c1 -m1`) lb runs twice under an instruction
+# counter, one thread, in
 # front of one tiny backend (nginx, `return 200 "ok"`, not counted): once
 # serving N keep-alive GETs on one connection (BENCH_INSTR_REQUESTS, default
 # 2000) and once serving none. Both runs start lb, wait until it answers one
@@ -67,6 +70,16 @@ name = "app-1"
 addr = "127.0.0.1:$be"
 TOML
 "$work/lb" check -c "$work/lb.toml" >/dev/null
+# The HTTP/2 rows' config: the same with h2c on (apart, so the HTTP/1 rows
+# do not pay for looking for the preface).
+sed 's/^threads = 1$/threads = 1\nh2c = true/' "$work/lb.toml" >"$work/lb-h2.toml"
+"$work/lb" check -c "$work/lb-h2.toml" >/dev/null
+paths="http1 pingora"
+if command -v h2load >/dev/null; then
+  paths+=" h2 h2-pingora"
+else
+  echo "bench-instructions: no h2load (apt-get install nghttp2-client): HTTP/2 rows skipped" >&2
+fi
 
 # N keep-alive GETs on one connection, each answer read whole.
 cat >"$work/client.py" <<'PY'
@@ -92,18 +105,31 @@ PY
 # count PATH REQUESTS RUN: total instructions of one lb run
 count() {
   local path=$1 reqs=$2 run=$3 out=$work/$1-$2-$3
-  local envs=(env -u RUST_LOG)
-  [ "$path" = http1 ] || envs+=(LB_PATH=pingora)
+  local envs=(env -u RUST_LOG) config=$work/lb.toml
+  case $path in
+    pingora | h2-pingora) envs+=(LB_PATH=pingora) ;;
+  esac
+  case $path in
+    h2*) config=$work/lb-h2.toml ;;
+  esac
   if [ "$tool" = perf ]; then
     setsid "${envs[@]}" perf stat -x, -e instructions:u -o "$out.count" -- \
-      "$work/lb" -c "$work/lb.toml" >"$out.log" 2>&1 </dev/null &
+      "$work/lb" -c "$config" >"$out.log" 2>&1 </dev/null &
   else
     setsid "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$out.count" \
-      "$work/lb" -c "$work/lb.toml" >"$out.log" 2>&1 </dev/null &
+      "$work/lb" -c "$config" >"$out.log" 2>&1 </dev/null &
   fi
   pid[lb]=$!
   python3 "$helper" wait "$p_lb" 120 "${pid[lb]}" || { tail -20 "$out.log" >&2; exit 1; }
-  [ "$reqs" = 0 ] || python3 "$work/client.py" "$p_lb" "$reqs"
+  if [ "$reqs" != 0 ]; then
+    case $path in
+      h2*)
+        h2load -n "$reqs" -c1 -m1 "http://127.0.0.1:$p_lb/" >"$out.h2load" 2>&1
+        grep -q "$reqs succeeded" "$out.h2load" || { cat "$out.h2load" >&2; exit 1; }
+        ;;
+      *) python3 "$work/client.py" "$p_lb" "$reqs" ;;
+    esac
+  fi
   # SIGTERM to lb itself: under valgrind that is the process started (exec'd
   # all the way), under perf its child; the counter writes its total as lb exits
   local lbpid=${pid[lb]} p
@@ -123,7 +149,7 @@ count() {
 }
 
 results=()
-for path in http1 pingora; do
+for path in $paths; do
   figs=()
   for r in $(seq "$runs"); do
     echo "bench-instructions: $path, run $r: 0 and $n requests under $tool" >&2
@@ -139,14 +165,18 @@ mkdir -p target
 {
   echo "**$(date -u '+%Y-%m-%d %H:%M UTC')** · \`$(env | grep '^BENCH_' | sort | tr '\n' ' ' || true)${MAKELEVEL:+make bench-instructions → }scripts/bench-instructions.sh\` · lb $(git describe --always --dirty 2>/dev/null || echo '?') · $tool ($( [ "$tool" = callgrind ] && valgrind --version || perf --version))"
   echo
-  echo "Instructions per proxied request ($n keep-alive GETs on one connection minus a run with none; one thread; user space):"
+  echo "Instructions per proxied request ($n keep-alive GETs on one connection minus a run with none; HTTP/2: $n streams on one h2c connection, h2load -c1 -m1; one thread; user space):"
   echo
   echo "| path | instructions/request |"
   echo "|---|---:|"
   for line in "${results[@]}"; do
     read -r p figs <<<"$line"
-    label="lb's HTTP/1 path"
-    [ "$p" = http1 ] || label="Pingora path (LB_PATH=pingora)"
+    case $p in
+      http1) label="lb's HTTP/1 path" ;;
+      pingora) label="Pingora path (LB_PATH=pingora)" ;;
+      h2) label="HTTP/2 stream, lb's exchange" ;;
+      *) label="HTTP/2 stream, Pingora path (LB_PATH=pingora)" ;;
+    esac
     echo "| $label | ${figs// / · } |"
   done
 } | tee target/bench-instructions.md

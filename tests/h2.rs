@@ -163,16 +163,19 @@ async fn h2_requests_keep_cookie_stickiness_and_rate_limits() {
     assert_eq!(*statuses.last().unwrap(), 429, "{statuses:?}");
 }
 
-/// A backend answering by path with bodies in each HTTP/1 framing, and
-/// counting the connections lb opens.
-async fn framing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+/// A backend answering by path with bodies in each HTTP/1 framing (and
+/// `/stall`: a chunked body that stops after its first chunk), counting the
+/// connections lb opens and the stalled ones lb closed.
+async fn framing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
-    let counted = conns.clone();
+    let cut = Arc::new(AtomicUsize::new(0));
+    let (counted, cuts) = (conns.clone(), cut.clone());
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
+            let cuts = cuts.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -194,6 +197,15 @@ async fn framing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
                           5\r\nhello\r\n1;ext=1\r\n \r\n5\r\nworld\r\n0\r\nx-trailer: 1\r\n\r\n"
                     } else if line.contains(" /length ") {
                         b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: keep-alive, x-secret\r\nx-secret: s\r\n\r\nhello world"
+                    } else if line.contains(" /stall ") {
+                        let head =
+                            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                        let _ = s.write_all(head).await;
+                        // Nothing more: wait for lb to close its side.
+                        let mut rest = [0u8; 64];
+                        while matches!(s.read(&mut rest).await, Ok(n) if n > 0) {}
+                        cuts.fetch_add(1, Ordering::SeqCst);
+                        return;
                     } else if line.contains(" /empty ") {
                         b"HTTP/1.1 204 No Content\r\n\r\n"
                     } else if line.contains(" /close ") {
@@ -212,12 +224,12 @@ async fn framing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, conns)
+    (addr, conns, cut)
 }
 
 #[tokio::test]
 async fn every_backend_framing_reaches_an_h2_client_whole() {
-    let (addr, conns) = framing_backend().await;
+    let (addr, conns, _) = framing_backend().await;
     let body =
         format!("[health]\ninterval = \"60s\"\n\n[[backends]]\nname = \"b\"\naddr = \"{addr}\"\n");
     let lb = Lb::start_server("h2c = true", "", &body, QUIET_LOG).await;
@@ -266,15 +278,26 @@ async fn raw_h2c(lb: &Lb) -> TcpStream {
     s
 }
 
-/// Reads until the peer closes; how long that took.
-async fn until_closed(s: &mut TcpStream, limit: Duration) -> Duration {
+/// Reads frames until a GOAWAY or the peer's close; how long that took.
+async fn until_goaway_or_close(s: &mut TcpStream, limit: Duration) -> Duration {
     let start = Instant::now();
+    let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
+        while buf.len() >= 9 {
+            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            if buf[3] == 0x7 {
+                return start.elapsed(); // GOAWAY
+            }
+            buf.drain(..9 + len);
+        }
         match tokio::time::timeout_at((start + limit).into(), s.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
-            Ok(Ok(_)) => {}
-            Err(_) => panic!("still open after {limit:?}"),
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no GOAWAY and still open after {limit:?}"),
         }
     }
 }
@@ -285,10 +308,10 @@ async fn an_idle_h2_connection_closes_after_the_keepalive_timeout() {
     let server = "h2c = true\nkeepalive_timeout = \"1s\"";
     let lb = Lb::start_server(server, "", &apps.backends_toml(&[1]), QUIET_LOG).await;
     let mut s = raw_h2c(&lb).await;
-    // Closed after 1 s without a stream: not before (0.9 s allows for the
+    // GOAWAY after 1 s without a stream: not before (0.9 s allows for the
     // two clocks), and well within 5 s on a loaded machine.
-    let took = until_closed(&mut s, Duration::from_secs(5)).await;
-    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    let took = until_goaway_or_close(&mut s, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(900), "GOAWAY after {took:?}");
     // A connection in use stays open past it: a request slower than the
     // timeout is answered.
     let slow = Apps::start(vec![Options {
@@ -300,4 +323,27 @@ async fn an_idle_h2_connection_closes_after_the_keepalive_timeout() {
     let lb = Lb::start_server(server, "", &slow.backends_toml(&[1]), QUIET_LOG).await;
     let r = h2c().get(lb.url("/api/whoami")).send().await.unwrap();
     assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn a_client_reset_mid_body_frees_the_backend_connection_at_once() {
+    let (addr, _, cut) = framing_backend().await;
+    let body = format!(
+        "[health]\ninterval = \"60s\"\n\n[timeouts]\nresponse = \"20s\"\n\n\
+         [[backends]]\nname = \"b\"\naddr = \"{addr}\"\n"
+    );
+    let lb = Lb::start_server("h2c = true", "", &body, QUIET_LOG).await;
+    let mut r = h2c().get(lb.url("/stall")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.chunk().await.unwrap().unwrap(), "hello");
+    // Dropping the response resets the stream (RST_STREAM CANCEL). lb then
+    // drops the stalled backend connection: within 3 s on a loaded machine,
+    // where without noticing the reset it would wait for the next byte up
+    // to timeouts.response (20 s).
+    drop(r);
+    let gone = eventually(Duration::from_secs(3), || cut.load(Ordering::SeqCst) == 1).await;
+    assert!(
+        gone,
+        "the backend connection is still open 3 s after the reset"
+    );
 }

@@ -606,6 +606,53 @@ async fn redirect_http_sends_plain_clients_to_https_except_acme_challenges() {
 }
 
 #[tokio::test]
+async fn an_h2_client_that_sends_nothing_after_the_handshake_is_closed() {
+    // ALPN h2 negotiated, then silence: the HTTP/2 preface must come within
+    // server.header_timeout (1 s here), as an HTTP/1.1 request head must.
+    let apps = Apps::plain(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaf = ca.leaf(dir.path(), "localhost", &["localhost"], Key::EcdsaP256, 30);
+    let addr = tls_addr();
+    let body = format!(
+        "{}{}",
+        tls_toml(addr, &[&leaf], ""),
+        apps.backends_toml(&[1])
+    );
+    let lb = start_tls("header_timeout = \"1s\"", &body, QUIET_LOG, addr).await;
+    let mut s = connect(
+        ca.client(&["h2"], &[&rustls::version::TLS13]),
+        addr,
+        "localhost",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let start = Instant::now();
+    let mut buf = [0u8; 1024];
+    // lb's SETTINGS may come first; then the close. Within 5 s on a loaded
+    // machine; not before the timeout (0.9 s allows for the two clocks).
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            Ok(_) => break,
+            Err(_) => panic!("still open after 5 s"),
+        }
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    // The listener still serves.
+    let r = ca
+        .reqwest(addr, true)
+        .get(format!("https://localhost:{}/api/echo", addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(lb);
+}
+
+#[tokio::test]
 async fn h2c_with_prior_knowledge_only_when_turned_on() {
     let apps = Apps::plain(2).await;
     let lb = Lb::start_server("h2c = true", "", &apps.backends_toml(&[1, 1]), QUIET_LOG).await;

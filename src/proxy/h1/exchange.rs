@@ -397,6 +397,9 @@ impl Conn<'_> {
     ) -> Result<RespHead, Trip> {
         let Conn { stream, buf, .. } = self;
         let mut watch_client = buf.len() < 2 * MAX_RESPONSE_HEAD;
+        // Any response byte (an interim head drained included): the backend
+        // saw the request, which is then never sent again.
+        let mut answered = false;
         loop {
             match response::parse(rbuf, client, out) {
                 Ok(Some(h)) if (100..200).contains(&h.status) => {
@@ -414,9 +417,9 @@ impl Conn<'_> {
                 r = timeout(limit, upc.read_buf(rbuf)) => match r {
                     Err(_) => return Err(Trip::Failed(Failure::Timeout)),
                     Ok(Ok(0)) | Ok(Err(_)) => {
-                        return Err(Trip::Failed(Failure::closed(reused, !rbuf.is_empty())));
+                        return Err(Trip::Failed(Failure::closed(reused, answered)));
                     }
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => answered = true,
                 },
                 r = stream.read_buf(buf), if watch_client => match r {
                     Ok(0) | Err(_) => return Err(Trip::ClientGone),

@@ -194,8 +194,10 @@ impl Exchange<'_> {
                 Err(Refusal::ClientGone) => return (499, Some(Refusal::ClientGone.message())),
                 Err(refusal) => {
                     let (code, message) = self.ctx.refused(refusal, self.state);
-                    let (code, _) = self.reply(code, message, 0).await;
-                    return (code, Some(error.unwrap_or(message)));
+                    return match self.reply(code, message, 0).await {
+                        (499, gone) => (499, gone),
+                        (code, _) => (code, Some(error.unwrap_or(message))),
+                    };
                 }
             };
             let Some(addr) = snap.backends[choice.index].addr else {
@@ -217,8 +219,10 @@ impl Exchange<'_> {
             match self.ctx.after_failure(failure, self.idempotent, self.state) {
                 Next::Retry | Next::Resend => continue,
                 Next::Answer(code) => {
-                    let (code, _) = self.reply(code, failure.message(), 0).await;
-                    return (code, Some(failure.as_str()));
+                    return match self.reply(code, failure.message(), 0).await {
+                        (499, gone) => (499, gone),
+                        (code, _) => (code, Some(failure.as_str())),
+                    };
                 }
             }
         }
@@ -266,6 +270,9 @@ impl Exchange<'_> {
             Err(_) => return Trip::Failed(Failure::Timeout),
         }
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // Any response byte (an interim head skipped included): the backend
+        // saw the request, which is then never sent again.
+        let mut answered = false;
         let resp = loop {
             match head::response(&buf, self.client.head_request) {
                 // Interim (1xx) heads are not passed on.
@@ -284,9 +291,9 @@ impl Exchange<'_> {
                 r = timeout(t.response, upc.read_buf(&mut buf)) => match r {
                     Err(_) => return Trip::Failed(Failure::Timeout),
                     Ok(Ok(0)) | Ok(Err(_)) => {
-                        return Trip::Failed(Failure::closed(reused, !buf.is_empty()));
+                        return Trip::Failed(Failure::closed(reused, answered));
                     }
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(_)) => answered = true,
                 },
                 _ = self.client.s.read_body_or_idle(true) => return Trip::ClientGone,
             }
@@ -349,8 +356,10 @@ impl Exchange<'_> {
             location: None,
             grpc: false,
         };
-        let (code, _) = self.client.write_reply(r).await;
-        (code, Some(message))
+        match self.client.write_reply(r).await {
+            (499, gone) => (499, gone),
+            (code, _) => (code, Some(message)),
+        }
     }
 }
 
@@ -375,7 +384,9 @@ impl Client {
                     return Ok(!extra);
                 }
             }
-            read(upc, &mut buf, limit).await?;
+            if !self.read(upc, &mut buf, limit).await? {
+                return Err(Broke);
+            }
         }
     }
 
@@ -402,7 +413,9 @@ impl Client {
             if !data.is_empty() {
                 self.send(data.freeze(), false).await?;
             }
-            read(upc, &mut buf, limit).await?;
+            if !self.read(upc, &mut buf, limit).await? {
+                return Err(Broke);
+            }
         }
     }
 
@@ -417,14 +430,32 @@ impl Client {
             if !buf.is_empty() {
                 self.send(buf.split().freeze(), false).await?;
             }
-            if buf.capacity() < 1024 {
-                buf.reserve(READ_CHUNK);
+            if !self.read(upc, &mut buf, limit).await? {
+                return self.send(Bytes::new(), true).await;
             }
-            match timeout(limit, upc.read_buf(&mut buf)).await {
-                Ok(Ok(0)) => return self.send(Bytes::new(), true).await,
-                Ok(Ok(_)) => {}
-                _ => return Err(Broke),
-            }
+        }
+    }
+
+    /// Reads more of the backend's body into `buf`: `Ok(false)` at its EOF
+    /// (the end of a close-delimited body, a break for any other). An
+    /// error, `timeouts.response` without a byte or the client's reset
+    /// (seen at once: the backend's connection and the request's slot are
+    /// not held for a client that left) break the response.
+    async fn read(
+        &mut self,
+        upc: &mut TcpStream,
+        buf: &mut BytesMut,
+        limit: Duration,
+    ) -> Result<bool, Broke> {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        tokio::select! {
+            r = timeout(limit, upc.read_buf(buf)) => match r {
+                Ok(Ok(n)) => Ok(n > 0),
+                _ => Err(Broke),
+            },
+            _ = self.s.read_body_or_idle(true) => Err(Broke),
         }
     }
 
@@ -443,14 +474,19 @@ impl Client {
         Ok(())
     }
 
-    /// Writes `r` (no body to a `HEAD`).
+    /// Writes `r` (no body to a `HEAD`); `499` when its head could not be
+    /// written (the client reset the stream first), as the Pingora path logs.
     async fn write_reply(&mut self, r: ErrorReply<'_>) -> Ended {
         let body = r.body();
         let status = r.wire_status();
-        if let Ok(resp) = heads::error_header(&r, body.len()) {
-            self.write(resp, Bytes::from(body)).await;
+        let Ok(resp) = heads::error_header(&r, body.len()) else {
+            return (500, Some("internal error"));
+        };
+        if self.write(resp, Bytes::from(body)).await {
+            (status, None)
+        } else {
+            (499, Some("client closed"))
         }
-        (status, None)
     }
 
     /// `200` with a `text/plain` `body` (an ACME http-01 answer).
@@ -461,36 +497,31 @@ impl Client {
         let _ = resp.insert_header("content-type", "text/plain");
         let _ = resp.insert_header("content-length", body.len());
         let _ = resp.insert_header("cache-control", "no-store");
-        self.write(resp, Bytes::from(body.to_string())).await;
-        (200, None)
+        if self.write(resp, Bytes::from(body.to_string())).await {
+            (200, None)
+        } else {
+            (499, Some("client closed"))
+        }
     }
 
-    /// Writes a whole response lb made.
-    async fn write(&mut self, resp: ResponseHeader, body: Bytes) {
+    /// Writes a whole response lb made; whether its head was written.
+    async fn write(&mut self, resp: ResponseHeader, body: Bytes) -> bool {
         let body = if self.head_request {
             Bytes::new()
         } else {
             body
         };
         let end = body.is_empty();
-        if self.s.write_response_header(Box::new(resp), end).is_ok() && !end {
+        if self.s.write_response_header(Box::new(resp), end).is_err() {
+            return false;
+        }
+        if !end {
             let _ = self.send(body, true).await;
         }
+        true
     }
 }
 
 /// The stream broke mid-response (the client reset it or stopped reading,
 /// or the backend broke off the body).
 struct Broke;
-
-/// Reads more of the backend's body into `buf`; EOF, an error or
-/// `timeouts.response` without a byte break the response.
-async fn read(upc: &mut TcpStream, buf: &mut BytesMut, limit: Duration) -> Result<(), Broke> {
-    if buf.capacity() - buf.len() < 1024 {
-        buf.reserve(READ_CHUNK);
-    }
-    match timeout(limit, upc.read_buf(buf)).await {
-        Ok(Ok(n)) if n > 0 => Ok(()),
-        _ => Err(Broke),
-    }
-}

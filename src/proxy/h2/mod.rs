@@ -18,8 +18,15 @@
 //! what that one does for the connection: the shared digest, the graceful
 //! `GOAWAY` on shutdown, a budget of 32 malformed streams per connection
 //! (counted here: Pingora's public accept counts per call). And it adds
-//! one thing: a connection with no stream open for
-//! `server.keepalive_timeout` is closed, as an idle HTTP/1.1 one is.
+//! two things: the handshake must be done within `server.header_timeout`,
+//! and a connection with no stream open for `server.keepalive_timeout` is
+//! closed (`GOAWAY`, then at most `header_timeout` for the client to
+//! finish), as an idle HTTP/1.1 one is.
+//!
+//! A connection's streams run on the thread that accepted it, as nginx and
+//! HAProxy keep an HTTP/2 connection on one worker: the streams share that
+//! thread's upstream pool and nothing crosses threads. (Pingora's loop put
+//! each stream on a random thread.)
 
 mod exchange;
 pub mod head;
@@ -52,20 +59,38 @@ pub async fn serve(door: &Arc<FrontDoor>, stream: Stream, shutdown: &ShutdownWat
         socket_digest: stream.get_socket_digest(),
     });
     let options = door.fallback.h2_options.clone();
-    let mut conn = match server::handshake(stream, options).await {
-        Ok(conn) => conn,
-        Err(e) => {
-            tracing::debug!(error = %e, "HTTP/2 handshake failed");
-            return;
-        }
+    let header_timeout = door.state.load().config.server.header_timeout;
+    let mut watch = shutdown.clone();
+    // The client's preface and SETTINGS, within `server.header_timeout`
+    // (a connection that says nothing is closed, as on HTTP/1.1).
+    let handshake = tokio::time::timeout(header_timeout, server::handshake(stream, options));
+    let mut conn = tokio::select! {
+        biased;
+        _ = watch.changed() => return,
+        done = handshake => match done {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
     };
     let busy = Arc::new(Busy::default());
-    let mut watch = shutdown.clone();
     let mut draining = false;
+    // After an idle close's GOAWAY: how long the client has to finish.
+    let mut drain_until = None;
     let mut malformed = 0;
     loop {
         let next = if draining {
-            HttpSession::from_h2_conn(&mut conn, digest.clone()).await
+            let accept = HttpSession::from_h2_conn(&mut conn, digest.clone());
+            match drain_until {
+                Some(at) => match tokio::time::timeout_at(at, accept).await {
+                    Ok(next) => next,
+                    Err(_) => return,
+                },
+                None => accept.await,
+            }
         } else {
             let idle = door.state.load().config.server.keepalive_timeout;
             tokio::select! {
@@ -80,7 +105,14 @@ pub async fn serve(door: &Arc<FrontDoor>, stream: Stream, shutdown: &ShutdownWat
                 }
                 next = HttpSession::from_h2_conn(&mut conn, digest.clone()) => next,
                 // (An accepted stream cancels this; it starts again after.)
-                () = busy.idle_for(idle), if !idle.is_zero() => return,
+                () = busy.idle_for(idle), if !idle.is_zero() => {
+                    // GOAWAY first (RFC 9113 §9.1): a request the client
+                    // sends meanwhile is still served or plainly refused.
+                    conn.graceful_shutdown();
+                    draining = true;
+                    drain_until = Some(tokio::time::Instant::now() + header_timeout);
+                    continue;
+                }
             }
         };
         match next {

@@ -6,11 +6,13 @@
 
 use super::ids::REQUEST_ID;
 
-/// Hop-by-hop response fields (RFC 9110 §7.6.1), never passed on.
-const HOP_BY_HOP: [&str; 5] = [
+/// Hop-by-hop response fields (RFC 9110 §7.6.1), never passed on. (`TE`
+/// is a request's; in a response it means nothing, and HTTP/2 refuses it.)
+const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
     "proxy-connection",
+    "te",
     "trailer",
     "upgrade",
 ];

@@ -50,7 +50,8 @@ const REQUEST_HOP_BY_HOP: [&str; 7] = [
 
 /// Hop-by-hop response fields lb never passes on to a client (`connection`
 /// is lb's own, checked separately).
-const RESPONSE_HOP_BY_HOP: [&str; 4] = ["keep-alive", "proxy-connection", "trailer", "upgrade"];
+const RESPONSE_HOP_BY_HOP: [&str; 5] =
+    ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
 
 /// What happened to a request input (for the property tests' coverage counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -79,8 +79,20 @@ pub fn decorate(resp: &mut ResponseHeader, ctx: &Ctx, http10: bool) -> Result<()
     if http10 && !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
         resp.remove_header(&http::header::TRANSFER_ENCODING);
     }
+    add_fields(resp, ctx)
+}
+
+/// lb's fields on a response head whose hop-by-hop fields are gone already
+/// ([`decorate`] without its first half: lb's HTTP/2 exchange builds the
+/// head without them). `X-Request-Id` is marked sensitive: HTTP/2 then
+/// sends it as a literal never indexed, instead of putting a value no later
+/// response repeats into the connection's HPACK table.
+pub fn add_fields(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    let mut id =
+        http::HeaderValue::from_str(&ctx.request_id).unwrap_or(http::HeaderValue::from_static(""));
+    id.set_sensitive(true);
     let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.backend) else {
-        return resp.insert_header(policy::REQUEST_ID, &ctx.request_id);
+        return resp.insert_header(http::HeaderName::from_static(policy::REQUEST_ID), id);
     };
     let stats = &snap.backends[i].stats;
     let cookie = match (&snap.sticky, ctx.set_cookie) {
@@ -100,16 +112,24 @@ pub fn decorate(resp: &mut ResponseHeader, ctx: &Ctx, http10: bool) -> Result<()
             .flatten(),
     };
     let mut result = Ok(());
+    let mut id = Some(id);
     decoration.each(|name, value, append| {
-        if result.is_ok() {
-            let value =
-                http::HeaderValue::from_bytes(value).unwrap_or(http::HeaderValue::from_static(""));
-            result = if append {
-                resp.append_header(name.to_string(), value).map(|_| ())
-            } else {
-                resp.insert_header(name.to_string(), value)
-            };
+        if result.is_err() {
+            return;
         }
+        let value = match (name == policy::REQUEST_ID, id.take()) {
+            (true, Some(id)) => id,
+            _ => http::HeaderValue::from_bytes(value).unwrap_or(http::HeaderValue::from_static("")),
+        };
+        let name = match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(name) => name,
+            Err(_) => return,
+        };
+        result = if append {
+            resp.append_header(name, value).map(|_| ())
+        } else {
+            resp.insert_header(name, value)
+        };
     });
     result
 }

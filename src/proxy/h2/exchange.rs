@@ -72,7 +72,7 @@ type Ended = (u16, Option<&'static str>);
 pub(super) async fn serve(
     state: &Arc<State>,
     active: &Arc<AtomicUsize>,
-    mut s: HttpSession,
+    mut s: Box<HttpSession>,
     snap: Arc<Snapshot>,
 ) {
     let mut ctx = Ctx::new(active);
@@ -127,7 +127,7 @@ struct Exchange<'a> {
 
 /// The client's side of the stream.
 struct Client {
-    s: HttpSession,
+    s: Box<HttpSession>,
     /// The request is a `HEAD`.
     head_request: bool,
     /// Body bytes sent.
@@ -310,7 +310,8 @@ impl Exchange<'_> {
         let Some(mut client_head) = resp.head else {
             unreachable!("interim heads are skipped above")
         };
-        if let Err(e) = heads::decorate(&mut client_head, &self.ctx, false) {
+        // (head::response left the hop-by-hop fields out.)
+        if let Err(e) = heads::add_fields(&mut client_head, &self.ctx) {
             tracing::debug!(error = %e, "response field not set");
         }
         buf.advance(resp.len);

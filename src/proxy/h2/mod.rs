@@ -133,11 +133,17 @@ pub async fn serve(door: &Arc<FrontDoor>, stream: Stream, shutdown: &ShutdownWat
                 }
             }
             Ok(Some(H2Accept::Session(session))) => {
+                // Boxed once here: the stream's future then moves a pointer,
+                // not the session, into its task and each call.
+                let session = Box::new(session);
                 let open = Open::start(&busy);
                 let door = door.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    serve_stream(&door, session, &shutdown).await;
+                    // The stream's future boxed inside its task: tokio moves
+                    // a task's future by value as it starts and ends it (a
+                    // copy of its whole size each time); this way, a pointer.
+                    Box::pin(serve_stream(&door, session, &shutdown)).await;
                     drop(open);
                 });
             }
@@ -145,15 +151,17 @@ pub async fn serve(door: &Arc<FrontDoor>, stream: Stream, shutdown: &ShutdownWat
     }
 }
 
-/// One stream: lb's own exchange where it applies, else the Pingora path.
-async fn serve_stream(door: &FrontDoor, session: HttpSession, shutdown: &ShutdownWatch) {
+/// One stream: lb's own exchange where it applies, else the Pingora path
+/// (boxed: its future is several times the exchange's, and every stream's
+/// task would carry, and move, that size).
+async fn serve_stream(door: &FrontDoor, session: Box<HttpSession>, shutdown: &ShutdownWatch) {
     let snap = door.state.load_full();
     if !door.pingora_only && exchange::eligible(&session, &snap) {
         exchange::serve(&door.state, &door.active, session, snap).await;
     } else {
         drop(snap);
-        let session = ServerSession::new_http2(session);
-        door.fallback.process_new_http(session, shutdown).await;
+        let session = ServerSession::new_http2(*session);
+        Box::pin(door.fallback.process_new_http(session, shutdown)).await;
     }
 }
 

@@ -206,18 +206,51 @@ pub fn join_xff(joined: &mut Vec<u8>, value: &[u8]) {
     joined.extend_from_slice(v);
 }
 
-/// `ip` as text in `buf` (no allocation).
+/// `ip` as text in `buf` (no allocation). IPv4, nearly every client, is
+/// written digit by digit: `write!`'s formatting was ~1,000 instructions of
+/// every proxied request.
 fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
     use std::io::Write;
-    let mut w = &mut buf[..];
-    let _ = write!(w, "{ip}");
-    let left = w.len();
-    &buf[..48 - left]
+    let IpAddr::V4(v4) = ip else {
+        let mut w = &mut buf[..];
+        let _ = write!(w, "{ip}");
+        let left = w.len();
+        return &buf[..48 - left];
+    };
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        let mut digits = itoa::Buffer::new();
+        let d = digits.format(octet).as_bytes();
+        buf[n..n + d.len()].copy_from_slice(d);
+        n += d.len();
+    }
+    &buf[..n]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_is_the_address_as_displayed() {
+        let mut buf = [0u8; 48];
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn connection_may_not_name_routing_or_framing_fields() {

@@ -17,7 +17,19 @@ pub fn sane_request_id(v: &[u8]) -> bool {
 
 /// A fresh 128-bit random request id, 32 lowercase hex characters.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::thread_rng().gen::<u128>())
+    hex32(rand::thread_rng().gen::<u128>())
+}
+
+/// `n` as 32 lowercase hex digits (`format!("{n:032x}")` without the
+/// formatting machinery: every request without an id of its own makes one).
+fn hex32(n: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = vec![0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are ASCII: never the empty fallback.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The request's id: `client`'s if sane, else a new one.
@@ -46,5 +58,14 @@ mod tests {
         assert_ne!(id, new_request_id());
         assert_eq!(request_id(Some(b"ok-1")), "ok-1");
         assert_eq!(request_id(Some(b"bad id")).len(), 32);
+        for n in [
+            0,
+            0xabc,
+            u128::MAX,
+            1 << 127,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+        ] {
+            assert_eq!(hex32(n), format!("{n:032x}"));
+        }
     }
 }

@@ -252,3 +252,80 @@ async fn a_get_whose_backends_die_mid_request_goes_on_until_one_answers() {
         "every POST sent once"
     );
 }
+
+/// A backend whose connections answer their first request `200` and their
+/// second, when it is a POST, with an interim `103` and then a close;
+/// counts the POSTs it received.
+async fn early_hints_then_close() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let posts = Arc::new(AtomicUsize::new(0));
+    let counted = posts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let posts = counted.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for nth in 0.. {
+                    let end = loop {
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+                            _ => return,
+                        }
+                    };
+                    let post = buf.starts_with(b"POST ");
+                    buf.drain(..end);
+                    if post {
+                        posts.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if post && nth > 0 {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n")
+                            .await;
+                        return; // closed after the interim answer
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if s.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, posts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_answered_with_an_interim_head_is_never_sent_again() {
+    // One client connection, so one lb thread: the POST takes the upstream
+    // connection the GET left in that thread's pool.
+    // The backend answered it (103) before closing, so it saw the POST:
+    // sending it again on a fresh connection would be a second POST. Over
+    // HTTP/1.1, and over HTTP/2 (h2c; a bodiless stream is lb's exchange's).
+    let (addr, posts) = early_hints_then_close().await;
+    let body =
+        format!("[health]\ninterval = \"60s\"\n\n[[backends]]\nname = \"b\"\naddr = \"{addr}\"\n");
+    let lb = Lb::start_server("h2c = true", "", &body, QUIET_LOG).await;
+    let h2c = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (n, c) in [client(), h2c].into_iter().enumerate() {
+        let r = c.get(lb.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let _ = r.bytes().await;
+        let r = c.post(lb.url("/x")).send().await.unwrap();
+        assert_eq!(r.status(), 502, "client {n}");
+        assert_eq!(
+            posts.load(Ordering::SeqCst),
+            n + 1,
+            "client {n}: POSTs the backend saw"
+        );
+    }
+}

@@ -12,7 +12,6 @@ use crate::proxy::policy::reply::ErrorReply;
 use crate::proxy::policy::respond::{self, Decoration};
 use crate::proxy::policy::{self, Ctx, HeadLimits};
 use crate::state::Snapshot;
-use crate::sticky;
 
 /// Why the head is refused (status, reason), checked as lb's HTTP/1 path
 /// checks its parse: head limits (`431`), `Content-Length` beside
@@ -94,23 +93,8 @@ pub fn add_fields(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
     let (Some(snap), Some(i)) = (&ctx.snapshot, ctx.backend) else {
         return resp.insert_header(http::HeaderName::from_static(policy::REQUEST_ID), id);
     };
-    let stats = &snap.backends[i].stats;
-    let cookie = match (&snap.sticky, ctx.set_cookie) {
-        (Sticky::Cookie(name), true) => Some(sticky::set_cookie(name, &stats.sticky_id)),
-        _ => None,
-    };
-    let decoration = Decoration {
-        request_id: &ctx.request_id,
-        backend: snap
-            .backend_header
-            .as_ref()
-            .map(|h| (h.as_str(), stats.name_header.as_bytes())),
-        set_cookie: cookie.as_deref(),
-        hsts: ctx
-            .https
-            .then(|| snap.config.tls.as_ref().and_then(|t| t.hsts.as_deref()))
-            .flatten(),
-    };
+    let cookie = respond::sticky_cookie(snap, i, ctx.set_cookie);
+    let decoration = Decoration::of(snap, i, &ctx.request_id, cookie.as_deref(), ctx.https);
     let mut result = Ok(());
     let mut id = Some(id);
     decoration.each(|name, value, append| {

@@ -15,10 +15,9 @@ use super::relay::{relay, Relay};
 use super::request::{self, Body, Head};
 use super::response::{self, ClientSide, RespHead};
 use super::upload::{self, Upload};
-use crate::config::Sticky;
 use crate::proxy::policy::redirect;
 use crate::proxy::policy::reply;
-use crate::proxy::policy::respond::Decoration;
+use crate::proxy::policy::respond::{self, Decoration};
 use crate::proxy::policy::{self, admit, log_request, Ctx, Failure, Next, Outcome, Refusal};
 use crate::state::Snapshot;
 
@@ -278,27 +277,19 @@ impl Conn<'_> {
                 return trip;
             }
         }
-        let stats = &snap.backends[ctx.backend.unwrap_or(0)].stats;
-        let cookie = match (&snap.sticky, ctx.set_cookie) {
-            (Sticky::Cookie(name), true) => Some(crate::sticky::set_cookie(name, &stats.sticky_id)),
-            _ => None,
-        };
+        let backend = ctx.backend.unwrap_or(0);
+        let cookie = respond::sticky_cookie(snap, backend, ctx.set_cookie);
         let client = ClientSide {
             http10: head.http10,
             head_method: head.head_method,
             keep_alive,
-            decoration: Decoration {
-                request_id: &ctx.request_id,
-                backend: snap
-                    .backend_header
-                    .as_ref()
-                    .map(|h| (h.as_str(), stats.name_header.as_bytes())),
-                set_cookie: cookie.as_deref(),
-                hsts: self
-                    .https
-                    .then(|| snap.config.tls.as_ref().and_then(|t| t.hsts.as_deref()))
-                    .flatten(),
-            },
+            decoration: Decoration::of(
+                snap,
+                backend,
+                &ctx.request_id,
+                cookie.as_deref(),
+                self.https,
+            ),
         };
         let mut rbuf: Vec<u8> = Vec::with_capacity(READ_CHUNK);
         let mut out: Vec<u8> = Vec::with_capacity(1024);

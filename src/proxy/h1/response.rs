@@ -106,22 +106,10 @@ fn encode(
         resp.reason.unwrap_or("")
     );
     let mut line = |name: &[u8], value: &[u8]| super::field_line(out, name, &[value]);
-    // Usually no Connection field names another: then nothing is scanned
-    // per field.
-    let names_some = resp.headers.iter().any(|h| {
-        let mut named = false;
-        if h.name.eq_ignore_ascii_case("connection") {
-            respond::connection_named(h.value, |_| named = true);
-        }
-        named
-    });
+    let not_passed = respond::NotPassedOn::of(resp.headers, head.status);
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
-        if respond::hop_by_hop(n, head.status)
-            || crate::proxy::policy::forward::is_framing(n)
-            || client.decoration.replaces(n)
-            || (names_some && connection_names(resp.headers, n))
-        {
+        if not_passed.contains(n) || client.decoration.replaces(n) {
             continue;
         }
         line(n, h.value);
@@ -148,20 +136,6 @@ fn encode(
     }
     client.decoration.each(|n, v, _| line(n.as_bytes(), v));
     out.extend_from_slice(b"\r\n");
-}
-
-/// Does one of the response's `Connection` fields name `name` (hop-by-hop
-/// for that connection: not passed on)? Scanned per field: a response has few
-/// `Connection` tokens, and no bound on them is assumed.
-fn connection_names(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| {
-            let mut found = false;
-            respond::connection_named(h.value, |t| found |= t.eq_ignore_ascii_case(name));
-            found
-        })
 }
 
 #[cfg(test)]

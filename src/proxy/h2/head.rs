@@ -138,19 +138,10 @@ pub fn response(buf: &[u8], head_request: bool) -> Result<Option<Response>, Malf
     let framing = fields.response_framing(status, head_request);
     let mut head = ResponseHeader::build_no_case(status, Some(resp.headers.len() + 4))
         .map_err(|_| Malformed)?;
-    let names_some = resp.headers.iter().any(|h| {
-        let mut named = false;
-        if h.name.eq_ignore_ascii_case("connection") {
-            respond::connection_named(h.value, |_| named = true);
-        }
-        named
-    });
+    let not_passed = respond::NotPassedOn::of(resp.headers, status);
     for h in resp.headers.iter() {
         let n = h.name.as_bytes();
-        if respond::hop_by_hop(n, status)
-            || forward::is_framing(n)
-            || (names_some && connection_names(resp.headers, n))
-        {
+        if not_passed.contains(n) {
             continue;
         }
         let name = http::HeaderName::from_bytes(n).map_err(|_| Malformed)?;
@@ -172,17 +163,6 @@ pub fn response(buf: &[u8], head_request: bool) -> Result<Option<Response>, Malf
         reusable: !fields.close && framing != Framing::Close,
         head: Some(head),
     }))
-}
-
-/// Does a `Connection` field of `headers` name `name`?
-fn connection_names(headers: &[httparse::Header<'_>], name: &[u8]) -> bool {
-    let mut found = false;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("connection") {
-            respond::connection_named(h.value, |n| found |= n.eq_ignore_ascii_case(name));
-        }
-    }
-    found
 }
 
 #[cfg(test)]

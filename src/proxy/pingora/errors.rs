@@ -35,7 +35,8 @@ pub fn connect_failure(e: &Error) -> Failure {
 
 /// An error while an attempt was under way as the policy's failure; `None`
 /// when it was the client's (nothing to charge to the backend, no retry).
-pub fn attempt_failure(e: &Error, reused: bool) -> Option<Failure> {
+/// `interim`: an interim (1xx) head came first, so something was read.
+pub fn attempt_failure(e: &Error, reused: bool, interim: bool) -> Option<Failure> {
     if e.esource() != &ErrorSource::Upstream {
         return None;
     }
@@ -43,10 +44,10 @@ pub fn attempt_failure(e: &Error, reused: bool) -> Option<Failure> {
         ReadTimedout | WriteTimedout => Failure::Timeout,
         ConnectionClosed | ReadError | WriteError => {
             // Pingora says how much of the response head it had read.
-            let partial = e
-                .context
-                .as_ref()
-                .is_some_and(|c| !c.as_str().contains("bytes already read: 0"));
+            let partial = interim
+                || e.context
+                    .as_ref()
+                    .is_some_and(|c| !c.as_str().contains("bytes already read: 0"));
             Failure::closed(reused, partial)
         }
         _ => Failure::BadResponse,

@@ -207,6 +207,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.reused = reused;
+        ctx.interim = false;
         Ok(())
     }
 
@@ -253,6 +254,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if resp.status.is_informational() {
+            // The backend saw the request: a close after this is not one
+            // before any response byte (never a resend).
+            ctx.interim = true;
             return Ok(());
         }
         let status = resp.status.as_u16();
@@ -296,7 +300,7 @@ impl ProxyHttp for Proxy {
         _client_reused: bool,
     ) -> Box<Error> {
         // Classified before `more_context` moves Pingora's context into the cause.
-        let failure = errors::attempt_failure(&e, ctx.reused);
+        let failure = errors::attempt_failure(&e, ctx.reused, ctx.interim);
         let mut e = e.more_context(format!("peer: {peer}"));
         if std::mem::take(&mut ctx.status_retry) {
             return e; // already decided in upstream_response_filter

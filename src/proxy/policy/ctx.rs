@@ -98,6 +98,10 @@ pub struct Ctx {
     pub(in crate::proxy) unreplayable: bool,
     /// The current attempt runs on a reused (pooled) upstream connection.
     pub(in crate::proxy) reused: bool,
+    /// The current attempt's connection brought an interim (1xx) head: the
+    /// backend saw the request (Pingora path; lb's paths see it in their
+    /// buffer).
+    pub(in crate::proxy) interim: bool,
     /// The status relayed to the client (fast path).
     pub(in crate::proxy) final_status: u16,
     /// The client's protocol, for the access log's `proto`.
@@ -136,6 +140,7 @@ impl Ctx {
             answer: None,
             unreplayable: false,
             reused: false,
+            interim: false,
             final_status: 0,
             proto: "http/1.1",
             https: false,

@@ -4,7 +4,10 @@
 //! never reaches a client, RFC 9112 §6.3) and the fields it adds
 //! (`X-Request-Id`, the backend header, the sticky cookie).
 
+use super::forward;
 use super::ids::REQUEST_ID;
+use crate::config::Sticky;
+use crate::state::Snapshot;
 
 /// Hop-by-hop response fields (RFC 9110 §7.6.1), never passed on. (`TE`
 /// is a request's; in a response it means nothing, and HTTP/2 refuses it.)
@@ -40,6 +43,54 @@ pub fn connection_named<'v>(value: &'v [u8], mut named: impl FnMut(&'v [u8])) {
     }
 }
 
+/// The fields of a backend's response head that are not passed on to the
+/// client: hop-by-hop ones, the framing, and those a `Connection` field
+/// names. Built once per head: usually no `Connection` field names another,
+/// and then nothing more is scanned per field.
+pub struct NotPassedOn<'h, 'b> {
+    headers: &'h [httparse::Header<'b>],
+    status: u16,
+    names_some: bool,
+}
+
+impl<'h, 'b> NotPassedOn<'h, 'b> {
+    /// For the response with `status` and these `headers`.
+    pub fn of(headers: &'h [httparse::Header<'b>], status: u16) -> Self {
+        let names_some = headers.iter().any(|h| {
+            let mut named = false;
+            if h.name.eq_ignore_ascii_case("connection") {
+                connection_named(h.value, |_| named = true);
+            }
+            named
+        });
+        NotPassedOn {
+            headers,
+            status,
+            names_some,
+        }
+    }
+
+    /// Is the field `name` left out?
+    pub fn contains(&self, name: &[u8]) -> bool {
+        hop_by_hop(name, self.status)
+            || forward::is_framing(name)
+            || (self.names_some && self.connection_names(name))
+    }
+
+    /// Does one of the `Connection` fields name `name`? Scanned per field: a
+    /// response has few `Connection` tokens, and no bound on them is assumed.
+    fn connection_names(&self, name: &[u8]) -> bool {
+        self.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .any(|h| {
+                let mut found = false;
+                connection_named(h.value, |t| found |= t.eq_ignore_ascii_case(name));
+                found
+            })
+    }
+}
+
 /// The HSTS field's name.
 const HSTS: &str = "strict-transport-security";
 
@@ -55,7 +106,42 @@ pub struct Decoration<'a> {
     pub hsts: Option<&'a str>,
 }
 
-impl Decoration<'_> {
+/// The sticky cookie a response from backend `i` of `snap` sets: on the
+/// request's first response under cookie stickiness (`set`), else none.
+pub fn sticky_cookie(snap: &Snapshot, i: usize, set: bool) -> Option<String> {
+    match (&snap.sticky, set) {
+        (Sticky::Cookie(name), true) => Some(crate::sticky::set_cookie(
+            name,
+            &snap.backends[i].stats.sticky_id,
+        )),
+        _ => None,
+    }
+}
+
+impl<'a> Decoration<'a> {
+    /// The fields for a response from backend `i` of `snap` (`cookie`:
+    /// [`sticky_cookie`]'s; `https`: the client connection is TLS).
+    pub fn of(
+        snap: &'a Snapshot,
+        i: usize,
+        request_id: &'a str,
+        cookie: Option<&'a str>,
+        https: bool,
+    ) -> Self {
+        let stats = &snap.backends[i].stats;
+        Decoration {
+            request_id,
+            backend: snap
+                .backend_header
+                .as_ref()
+                .map(|h| (h.as_str(), stats.name_header.as_bytes())),
+            set_cookie: cookie,
+            hsts: https
+                .then(|| snap.config.tls.as_ref().and_then(|t| t.hsts.as_deref()))
+                .flatten(),
+        }
+    }
+
     /// Is `name` a field lb replaces (the backend's copy is dropped)?
     pub fn replaces(&self, name: &[u8]) -> bool {
         name.eq_ignore_ascii_case(REQUEST_ID.as_bytes())

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// An HTTP/2 (prior knowledge) client.
 fn h2c() -> reqwest::Client {
@@ -269,48 +269,17 @@ async fn every_backend_framing_reaches_an_h2_client_whole() {
     assert!(opened <= 2, "{opened} upstream connections for 10 requests");
 }
 
-/// A raw h2c connection: the preface and an empty SETTINGS frame sent.
-async fn raw_h2c(lb: &Lb) -> TcpStream {
-    let mut s = TcpStream::connect(lb.addr).await.unwrap();
-    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
-    s.write_all(&hello).await.unwrap();
-    s
-}
-
-/// Reads frames until a GOAWAY or the peer's close; how long that took.
-async fn until_goaway_or_close(s: &mut TcpStream, limit: Duration) -> Duration {
-    let start = Instant::now();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        while buf.len() >= 9 {
-            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            if buf[3] == 0x7 {
-                return start.elapsed(); // GOAWAY
-            }
-            buf.drain(..9 + len);
-        }
-        match tokio::time::timeout_at((start + limit).into(), s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return start.elapsed(),
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!("no GOAWAY and still open after {limit:?}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn an_idle_h2_connection_closes_after_the_keepalive_timeout() {
     let apps = Apps::plain(1).await;
     let server = "h2c = true\nkeepalive_timeout = \"1s\"";
     let lb = Lb::start_server(server, "", &apps.backends_toml(&[1]), QUIET_LOG).await;
-    let mut s = raw_h2c(&lb).await;
-    // GOAWAY after 1 s without a stream: not before (0.9 s allows for the
-    // two clocks), and well within 5 s on a loaded machine.
-    let took = until_goaway_or_close(&mut s, Duration::from_secs(5)).await;
+    let mut s = h2frames::open(&lb).await;
+    // GOAWAY (or a close) after 1 s without a stream: not before (0.9 s
+    // allows for the two clocks), and well within 5 s on a loaded machine.
+    let start = Instant::now();
+    let _ = h2frames::until_goaway(&mut s, Duration::from_secs(5)).await;
+    let took = start.elapsed();
     assert!(took >= Duration::from_millis(900), "GOAWAY after {took:?}");
     // A connection in use stays open past it: a request slower than the
     // timeout is answered.

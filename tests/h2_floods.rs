@@ -7,29 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::h2frames::*;
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// One frame: 9-byte header and payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
 
 /// A request head for stream `id`: HPACK literals (no Huffman, no indexing).
 fn head_block(extra: usize) -> Vec<u8> {
@@ -50,43 +31,6 @@ fn head_block(extra: usize) -> Vec<u8> {
         lit(b"x-pad", &[b'a'; 100]);
     }
     b
-}
-
-/// Opens an h2c connection: preface and an empty SETTINGS.
-async fn open(lb: &Lb) -> TcpStream {
-    let mut s = TcpStream::connect(lb.addr).await.unwrap();
-    let mut hello = PREFACE.to_vec();
-    hello.extend(frame(SETTINGS, 0, 0, &[]));
-    s.write_all(&hello).await.unwrap();
-    s
-}
-
-/// Reads frames until a GOAWAY arrives (its error code) or the connection
-/// closes without one (`None`); panics after `limit`.
-async fn until_goaway(s: &mut TcpStream, limit: Duration) -> Option<u32> {
-    let deadline = Instant::now() + limit;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        while buf.len() >= 9 {
-            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            if buf[3] == GOAWAY && len >= 8 {
-                let p = &buf[9..9 + len];
-                return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
-            }
-            buf.drain(..9 + len);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "no GOAWAY and no close within {limit:?}");
-        match tokio::time::timeout(left, s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return None,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!("no GOAWAY and no close within {limit:?}"),
-        }
-    }
 }
 
 /// Writes `frames` until the peer stops reading or closes; how many bytes went.
@@ -242,28 +186,11 @@ async fn malformed_streams_end_the_connection_at_32() {
     still_serving(&lb).await;
 }
 
-const PING: u8 = 0x6;
-
 /// Reads frames until a PING ACK (`true`) or a close (`false`).
 async fn ping_acked(s: &mut TcpStream, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        while buf.len() >= 9 {
-            let len = ((buf[0] as usize) << 16) | ((buf[1] as usize) << 8) | buf[2] as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            if buf[3] == PING && buf[4] & 1 == 1 {
-                return true;
-            }
-            buf.drain(..9 + len);
-        }
-        match tokio::time::timeout_at(deadline.into(), s.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return false,
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => panic!("no PING ACK within {limit:?}"),
-        }
-    }
+    until_frame(s, limit, |kind, flags, _| {
+        (kind == PING && flags & 1 == 1).then_some(())
+    })
+    .await
+    .is_some()
 }

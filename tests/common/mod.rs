@@ -28,6 +28,7 @@ pub use stub::StubBackend;
 
 pub mod compose;
 mod dns;
+pub mod h2frames;
 mod load;
 mod ops;
 mod pool;

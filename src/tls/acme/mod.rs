@@ -33,7 +33,8 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// `lb_acme_orders_total{result}` labels: issued; refused by the CA (a
 /// problem document, an invalid order or authorization); failed otherwise
-/// (CA unreachable, timeout, state directory not writable).
+/// (CA unreachable, timeout, a CA-side fault such as `badNonce` or
+/// `serverInternal`, state directory not writable).
 pub const RESULTS: [&str; 3] = ["issued", "refused", "failed"];
 
 /// Orders by [`RESULTS`] index, since start.

@@ -46,8 +46,25 @@ impl OrderError {
     }
 }
 
+/// Problem types that say nothing about the order itself: the CA's nonce
+/// store or the CA's own fault (RFC 8555 §6.7). instant-acme already resends
+/// a request twice on `badNonce`; one that still fails (Pebble rejects 5 % of
+/// nonces at random) is a transient failure, retried with backoff as a CA
+/// that cannot be reached, not counted as the CA refusing the names.
+const TRANSIENT_PROBLEMS: [&str; 2] = [
+    "urn:ietf:params:acme:error:badNonce",
+    "urn:ietf:params:acme:error:serverInternal",
+];
+
 fn classify(e: instant_acme::Error) -> OrderError {
     match e {
+        instant_acme::Error::Api(p)
+            if p.r#type
+                .as_deref()
+                .is_some_and(|t| TRANSIENT_PROBLEMS.contains(&t)) =>
+        {
+            OrderError::Failed(format!("the CA failed: {p}"))
+        }
         instant_acme::Error::Api(p) => OrderError::Refused(p.to_string()),
         other => OrderError::Failed(other.to_string()),
     }
@@ -221,5 +238,30 @@ mod tests {
         let gone =
             OrderError::Refused("urn:ietf:params:acme:error:accountDoesNotExist: unknown".into());
         assert!(gone.unknown_account());
+    }
+
+    fn problem(kind: &str) -> instant_acme::Error {
+        let json = format!(r#"{{"type":"urn:ietf:params:acme:error:{kind}","detail":"d"}}"#);
+        instant_acme::Error::Api(serde_json::from_str(&json).unwrap())
+    }
+
+    #[test]
+    fn a_bad_nonce_or_a_ca_fault_is_a_failure_not_a_refusal() {
+        assert!(matches!(
+            classify(problem("badNonce")),
+            OrderError::Failed(_)
+        ));
+        assert!(matches!(
+            classify(problem("serverInternal")),
+            OrderError::Failed(_)
+        ));
+        assert!(matches!(
+            classify(problem("rejectedIdentifier")),
+            OrderError::Refused(_)
+        ));
+        assert!(matches!(
+            classify(problem("malformed")),
+            OrderError::Refused(_)
+        ));
     }
 }

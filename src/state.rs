@@ -2,13 +2,19 @@
 //! their addresses, operator weights and modes, the algorithm and its selector),
 //! plus per-backend [`BackendStats`] that outlive every swap.
 //!
-//! Readers (every proxied request) do one lock-free `load()`; writers (admin,
-//! reload, DNS, algorithm switch) build a whole new snapshot and `store()` it, so
-//! no request ever sees half a change. Stats are keyed by backend name and carried
+//! Readers (every proxied request) take [`State::current`]: the thread's own
+//! handle on the current snapshot ([`Local`]), checked against a generation
+//! every swap bumps, so a request clones a reference count no other worker
+//! touches (the snapshot's own count moves once per thread per change);
+//! writers (admin, reload, DNS, algorithm switch) build a whole new snapshot
+//! and `store()` it, so no request ever sees half a change. Stats are keyed by backend name and carried
 //! from snapshot to snapshot, so switching algorithm or reloading never resets
 //! in-flight counts, EWMA, health or circuit state.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -189,9 +195,53 @@ impl Snapshot {
     }
 }
 
+/// A worker thread's handle on a snapshot ([`State::current`]): derefs to
+/// the [`Snapshot`]. Cloning it moves a reference count only this thread
+/// uses; the snapshot's own `Arc` is held once per thread and generation,
+/// not once per request, so requests on different workers share no
+/// written cache line through it.
+#[derive(Clone)]
+pub struct Local(Arc<Held>);
+
+struct Held {
+    /// The [`State`] it was taken from ([`State::id`]).
+    state: u64,
+    /// [`State::generation`] when it was taken.
+    generation: u64,
+    snap: Arc<Snapshot>,
+}
+
+impl Deref for Local {
+    type Target = Snapshot;
+    #[inline]
+    fn deref(&self) -> &Snapshot {
+        &self.0.snap
+    }
+}
+
+impl Local {
+    /// The shared snapshot (the admin side and tests compare or keep it).
+    pub fn shared(&self) -> &Arc<Snapshot> {
+        &self.0.snap
+    }
+}
+
+thread_local! {
+    /// This thread's handle on the last snapshot it used.
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// Tells [`State`]s apart in a thread's cache (tests build many per process).
+static STATE_IDS: AtomicU64 = AtomicU64::new(1);
+
 /// The shared, hot-swappable state.
 pub struct State {
     current: ArcSwap<Snapshot>,
+    /// Bumped after every store, DNS re-layouts included (unlike
+    /// [`Snapshot::version`]): a thread's [`Local`] is current while its
+    /// generation equals this. Written only by the one writer at a time.
+    generation: AtomicU64,
+    id: u64,
     /// Process-wide counters (no backend, reloads, admin changes).
     pub counters: GlobalCounters,
     /// Where requests wait while every eligible backend is at capacity.
@@ -207,6 +257,8 @@ impl State {
         let snap = build(&config, None, config.balancer.algorithm);
         State {
             current: ArcSwap::from_pointee(snap),
+            generation: AtomicU64::new(0),
+            id: STATE_IDS.fetch_add(1, Ordering::Relaxed),
             counters: GlobalCounters::default(),
             queue: Arc::default(),
             writer: std::sync::Mutex::new(()),
@@ -221,6 +273,38 @@ impl State {
     /// The current snapshot (lock-free).
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.current.load()
+    }
+
+    /// The current snapshot through this thread's handle: one atomic load of
+    /// a line only writers write, and a clone of the thread's own [`Local`].
+    /// After a swap, the first call on each thread takes the new snapshot.
+    #[inline]
+    pub fn current(&self) -> Local {
+        let generation = self.generation.load(Ordering::Acquire);
+        LOCAL.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            match &*cell {
+                Some(l) if l.0.state == self.id && l.0.generation == generation => l.clone(),
+                _ => {
+                    // Loaded after the generation was read: a store that
+                    // lands in between is taken too, and the next call (its
+                    // generation already bumped) takes it again. Never older.
+                    let l = Local(Arc::new(Held {
+                        state: self.id,
+                        generation,
+                        snap: self.current.load_full(),
+                    }));
+                    *cell = Some(l.clone());
+                    l
+                }
+            }
+        })
+    }
+
+    /// Is `snap` the current snapshot? (No swap since it was taken.)
+    #[inline]
+    pub fn is_current(&self, snap: &Local) -> bool {
+        snap.0.state == self.id && snap.0.generation == self.generation.load(Ordering::Acquire)
     }
 
     /// Replaces the snapshot with `f(current)`, one writer at a time.
@@ -261,6 +345,9 @@ impl State {
         next.version = cur.version + bump;
         let version = next.version;
         self.current.store(Arc::new(next));
+        // After the store: a reader that sees this generation loads the
+        // new snapshot (Release here, Acquire in `current`).
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(version)
     }
 
@@ -494,6 +581,40 @@ mod tests {
         let v1 = s.version();
         s.set_addrs(&[("b".into(), "b.test:80".into(), ip)]);
         assert_eq!(s.version(), v1);
+    }
+
+    #[test]
+    fn a_threads_handle_follows_every_swap_dns_included() {
+        let s = state();
+        let first = s.current();
+        // The thread's handle is reused while nothing changed: the same
+        // snapshot, and the shared count moved once, not per call.
+        let again = s.current();
+        assert!(Arc::ptr_eq(&first.0, &again.0));
+        assert!(Arc::ptr_eq(first.shared(), &s.load_full()));
+        assert!(s.is_current(&first));
+        // A DNS answer keeps the version but is a new snapshot.
+        let ip: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        s.set_addrs(&[("a".into(), "a.test:80".into(), ip)]);
+        assert!(!s.is_current(&first));
+        let now = s.current();
+        assert_eq!(now.backends[0].addr, Some(ip));
+        assert_eq!(now.version, first.version);
+        // An operator change, seen from another thread too.
+        s.set_algorithm(Algorithm::LeastConn);
+        assert!(!s.is_current(&now));
+        std::thread::scope(|t| {
+            t.spawn(|| {
+                let there = s.current();
+                assert_eq!(there.algorithm, Algorithm::LeastConn);
+                assert!(s.is_current(&there));
+            });
+        });
+        assert_eq!(s.current().algorithm, Algorithm::LeastConn);
+        // A handle of another State is never taken for this one's.
+        let other = state();
+        assert!(!other.is_current(&s.current()));
+        assert!(Arc::ptr_eq(other.current().shared(), &other.load_full()));
     }
 
     #[test]

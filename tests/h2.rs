@@ -316,3 +316,50 @@ async fn a_client_reset_mid_body_frees_the_backend_connection_at_once() {
         "the backend connection is still open 3 s after the reset"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_reset_before_their_answer_are_logged_as_499() {
+    let mut slow = named("app-1");
+    slow.delay = Duration::from_millis(500);
+    let apps = Apps::start(vec![slow]).await;
+    let body = format!("[log]\naccess = true\n\n{}", apps.backends_toml(&[1]));
+    let lb = Lb::start_server("h2c = true", "", &body, "info").await;
+    // Ten streams on one connection, each given up after 100 ms (reqwest
+    // drops the stream: RST_STREAM CANCEL) while the backend takes 500 ms.
+    const N: usize = 10;
+    let c = h2c();
+    let mut gone = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let req = c
+            .get(lb.url("/api/whoami"))
+            .header("x-request-id", format!("gone-h2-{i}"))
+            .timeout(Duration::from_millis(100));
+        gone.spawn(async move { req.send().await.is_err() });
+    }
+    while let Some(timed_out) = gone.join_next().await {
+        assert!(timed_out.unwrap(), "a 500 ms answer came within 100 ms");
+    }
+    let mut lines = Vec::new();
+    eventually(Duration::from_secs(10), || {
+        lines = lb
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("request_id=gone-h2-"))
+            .map(str::to_string)
+            .collect();
+        lines.len() >= N
+    })
+    .await;
+    assert_eq!(lines.len(), N, "one access event per stream: {lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("status=499")), "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("proto=h2")), "{lines:#?}");
+    // The same connection serves on after the resets.
+    let r = c.get(lb.url("/api/whoami")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let log = lb.log_text();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+        .collect();
+    assert!(loud.is_empty(), "lines above info: {loud:#?}");
+}

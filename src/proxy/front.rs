@@ -143,7 +143,7 @@ impl FrontDoor {
         if !self.tls {
             return Some((client, read, place));
         }
-        let snap = self.state.load_full();
+        let snap = self.state.current();
         // A reload that removed `[tls]` closes new connections here.
         let tls = snap.config.tls.as_ref()?;
         let stream = client.into_stream(&read)?;
@@ -163,7 +163,7 @@ impl FrontDoor {
     pub async fn room(&self) {
         let state = &self.state;
         self.conns
-            .room(|| state.load().config.server.max_connections)
+            .room(|| state.current().config.server.max_connections)
             .await;
     }
 
@@ -171,7 +171,7 @@ impl FrontDoor {
     /// accept loop took the last (the connection is never closed for it).
     pub async fn place(&self) -> ConnGuard {
         loop {
-            let max = self.state.load().config.server.max_connections;
+            let max = self.state.current().config.server.max_connections;
             if let Ok(place) = self.conns.enter(max) {
                 return place;
             }
@@ -206,7 +206,7 @@ impl FrontDoor {
 
         // The settings, not the snapshot's guard, are kept across the reads.
         let (versions, header_timeout) = {
-            let snap = self.state.load();
+            let snap = self.state.current();
             let server = &snap.config.server;
             let trusted = &server.proxy_protocol_from;
             if !proxy_header::required(server.proxy_protocol, trusted, Some(peer.ip())) {
@@ -242,7 +242,7 @@ impl FrontDoor {
     /// `limits.per_ip_connections`; `None` (counted) when over it.
     fn count_client(&self, place: &mut ConnGuard, ip: IpAddr) -> Option<()> {
         let ip = Some(ip);
-        let per_ip = self.state.load().config.limits.per_ip_connections;
+        let per_ip = self.state.current().config.limits.per_ip_connections;
         match self.conns.count_client(place, ip, per_ip) {
             Ok(()) => Some(()),
             Err(why) => self.refused(ip, why),

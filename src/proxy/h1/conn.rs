@@ -119,7 +119,7 @@ impl<'a> Conn<'a> {
             } else {
                 Ok(()) // pipelined
             };
-            let snap = self.state.load_full();
+            let snap = self.state.current();
             // HTTP/2 with prior knowledge (`server.h2c`): Pingora's HTTP/2
             // server takes the connection, preface and all.
             if arrived.is_ok() && self.served == 0 && snap.config.server.h2c && !self.https {
@@ -155,10 +155,10 @@ impl<'a> Conn<'a> {
             }
             // A change may also have landed while the head was arriving (a
             // slow client has up to `header_timeout`): route by the state of now.
-            let snap = if Arc::ptr_eq(&self.state.load(), &snap) {
+            let snap = if self.state.is_current(&snap) {
                 snap
             } else {
-                self.state.load_full()
+                self.state.current()
             };
             let shutting_down = *shutdown.borrow();
             // Boxed: its state (relay, upload, retries) is allocated per
@@ -186,7 +186,7 @@ impl<'a> Conn<'a> {
     /// for at most `server.keepalive_timeout` and only until shutdown.
     async fn wait_for_request(&mut self, shutdown: &mut ShutdownWatch) -> Result<(), End> {
         let (header_timeout, idle) = {
-            let snap = self.state.load();
+            let snap = self.state.current();
             let server = &snap.config.server;
             (server.header_timeout, server.keepalive_timeout)
         };
@@ -216,7 +216,7 @@ impl<'a> Conn<'a> {
     /// Do the first bytes read make the HTTP/2 preface? Reads on while they
     /// are a proper prefix of it (within `server.header_timeout`).
     async fn h2c_preface(&mut self) -> Result<bool, End> {
-        let due = self.accepted + self.state.load().config.server.header_timeout;
+        let due = self.accepted + self.state.current().config.server.header_timeout;
         loop {
             let n = self.buf.len().min(H2_PREFACE.len());
             if self.buf[..n] != H2_PREFACE[..n] {
@@ -359,7 +359,7 @@ impl<'a> Conn<'a> {
         if !head_method {
             out.extend_from_slice(body.as_bytes());
         }
-        let limit = self.state.load().config.server.send_timeout;
+        let limit = self.state.current().config.server.send_timeout;
         send(&mut self.stream, &out, limit).await && keep_alive
     }
 
@@ -388,7 +388,7 @@ impl<'a> Conn<'a> {
         if !head_method {
             out.extend_from_slice(&body);
         }
-        let limit = self.state.load().config.server.send_timeout;
+        let limit = self.state.current().config.server.send_timeout;
         send(&mut self.stream, &out, limit).await && keep_alive
     }
 }

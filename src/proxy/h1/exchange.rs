@@ -2,7 +2,6 @@
 //! decides after each failure), the relayed answer or lb's own, the log.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,7 +18,7 @@ use crate::proxy::policy::redirect;
 use crate::proxy::policy::reply;
 use crate::proxy::policy::respond::{self, Decoration};
 use crate::proxy::policy::{self, admit, log_request, Ctx, Failure, Next, Outcome, Refusal};
-use crate::state::Snapshot;
+use crate::state::{Local, Snapshot};
 
 /// Upstream read buffer, allocated per exchange (bodies stream through it).
 const READ_CHUNK: usize = 16 * 1024;
@@ -50,7 +49,7 @@ impl Conn<'_> {
     pub(super) async fn exchange(
         &mut self,
         head: &Head,
-        snap: Arc<Snapshot>,
+        snap: Local,
         up: &mut Vec<u8>,
         shutting_down: bool,
     ) -> bool {
@@ -85,7 +84,7 @@ impl Conn<'_> {
     async fn attempts(
         &mut self,
         head: &Head,
-        mut snap: Arc<Snapshot>,
+        mut snap: Local,
         up: &mut Vec<u8>,
         ctx: &mut Ctx,
         keep_alive: bool,

@@ -26,7 +26,7 @@ use crate::proxy::heads;
 use crate::proxy::policy::redirect;
 use crate::proxy::policy::reply::{self, ErrorReply};
 use crate::proxy::policy::{self, admit, log_request, Ctx, Failure, Next, Outcome, Refusal};
-use crate::state::{Snapshot, State};
+use crate::state::{Local, Snapshot, State};
 use crate::sticky;
 
 /// Upstream reads: the response head, then each piece of the body.
@@ -73,7 +73,7 @@ pub(super) async fn serve(
     state: &Arc<State>,
     active: &Arc<AtomicUsize>,
     mut s: Box<HttpSession>,
-    snap: Arc<Snapshot>,
+    snap: Local,
 ) {
     let mut ctx = Ctx::new(active);
     ctx.proto = "h2";
@@ -137,7 +137,7 @@ struct Client {
 impl Exchange<'_> {
     /// Everything before the first attempt, then attempts until one is
     /// answered or the policy gives up (lb's HTTP/1 path's order).
-    async fn attempts(&mut self, mut snap: Arc<Snapshot>) -> Ended {
+    async fn attempts(&mut self, mut snap: Local) -> Ended {
         let req = self.client.s.req_header();
         if let Some((code, message)) = heads::refusal(req, false, &snap) {
             return self.reply(code, message, 0).await;

@@ -59,7 +59,7 @@ pub async fn serve(door: &Arc<FrontDoor>, stream: Stream, shutdown: &ShutdownWat
         socket_digest: stream.get_socket_digest(),
     });
     let options = door.fallback.h2_options.clone();
-    let header_timeout = door.state.load().config.server.header_timeout;
+    let header_timeout = door.state.current().config.server.header_timeout;
     let mut watch = shutdown.clone();
     // The client's preface and SETTINGS, within `server.header_timeout`
     // (a connection that says nothing is closed, as on HTTP/1.1).
@@ -92,7 +92,7 @@ pub async fn serve(door: &Arc<FrontDoor>, stream: Stream, shutdown: &ShutdownWat
                 None => accept.await,
             }
         } else {
-            let idle = door.state.load().config.server.keepalive_timeout;
+            let idle = door.state.current().config.server.keepalive_timeout;
             tokio::select! {
                 // The shutdown first, so a signal is seen deterministically
                 // (accepting is cancel-safe: it is polled again next turn).
@@ -155,7 +155,7 @@ pub async fn serve(door: &Arc<FrontDoor>, stream: Stream, shutdown: &ShutdownWat
 /// (boxed: its future is several times the exchange's, and every stream's
 /// task would carry, and move, that size).
 async fn serve_stream(door: &FrontDoor, session: Box<HttpSession>, shutdown: &ShutdownWatch) {
-    let snap = door.state.load_full();
+    let snap = door.state.current();
     if !door.pingora_only && exchange::eligible(&session, &snap) {
         exchange::serve(&door.state, &door.active, session, snap).await;
     } else {

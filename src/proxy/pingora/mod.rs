@@ -52,7 +52,7 @@ impl Proxy {
     ) -> Result<Choice, (u16, &'static str)> {
         let mut snap = ctx
             .snapshot
-            .get_or_insert_with(|| self.state.load_full())
+            .get_or_insert_with(|| self.state.current())
             .clone();
         // Owned: watching the client below borrows the session mutably.
         let sticky = sticky::sticky_value(&snap, &session.req_header().headers).map(<[u8]>::to_vec);
@@ -99,7 +99,7 @@ impl ProxyHttp for Proxy {
         // Pingora keeps neither across requests: set for every one. Reads of
         // the body wait at most `body_timeout` per read, writes to the client
         // `send_timeout`.
-        let server = &self.state.load().config.server;
+        let server = &self.state.current().config.server;
         session.set_read_timeout(Some(server.body_timeout));
         session.set_write_timeout(Some(server.send_timeout));
         Ok(())
@@ -110,7 +110,7 @@ impl ProxyHttp for Proxy {
         ctx.client_ip = session::client_ip(session);
         let snap = ctx
             .snapshot
-            .get_or_insert_with(|| self.state.load_full())
+            .get_or_insert_with(|| self.state.current())
             .clone();
         if let Some(answer) = session::refusal(session, &snap) {
             ctx.answer = Some(answer);
@@ -164,10 +164,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let snap = ctx
-            .snapshot
-            .clone()
-            .unwrap_or_else(|| self.state.load_full());
+        let snap = ctx.snapshot.clone().unwrap_or_else(|| self.state.current());
         let resend = std::mem::take(&mut ctx.resend);
         if !resend {
             let choice = match ctx.pending.take() {
@@ -324,10 +321,7 @@ impl ProxyHttp for Proxy {
         // an unanswered half-open probe frees its slot.
         ctx.in_flight = None;
         ctx.permit = None;
-        let snap = ctx
-            .snapshot
-            .clone()
-            .unwrap_or_else(|| self.state.load_full());
+        let snap = ctx.snapshot.clone().unwrap_or_else(|| self.state.current());
         // No response written: the client went away first (nginx's 499).
         let status = session
             .response_written()

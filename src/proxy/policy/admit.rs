@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::Ctx;
 use crate::queue::{Queue, Rejected, Wake};
-use crate::state::{InFlight, Snapshot, State};
+use crate::state::{InFlight, Local, Snapshot, State};
 use crate::sticky::{self, Choice};
 
 /// Why a request got no backend.
@@ -140,7 +140,7 @@ fn select(queue: &Arc<Queue>, snap: &Snapshot, sticky: Option<&[u8]>, ctx: &mut 
 /// its tried set refers to.
 pub async fn admit(
     state: &State,
-    snap: &mut Arc<Snapshot>,
+    snap: &mut Local,
     sticky: Option<&[u8]>,
     ctx: &mut Ctx,
     gone: impl Future<Output = ()>,
@@ -172,9 +172,8 @@ pub async fn admit(
         }
         if ctx.attempts == 0 {
             // Any swap (DNS changes keep the version): compare snapshots.
-            let current = state.load();
-            if !Arc::ptr_eq(&current, snap) {
-                *snap = Arc::clone(&current);
+            if !state.is_current(snap) {
+                *snap = state.current();
                 ctx.snapshot = Some(snap.clone());
             }
         }
@@ -218,7 +217,7 @@ mod tests {
     }
 
     async fn admit_as(s: &State, pin: Option<&str>, ctx: &mut Ctx) -> Result<Choice, Refusal> {
-        let mut snap = s.load_full();
+        let mut snap = s.current();
         let pin = pin.map(str::as_bytes);
         admit(s, &mut snap, pin, ctx, std::future::pending()).await
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::balancer::Mask;
 use crate::circuit::Permit;
 use crate::metrics::ErrorKind;
-use crate::state::{BackendStats, InFlight, Snapshot};
+use crate::state::{BackendStats, InFlight, Local};
 use crate::sticky::Choice;
 
 use super::admit::Refusal;
@@ -60,7 +60,7 @@ pub struct Ctx {
     pub(in crate::proxy) started: Instant,
     pub(in crate::proxy) client_ip: Option<IpAddr>,
     /// One snapshot for the whole request: all attempts see one weight map.
-    pub(in crate::proxy) snapshot: Option<Arc<Snapshot>>,
+    pub(in crate::proxy) snapshot: Option<Local>,
     /// Backends this request already sent an attempt to.
     pub(in crate::proxy) tried: Mask,
     /// Backends whose circuit refused this request.

@@ -254,11 +254,15 @@ async fn dynamic_shifts_weight_off_a_slow_backend() {
         "dynamic: warm-up {:?}, effective weights {eff:?}, next 480 requests {c:?}",
         tally(&warm, &["app-1", "app-2", "app-3"])
     );
-    // The slow backend sits at the floor, the fast ones near full weight, and
+    // The slow backend sits at the floor, the fast ones well above it, and
     // the balancer follows: at 1 of ~21 weight units its share is ~5% (~23 of
     // 480); a quarter of a fast backend's count (~50) leaves room for the
-    // factors moving back up by one step while the next requests run.
+    // factors moving back up by one step while the next requests run. A fast
+    // backend may be two bounded steps (2 × 250 of 1000) below full weight,
+    // 5 of 10: on a loaded 2-core VM its latency carries the scheduler's
+    // stalls of the test's own clients (seen: [6, 10, 1] with two busy loops
+    // beside the test, once in 55 runs).
     assert_eq!(eff[2], 1, "{eff:?}");
-    assert!(eff[0] >= 7 && eff[1] >= 7, "{eff:?}");
+    assert!(eff[0] >= 5 && eff[1] >= 5, "{eff:?}");
     assert!(c[2] * 4 <= c[0].min(c[1]), "{c:?}");
 }

@@ -219,9 +219,10 @@ impl Deref for Local {
     }
 }
 
+#[cfg(test)]
 impl Local {
-    /// The shared snapshot (the admin side and tests compare or keep it).
-    pub fn shared(&self) -> &Arc<Snapshot> {
+    /// The shared snapshot (tests compare it with [`State::load_full`]).
+    fn shared(&self) -> &Arc<Snapshot> {
         &self.0.snap
     }
 }

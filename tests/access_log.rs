@@ -107,10 +107,6 @@ async fn access_lines_still_batched_are_written_when_lb_stops() {
     }
     // Stop at once: the lines may still sit in a thread's batch (100 ms).
     assert!(lb.stop().await.success());
-    let n = lb
-        .log_text()
-        .lines()
-        .filter(|l| l.contains("request_id=stop-"))
-        .count();
+    let n = lb.log_lines("request_id=stop-").len();
     assert_eq!(n, 3, "{}", lb.log_text());
 }

@@ -339,27 +339,15 @@ async fn streams_reset_before_their_answer_are_logged_as_499() {
     while let Some(timed_out) = gone.join_next().await {
         assert!(timed_out.unwrap(), "a 500 ms answer came within 100 ms");
     }
-    let mut lines = Vec::new();
-    eventually(Duration::from_secs(10), || {
-        lines = lb
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("request_id=gone-h2-"))
-            .map(str::to_string)
-            .collect();
-        lines.len() >= N
-    })
-    .await;
+    let lines = lb
+        .wait_lines("request_id=gone-h2-", N, Duration::from_secs(10))
+        .await;
     assert_eq!(lines.len(), N, "one access event per stream: {lines:#?}");
     assert!(lines.iter().all(|l| l.contains("status=499")), "{lines:#?}");
     assert!(lines.iter().all(|l| l.contains("proto=h2")), "{lines:#?}");
     // The same connection serves on after the resets.
     let r = c.get(lb.url("/api/whoami")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let log = lb.log_text();
-    let loud: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
-        .collect();
+    let loud = lb.loud_lines();
     assert!(loud.is_empty(), "lines above info: {loud:#?}");
 }

@@ -343,24 +343,12 @@ async fn clients_that_go_away_are_logged_as_499_without_error_lines() {
             drop(s);
         });
     }
-    let mut lines = Vec::new();
-    eventually(Duration::from_secs(10), || {
-        lines = lb
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("request_id=gone-"))
-            .map(str::to_string)
-            .collect();
-        lines.len() >= N
-    })
-    .await;
+    let lines = lb
+        .wait_lines("request_id=gone-", N, Duration::from_secs(10))
+        .await;
     assert_eq!(lines.len(), N, "one access event per request: {lines:#?}");
     assert!(lines.iter().all(|l| l.contains("status=499")), "{lines:#?}");
-    let log = lb.log_text();
-    let loud: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
-        .collect();
+    let loud = lb.loud_lines();
     assert!(loud.is_empty(), "lines above info: {loud:#?}");
     println!("{N} clients gone before their answer: {N} access lines with status=499, 0 WARN/ERROR lines");
 }

@@ -275,6 +275,36 @@ impl Lb {
         s
     }
 
+    /// lb's log lines that contain `needle`.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Polls (at most `timeout`) until `n` log lines contain `needle`;
+    /// returns them all (fewer if the time ran out, more if more came).
+    pub async fn wait_lines(&self, needle: &str, n: usize, timeout: Duration) -> Vec<String> {
+        let mut lines = Vec::new();
+        eventually(timeout, || {
+            lines = self.log_lines(needle);
+            lines.len() >= n
+        })
+        .await;
+        lines
+    }
+
+    /// lb's log lines above info (WARN and ERROR).
+    pub fn loud_lines(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" ERROR ") || l.contains(" WARN "))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The config file's path (tests rewrite it for reloads).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("lb.toml")

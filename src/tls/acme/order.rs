@@ -247,21 +247,18 @@ mod tests {
 
     #[test]
     fn a_bad_nonce_or_a_ca_fault_is_a_failure_not_a_refusal() {
-        assert!(matches!(
-            classify(problem("badNonce")),
-            OrderError::Failed(_)
-        ));
-        assert!(matches!(
-            classify(problem("serverInternal")),
-            OrderError::Failed(_)
-        ));
-        assert!(matches!(
-            classify(problem("rejectedIdentifier")),
-            OrderError::Refused(_)
-        ));
-        assert!(matches!(
-            classify(problem("malformed")),
-            OrderError::Refused(_)
-        ));
+        for (kind, refused) in [
+            ("badNonce", false),
+            ("serverInternal", false),
+            ("rejectedIdentifier", true),
+            ("malformed", true),
+        ] {
+            let e = classify(problem(kind));
+            assert_eq!(
+                matches!(e, OrderError::Refused(_)),
+                refused,
+                "{kind}: {e:?}"
+            );
+        }
     }
 }
